@@ -1,0 +1,129 @@
+"""Alerts through Prefect notification blocks, routed by severity.
+
+Every flow alerts the same way: build an :class:`Alert`, call :func:`send_alert`. The
+stack block's ``notifications`` routes name block documents (built-in SlackWebhook,
+DiscordWebhook, PagerDutyWebHook, MicrosoftTeamsWebhook, OpsgenieWebhook,
+CustomWebhookNotificationBlock, or our own blocks) and the lowest severity each takes.
+
+Channels are sent to concurrently, each with its own timeout; one that fails is
+logged and counted and never fails the caller or delays the others. Apprise-based
+blocks swallow failures unless asked, so every send runs inside
+``raise_on_failure()``. Blocks of ours that understand alerts natively (Block Kit,
+PagerDuty trigger/resolve with a dedup key) expose ``send_alert(alert)`` and get the
+structured alert instead of flat text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Literal
+
+from prefect import task
+from prefect.blocks.core import Block
+from prefect.exceptions import MissingContextError
+from prefect.logging import get_run_logger
+from pydantic import BaseModel, Field
+
+from blocks.stack import Severity, Stack
+
+SEND_TIMEOUT_S = 10.0
+
+
+class Alert(BaseModel):
+    """One message to people: what happened, how bad, where to look."""
+
+    stack: str
+    source: str = Field(description="Flow or check that raised it, e.g. 'backup'.")
+    title: str
+    body: str
+    severity: Severity = "critical"
+    kind: Literal["alert", "reminder", "recovery", "info"] = "alert"
+    dedup_key: str | None = Field(
+        default=None, description="Stable key per stack and service, so a pager can resolve it."
+    )
+    link: str | None = Field(default=None, description="Link to the flow run in the UI.")
+    services: list[dict[str, str]] = Field(
+        default_factory=list,
+        description="Per-service lines for grouped alerts: service, status, reason, since.",
+    )
+
+    def text(self) -> str:
+        lines = [self.body]
+        if self.link:
+            lines.append(f"Run: {self.link}")
+        return "\n".join(lines)
+
+
+class ChannelResult(BaseModel):
+    block: str
+    ok: bool
+    error: str | None = None
+    seconds: float
+
+
+class DeliveryReport(BaseModel):
+    sent: int
+    failed: int
+    results: list[ChannelResult]
+
+
+def _logger() -> Any:
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        import logging
+
+        return logging.getLogger("ops.notify")
+
+
+async def _send_one(block_slug: str, alert: Alert, stack: Stack) -> ChannelResult:
+    started = time.monotonic()
+    try:
+        block: Any = await Block.aload(block_slug)
+        async with asyncio.timeout(SEND_TIMEOUT_S):
+            if hasattr(block, "send_alert"):
+                await block.send_alert(alert)
+            else:
+                subject = f"[{alert.stack}] {alert.title}"
+                with block.raise_on_failure():
+                    if hasattr(block, "anotify"):
+                        await block.anotify(alert.text(), subject)
+                    else:
+                        await block.notify(alert.text(), subject)
+        return ChannelResult(block=block_slug, ok=True, seconds=time.monotonic() - started)
+    except Exception as exc:  # one channel never fails the others
+        message = stack.scrub(f"{type(exc).__name__}: {exc}")[:500]
+        return ChannelResult(
+            block=block_slug, ok=False, error=message, seconds=time.monotonic() - started
+        )
+
+
+async def deliver(stack: Stack, alert: Alert) -> DeliveryReport:
+    """Send ``alert`` to every route that takes its severity, concurrently."""
+    routes = stack.routes_for(alert.severity)
+    alert = alert.model_copy(
+        update={"title": stack.scrub(alert.title), "body": stack.scrub(alert.body)}
+    )
+    results = await asyncio.gather(*(_send_one(r.block, alert, stack) for r in routes))
+    logger = _logger()
+    for result in results:
+        if result.ok:
+            logger.info("alert %r sent to %s", alert.title, result.block)
+        else:
+            logger.warning("alert %r NOT sent to %s: %s", alert.title, result.block, result.error)
+    if not routes:
+        logger.warning(
+            "no notification route takes severity %s for stack %s: alert %r not sent",
+            alert.severity,
+            alert.stack,
+            alert.title,
+        )
+    failed = sum(1 for r in results if not r.ok)
+    return DeliveryReport(sent=len(results) - failed, failed=failed, results=list(results))
+
+
+@task(name="send-alert", retries=0)
+async def send_alert(stack: Stack, alert: Alert) -> DeliveryReport:
+    """Route one alert to the stack's channels; never raises for a failing channel."""
+    return await deliver(stack, alert)

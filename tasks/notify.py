@@ -127,3 +127,37 @@ async def deliver(stack: Stack, alert: Alert) -> DeliveryReport:
 async def send_alert(stack: Stack, alert: Alert) -> DeliveryReport:
     """Route one alert to the stack's channels; never raises for a failing channel."""
     return await deliver(stack, alert)
+
+
+def run_link(stack: Stack, flow_run_id: object) -> str | None:
+    """Link to a flow run in the Prefect UI, when the stack knows the UI's URL."""
+    if not stack.ui_url:
+        return None
+    return f"{stack.ui_url.rstrip('/')}/runs/flow-run/{flow_run_id}"
+
+
+def alert_on_failure(flow: Any, flow_run: Any, state: Any) -> None:
+    """Flow ``on_failure`` hook: tell the stack's channels what broke, with the cause.
+
+    The stack is the run's ``stack`` parameter; the message is the state's message
+    (our errors say what broke and what to do), scrubbed of secret values.
+    """
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    logger = _logger()
+    stack_name = str(flow_run.parameters.get("stack", "production"))
+    try:
+        stack = Stack.load_stack(stack_name)
+    except Exception as exc:
+        logger.error("cannot alert: stack block %r did not load: %s", stack_name, exc)
+        return
+    alert = Alert(
+        stack=stack_name,
+        source=flow.name,
+        title=f"{flow.name} failed on {stack_name}",
+        body=f"Flow run {flow_run.name!r} ended {state.name}: {state.message or 'no message'}",
+        severity="critical",
+        dedup_key=f"{stack_name}/{flow.name}/failure",
+        link=run_link(stack, flow_run.id),
+    )
+    run_coro_as_sync(deliver(stack, alert))

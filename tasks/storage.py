@@ -1,0 +1,183 @@
+"""Object storage (S3 / MinIO): backup sets, streaming uploads, listings, deletes.
+
+Plain S3 through the ``minio`` SDK, so any S3 server works (MinIO on Railway,
+SeaweedFS in the devstack). Every error is re-raised as :class:`StorageError` with
+the operation, bucket and key, scrubbed of secret values.
+
+Read side, shared by every flow that needs "the last good backup":
+:func:`list_backup_sets` and :func:`newest_complete_manifest`. A set is complete only
+when its ``manifest.json`` exists and parses, never because objects exist.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import urllib3
+from minio import Minio
+from minio.error import MinioException
+from pydantic import BaseModel, Field, ValidationError
+
+from blocks.stack import Stack
+from tasks.errors import StorageError
+from tasks.manifest import (
+    MANIFEST_NAME,
+    BackupManifest,
+    backup_id_time,
+    set_id_of_key,
+    set_prefix,
+    stack_prefix,
+)
+
+# Seconds to connect and between bytes on a read; a dead S3 endpoint fails fast
+# instead of hanging a task that a Prefect timeout cannot interrupt.
+CONNECT_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 120.0
+
+
+def s3_client(stack: Stack) -> Minio:
+    """A minio client for the stack's S3 endpoint, with socket timeouts and few retries."""
+    http = urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S),
+        maxsize=10,
+        retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+    )
+    return Minio(
+        stack.s3_host,
+        access_key=stack.s3_access_key,
+        secret_key=stack.s3_secret_key.get_secret_value(),
+        secure=stack.s3_secure,
+        region=stack.s3_region,
+        http_client=http,
+    )
+
+
+def storage_error(stack: Stack, action: str, exc: BaseException) -> StorageError:
+    """A StorageError saying what was attempted and why it failed, with secrets scrubbed."""
+    reason = stack.scrub(f"{type(exc).__name__}: {exc}")[:600]
+    return StorageError(
+        f"S3 {action} failed on {stack.s3_endpoint}: {reason}. Check that the S3 service "
+        f"is up and that the access key may read and write bucket {stack.backup_bucket!r}."
+    )
+
+
+class StoredEntry(BaseModel):
+    """One object as the listing shows it."""
+
+    key: str
+    size: int
+    last_modified: datetime | None
+
+
+class BackupSetInfo(BaseModel):
+    """One backup set as found in the bucket: complete (manifest parses) or not."""
+
+    backup_id: str
+    prefix: str
+    started_at: datetime = Field(description="Time encoded in the backup id (run start).")
+    complete: bool = Field(description="True only when manifest.json exists and parses.")
+    manifest: BackupManifest | None = None
+    problem: str | None = Field(default=None, description="Why the set is incomplete.")
+    objects: int = Field(ge=0, description="Number of objects under the set's prefix.")
+    size: int = Field(ge=0, description="Bytes under the set's prefix.")
+    newest_object_at: datetime | None = Field(
+        default=None, description="Last-modified time of the newest object of the set."
+    )
+
+
+def list_stack_objects(stack: Stack, client: Minio | None = None) -> list[StoredEntry]:
+    """Every object under ``<bucket>/<stack>/`` (sets and anything else placed there)."""
+    client = client or s3_client(stack)
+    try:
+        return [
+            StoredEntry(key=obj.object_name, size=obj.size or 0, last_modified=obj.last_modified)
+            for obj in client.list_objects(
+                stack.backup_bucket, prefix=stack_prefix(stack.stack_name), recursive=True
+            )
+            if obj.object_name is not None and not obj.is_dir
+        ]
+    except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+        raise storage_error(
+            stack, f"listing of {stack.backup_bucket}/{stack.stack_name}/", exc
+        ) from None
+
+
+def read_object(stack: Stack, key: str, client: Minio | None = None) -> bytes:
+    """A whole (small) object: manifests, descriptors."""
+    client = client or s3_client(stack)
+    try:
+        response = client.get_object(stack.backup_bucket, key)
+        try:
+            return response.read()
+        finally:
+            response.close()
+            response.release_conn()
+    except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+        raise storage_error(stack, f"read of {stack.backup_bucket}/{key}", exc) from None
+
+
+def _read_manifest(
+    stack: Stack, backup_id: str, client: Minio
+) -> tuple[BackupManifest | None, str | None]:
+    key = f"{set_prefix(stack.stack_name, backup_id)}{MANIFEST_NAME}"
+    try:
+        manifest = BackupManifest.from_json(read_object(stack, key, client))
+    except ValidationError as exc:
+        return None, f"manifest.json does not parse ({exc.error_count()} error(s))"
+    if manifest.backup_id != backup_id or manifest.stack != stack.stack_name:
+        return None, (
+            f"manifest.json names set {manifest.stack}/{manifest.backup_id}, "
+            f"not {stack.stack_name}/{backup_id}"
+        )
+    return manifest, None
+
+
+def group_backup_sets(stack_name: str, entries: list[StoredEntry]) -> dict[str, list[StoredEntry]]:
+    """Objects grouped by the set they belong to; objects outside any set are left out."""
+    sets: dict[str, list[StoredEntry]] = {}
+    for entry in entries:
+        backup_id = set_id_of_key(stack_name, entry.key)
+        if backup_id is not None:
+            sets.setdefault(backup_id, []).append(entry)
+    return sets
+
+
+def list_backup_sets(stack: Stack) -> list[BackupSetInfo]:
+    """Every backup set of the stack, oldest first, each marked complete or not.
+
+    Complete means ``manifest.json`` exists, parses, and names this set. Everything
+    else under ``<stack>/<backup-id>/`` is an incomplete set (a failed run, or one in
+    flight), reported with the time of its newest object.
+    """
+    client = s3_client(stack)
+    sets: list[BackupSetInfo] = []
+    for backup_id, entries in sorted(
+        group_backup_sets(stack.stack_name, list_stack_objects(stack, client)).items()
+    ):
+        has_manifest = any(
+            e.key.endswith(f"/{MANIFEST_NAME}") and e.key.count("/") == 2 for e in entries
+        )
+        manifest, problem = (
+            _read_manifest(stack, backup_id, client) if has_manifest else (None, "no manifest.json")
+        )
+        times = [e.last_modified for e in entries if e.last_modified is not None]
+        sets.append(
+            BackupSetInfo(
+                backup_id=backup_id,
+                prefix=set_prefix(stack.stack_name, backup_id),
+                started_at=backup_id_time(backup_id),
+                complete=manifest is not None,
+                manifest=manifest,
+                problem=problem,
+                objects=len(entries),
+                size=sum(e.size for e in entries),
+                newest_object_at=max(times) if times else None,
+            )
+        )
+    return sets
+
+
+def newest_complete_manifest(stack: Stack) -> BackupManifest | None:
+    """The manifest of the newest complete backup set, or None when there is none."""
+    complete = [s.manifest for s in list_backup_sets(stack) if s.manifest is not None]
+    return complete[-1] if complete else None

@@ -1,0 +1,437 @@
+"""Health checks of every service of a stack, run concurrently, each with its own timeout.
+
+A check gives a :class:`CheckResult`: healthy, degraded or unhealthy, its latency and a
+one-line reason a person can act on. :func:`run_checks` runs them all at once, so a
+sweep takes as long as its slowest check (at most ``timeout_s``), never their sum.
+
+Every socket gets the check's timeout too: ``asyncio.wait_for`` cannot interrupt a
+blocking driver call, so the drivers without an asyncio API (clickhouse-connect,
+minio) run in a dedicated thread pool (not the loop's small default one, which 50
+stacks would exhaust) and give up on their own when their socket times out.
+
+Services (the names used in alerts, events and ``/metrics``):
+
+    litellm            liveliness (the process answers)
+    litellm-readiness  readiness, including LiteLLM's database connection
+    langfuse-web       /api/public/health
+    langfuse-worker    /api/health
+    postgres           connect, SELECT 1, connections used vs max_connections
+    clickhouse         /ping, SELECT 1, free disk
+    redis              PING, memory vs maxmemory, AOF status
+    object-storage     a real S3 call on the backup bucket
+    backup-freshness   age of the newest complete backup manifest
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any, Literal, NamedTuple, TypeVar
+from urllib.parse import urlsplit
+
+import certifi
+import clickhouse_connect
+import httpx
+import psycopg
+import redis.asyncio as aioredis
+import urllib3
+from clickhouse_connect.driver.exceptions import ClickHouseError
+from minio import Minio
+from minio.error import S3Error
+from pydantic import BaseModel, ConfigDict, Field
+from redis.exceptions import AuthenticationError, RedisError
+from urllib3.exceptions import HTTPError
+
+from blocks.stack import Stack
+from tasks.errors import StorageError
+from tasks.storage import newest_complete_manifest
+
+HealthStatus = Literal["healthy", "degraded", "unhealthy"]
+STATUS_RANK: dict[str, int] = {"healthy": 0, "degraded": 1, "unhealthy": 2}
+
+SERVICES: tuple[str, ...] = (
+    "litellm",
+    "litellm-readiness",
+    "langfuse-web",
+    "langfuse-worker",
+    "postgres",
+    "clickhouse",
+    "redis",
+    "object-storage",
+    "backup-freshness",
+)
+
+# Blocking drivers run here. Sized for many stacks swept by one worker: a thread
+# stuck on a dead host holds its slot until its socket timeout, never longer.
+_BLOCKING = ThreadPoolExecutor(max_workers=128, thread_name_prefix="health-probe")
+T = TypeVar("T")
+# One TLS context for every probe: building one per client costs tens of milliseconds
+# of loop time, which 50 stacks x 6 HTTP checks would turn into seconds.
+_TLS = ssl.create_default_context(cafile=certifi.where())
+
+
+class CheckResult(BaseModel):
+    """The outcome of one check of one service."""
+
+    model_config = ConfigDict(frozen=True)
+
+    service: str = Field(description="Service name, e.g. 'postgres' or 'langfuse-web'.")
+    status: HealthStatus
+    latency_ms: float = Field(ge=0, description="Wall time of the check.")
+    reason: str = Field(description="One line: what was seen, and what is wrong if anything.")
+
+
+class HealthThresholds(BaseModel):
+    """Where degraded begins; defaults match the runbook."""
+
+    model_config = ConfigDict(frozen=True)
+
+    postgres_connections_degraded_pct: float = Field(
+        default=80.0, ge=1, le=100, description="Connections used vs max_connections."
+    )
+    redis_memory_degraded_pct: float = Field(
+        default=90.0, ge=1, le=100, description="used_memory vs maxmemory."
+    )
+    clickhouse_free_disk_degraded_pct: float = Field(
+        default=10.0, ge=0, le=100, description="Free disk below this is degraded."
+    )
+    clickhouse_free_disk_unhealthy_pct: float = Field(
+        default=3.0, ge=0, le=100, description="Free disk below this is unhealthy."
+    )
+    backup_max_age_h: float = Field(
+        default=26.0, gt=0, le=24 * 30, description="Newest complete backup older: degraded."
+    )
+    litellm_requires_db: bool = Field(
+        default=True,
+        description="LiteLLM without a database (no keys, no spend) is degraded; "
+        "turn off only for a gateway deliberately run without one.",
+    )
+
+
+class Verdict(NamedTuple):
+    status: HealthStatus
+    reason: str
+
+
+Check = Callable[[Stack, float, HealthThresholds], Awaitable[Verdict]]
+
+
+def _ok(reason: str) -> Verdict:
+    return Verdict("healthy", reason)
+
+
+async def _in_thread(fn: Callable[[], T]) -> T:
+    return await asyncio.get_running_loop().run_in_executor(_BLOCKING, fn)
+
+
+def _pct(used: float, total: float) -> float:
+    return 100.0 * used / total if total > 0 else 0.0
+
+
+# ---- HTTP services ----------------------------------------------------------------------
+
+
+async def _get(url: str, timeout_s: float) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(timeout_s), verify=_TLS) as client:
+        return await client.get(url)
+
+
+def _http_verdict(name: str, response: httpx.Response) -> Verdict | None:
+    """Unhealthy for an HTTP error status, None when the status is fine."""
+    if response.status_code >= 400:
+        body = response.text.strip().replace("\n", " ")[:120]
+        return Verdict("unhealthy", f"{name} answered HTTP {response.status_code}: {body}")
+    return None
+
+
+async def check_litellm(stack: Stack, timeout_s: float, th: HealthThresholds) -> Verdict:
+    response = await _get(f"{stack.litellm_url}/health/liveliness", timeout_s)
+    return _http_verdict("liveliness", response) or _ok("liveliness answered 200")
+
+
+async def check_litellm_readiness(stack: Stack, timeout_s: float, th: HealthThresholds) -> Verdict:
+    response = await _get(f"{stack.litellm_url}/health/readiness", timeout_s)
+    # LiteLLM answers 503 when its configured database is unreachable.
+    if bad := _http_verdict("readiness", response):
+        return bad
+    try:
+        body = response.json()
+    except ValueError:
+        return Verdict("degraded", "readiness answered 200 but not JSON")
+    db = str(body.get("db", "unknown")) if isinstance(body, dict) else "unknown"
+    status = str(body.get("status", "unknown")) if isinstance(body, dict) else "unknown"
+    if status != "healthy":
+        return Verdict("unhealthy", f"readiness status {status!r}, db {db!r}")
+    if db == "connected":
+        return _ok("ready, database connected")
+    if db.lower() in ("not connected", "not_connected") and not th.litellm_requires_db:
+        return _ok("ready, runs without a database")
+    return Verdict(
+        "degraded",
+        f"ready but database {db!r}: virtual keys and spend tracking do not work; "
+        "check LiteLLM's DATABASE_URL",
+    )
+
+
+async def check_langfuse_web(stack: Stack, timeout_s: float, th: HealthThresholds) -> Verdict:
+    response = await _get(f"{stack.langfuse_url}/api/public/health", timeout_s)
+    return _http_verdict("/api/public/health", response) or _ok("/api/public/health OK")
+
+
+async def check_langfuse_worker(stack: Stack, timeout_s: float, th: HealthThresholds) -> Verdict:
+    response = await _get(f"{stack.langfuse_worker_url}/api/health", timeout_s)
+    return _http_verdict("/api/health", response) or _ok("/api/health OK")
+
+
+# ---- Postgres ---------------------------------------------------------------------------
+
+
+async def check_postgres(stack: Stack, timeout_s: float, th: HealthThresholds) -> Verdict:
+    try:
+        conn = await psycopg.AsyncConnection.connect(
+            stack.postgres_dsn.get_secret_value(),
+            connect_timeout=max(2, int(timeout_s)),
+            autocommit=True,
+            application_name="ops-health-sweep",
+        )
+    except psycopg.OperationalError as exc:
+        text = str(exc)
+        if "too many clients" in text or "connection slots are reserved" in text:
+            return Verdict(
+                "unhealthy",
+                "connection limit reached: new connections are refused (max_connections); "
+                "find the client holding them in pg_stat_activity",
+            )
+        return Verdict("unhealthy", "cannot connect: " + _first_line(stack.scrub(text)))
+    async with conn:
+        cur = await conn.execute(
+            "SELECT 1, (SELECT count(*) FROM pg_stat_activity WHERE backend_type = "
+            "'client backend'), current_setting('max_connections')::int"
+        )
+        row = await cur.fetchone()
+    assert row is not None  # a SELECT without FROM always returns one row
+    used, limit = int(row[1]), int(row[2])
+    pct = _pct(used, limit)
+    reason = f"{used}/{limit} connections ({pct:.0f}%)"
+    if pct >= th.postgres_connections_degraded_pct:
+        return Verdict("degraded", f"{reason}, near max_connections: new clients soon refused")
+    return _ok(reason)
+
+
+def _first_line(text: str) -> str:
+    return (text.strip().splitlines() or [""])[0][:200]
+
+
+# ---- ClickHouse -------------------------------------------------------------------------
+
+
+async def check_clickhouse(stack: Stack, timeout_s: float, th: HealthThresholds) -> Verdict:
+    ping = await _get(f"{stack.clickhouse_url}/ping", timeout_s)
+    if bad := _http_verdict("/ping", ping):
+        return bad
+
+    def query() -> tuple[int, int]:
+        parts = urlsplit(stack.clickhouse_url)
+        client = clickhouse_connect.get_client(
+            host=parts.hostname,
+            port=parts.port or (8443 if parts.scheme == "https" else 8123),
+            interface=parts.scheme,
+            username=stack.clickhouse_user,
+            password=stack.clickhouse_password.get_secret_value(),
+            connect_timeout=timeout_s,
+            send_receive_timeout=timeout_s,
+            autogenerate_session_id=False,
+        )
+        try:
+            client.command("SELECT 1")
+            row = client.query("SELECT sum(free_space), sum(total_space) FROM system.disks")
+            free, total = row.result_rows[0]
+            return int(free), int(total)
+        finally:
+            client.close()
+
+    try:
+        free, total = await _in_thread(query)
+    except ClickHouseError as exc:
+        return Verdict("unhealthy", "query failed: " + _first_line(stack.scrub(str(exc))))
+    free_pct = _pct(free, total)
+    reason = f"SELECT 1 ok, {free_pct:.0f}% disk free ({free / 2**30:.1f} GiB)"
+    if free_pct < th.clickhouse_free_disk_unhealthy_pct:
+        return Verdict("unhealthy", f"{reason}: inserts fail when the disk fills")
+    if free_pct < th.clickhouse_free_disk_degraded_pct:
+        return Verdict("degraded", f"{reason}: free space or grow the volume")
+    return _ok(reason)
+
+
+# ---- Redis ------------------------------------------------------------------------------
+
+
+async def check_redis(stack: Stack, timeout_s: float, th: HealthThresholds) -> Verdict:
+    client = aioredis.Redis(
+        host=stack.redis_host,
+        port=stack.redis_port,
+        password=stack.redis_password.get_secret_value() if stack.redis_password else None,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry_on_timeout=False,
+    )
+    try:
+        await client.ping()
+        memory: dict[str, Any] = await client.info("memory")
+        persistence: dict[str, Any] = await client.info("persistence")
+    except AuthenticationError:
+        return Verdict("unhealthy", "authentication refused: check REDIS_PASSWORD")
+    except (RedisError, OSError) as exc:
+        return Verdict(
+            "unhealthy", "PING failed: " + _first_line(stack.scrub(f"{type(exc).__name__}: {exc}"))
+        )
+    finally:
+        await client.aclose()
+    used, limit = int(memory.get("used_memory", 0)), int(memory.get("maxmemory", 0))
+    parts = [f"PING ok, {used / 2**20:.0f} MiB used"]
+    problems: list[Verdict] = []
+    if limit:
+        pct = _pct(used, limit)
+        parts[0] += f" of {limit / 2**20:.0f} MiB ({pct:.0f}%)"
+        if pct >= th.redis_memory_degraded_pct:
+            problems.append(Verdict("degraded", "memory near maxmemory: writes soon refused"))
+    if int(persistence.get("aof_enabled", 0)) != 1:
+        problems.append(Verdict("degraded", "AOF is off: a restart loses queued jobs"))
+    elif persistence.get("aof_last_write_status", "ok") != "ok":
+        problems.append(Verdict("unhealthy", "AOF write failing: Redis refuses writes"))
+    elif persistence.get("aof_last_bgrewrite_status", "ok") != "ok":
+        problems.append(Verdict("degraded", "AOF rewrite failed: check disk space"))
+    else:
+        parts.append("AOF ok")
+    if problems:
+        worst = max(problems, key=lambda v: STATUS_RANK[v.status])
+        return Verdict(worst.status, ", ".join(parts + [p.reason for p in problems]))
+    return _ok(", ".join(parts))
+
+
+# ---- object storage and backups ---------------------------------------------------------
+
+
+def minio_client(stack: Stack, timeout_s: float) -> Any:
+    """A minio client whose sockets give up after ``timeout_s`` and never retry."""
+    http = urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s),
+        retries=urllib3.Retry(total=0, redirect=False),
+    )
+    return Minio(
+        stack.s3_host,
+        access_key=stack.s3_access_key,
+        secret_key=stack.s3_secret_key.get_secret_value(),
+        secure=stack.s3_secure,
+        region=stack.s3_region,
+        http_client=http,
+    )
+
+
+async def check_object_storage(stack: Stack, timeout_s: float, th: HealthThresholds) -> Verdict:
+    client = minio_client(stack, timeout_s)
+    try:
+        exists = await _in_thread(lambda: client.bucket_exists(stack.backup_bucket))
+    except S3Error as exc:
+        return Verdict("unhealthy", f"S3 refused HEAD {stack.backup_bucket}: {exc.code}")
+    except HTTPError as exc:
+        return Verdict("unhealthy", "S3 unreachable: " + _first_line(stack.scrub(str(exc))))
+    if not exists:
+        return Verdict(
+            "unhealthy", f"backup bucket {stack.backup_bucket!r} does not exist: create it"
+        )
+    return _ok(f"bucket {stack.backup_bucket} reachable")
+
+
+async def check_backup_freshness(stack: Stack, timeout_s: float, th: HealthThresholds) -> Verdict:
+    try:
+        manifest = await _in_thread(lambda: newest_complete_manifest(stack))
+    except StorageError as exc:
+        return Verdict("unhealthy", "cannot list backup sets: " + _first_line(str(exc)))
+    if manifest is None:
+        return Verdict(
+            "unhealthy",
+            f"no complete backup set under {stack.backup_bucket}/{stack.stack_name}/: "
+            "run the backup flow",
+        )
+    finished: datetime = manifest.finished_at
+    if finished.tzinfo is None:
+        finished = finished.replace(tzinfo=UTC)
+    age_h = (datetime.now(UTC) - finished).total_seconds() / 3600
+    reason = f"newest complete backup {age_h:.1f} h old"
+    if age_h > th.backup_max_age_h:
+        return Verdict(
+            "degraded", f"{reason} (> {th.backup_max_age_h:g} h): check the backup flow's runs"
+        )
+    return _ok(reason)
+
+
+CHECKS: dict[str, Check] = {
+    "litellm": check_litellm,
+    "litellm-readiness": check_litellm_readiness,
+    "langfuse-web": check_langfuse_web,
+    "langfuse-worker": check_langfuse_worker,
+    "postgres": check_postgres,
+    "clickhouse": check_clickhouse,
+    "redis": check_redis,
+    "object-storage": check_object_storage,
+    "backup-freshness": check_backup_freshness,
+}
+
+
+async def run_check(
+    service: str, check: Check, stack: Stack, timeout_s: float, th: HealthThresholds
+) -> CheckResult:
+    """One check, bounded by ``timeout_s``; any failure becomes an unhealthy result."""
+    started = time.monotonic()
+    try:
+        verdict = await asyncio.wait_for(check(stack, timeout_s, th), timeout_s)
+    except TimeoutError:
+        verdict = Verdict("unhealthy", f"no answer within {timeout_s:g} s")
+    except httpx.TimeoutException:
+        verdict = Verdict("unhealthy", f"no answer within {timeout_s:g} s")
+    except httpx.ConnectError as exc:
+        verdict = Verdict(
+            "unhealthy", "connection refused or unreachable: " + _first_line(str(exc))
+        )
+    except httpx.HTTPError as exc:
+        verdict = Verdict("unhealthy", f"HTTP error: {type(exc).__name__}: {_first_line(str(exc))}")
+    except Exception as exc:
+        # A check is a probe: whatever breaks inside it is a finding about the service
+        # (or the probe), reported as such, never a crash of the sweep.
+        verdict = Verdict(
+            "unhealthy", f"check failed: {type(exc).__name__}: {_first_line(str(exc))}"
+        )
+    latency_ms = (time.monotonic() - started) * 1000
+    return CheckResult(
+        service=service,
+        status=verdict.status,
+        latency_ms=round(latency_ms, 1),
+        reason=stack.scrub(verdict.reason),
+    )
+
+
+async def run_checks(
+    stack: Stack,
+    timeout_s: float = 5.0,
+    services: list[str] | None = None,
+    thresholds: HealthThresholds | None = None,
+) -> list[CheckResult]:
+    """Run the checks of ``services`` (default: all) concurrently, in SERVICES order.
+
+    The whole call takes at most about ``timeout_s``: every check has that budget.
+    """
+    wanted = list(SERVICES) if services is None else services
+    unknown = [name for name in wanted if name not in CHECKS]
+    if unknown:
+        raise ValueError(f"unknown services {unknown}; known: {', '.join(SERVICES)}")
+    th = thresholds or HealthThresholds()
+    return list(
+        await asyncio.gather(
+            *(run_check(name, CHECKS[name], stack, timeout_s, th) for name in wanted)
+        )
+    )

@@ -10,7 +10,8 @@
     ├── RestoreError              a set could not be restored or verified
     │   └── IntegrityError        checksum, size, schema or row counts disagree with the manifest
     ├── RetentionError            the prune plan broke an invariant (refuses to delete)
-    └── VerificationError         deploy-verify found a required check failing
+    ├── VerificationError         deploy-verify found a required check failing
+    └── ControlPlaneError         the bootstrap could not prepare the Prefect server
 
 Messages say what broke and what to do; they are scrubbed of secret values by the
 code that raises them (see ``blocks.stack.Stack.scrub``).
@@ -61,3 +62,7 @@ class RetentionError(OpsError):
 
 class VerificationError(OpsError):
     """A required deploy-verify check failed."""
+
+
+class ControlPlaneError(OpsError):
+    """The Prefect server could not be prepared: API unreachable, pool type, deploy failed."""

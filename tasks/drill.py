@@ -302,12 +302,12 @@ def format_age(seconds: float) -> str:
 
 
 def restore_refusal(
-    target: str, *, exists: bool, live: bool, confirm: str | None, engine: str
+    target: str, *, exists: bool, live: bool, confirmed: Iterable[str], engine: str
 ) -> str | None:
     """Why ``restore`` must not write into ``target``, or None when it may.
 
     A new database is always fine. One that exists, or the one the applications use,
-    is written only when ``confirm`` repeats its exact name: the operator has to type
+    is replaced only when ``confirmed`` repeats its exact name: the operator has to type
     what will be replaced, so a wrong default or a copy-pasted run cannot do it.
     """
     if not TARGET_NAME_RE.fullmatch(target):
@@ -320,12 +320,55 @@ def restore_refusal(
             f"{engine} target {target!r} uses the drill prefix {SCRATCH_PREFIX!r}: the next "
             "drill would drop it; pick another name"
         )
-    if not (exists or live):
-        return None
-    if confirm == target:
+    if not (exists or live) or target in set(confirmed):
         return None
     what = "is the live database the applications use" if live else "already exists"
     return (
-        f"{engine} target {target!r} {what}; nothing was changed. To replace it, pause "
-        f"LiteLLM and Langfuse and run again with confirm={target!r}"
+        f"{engine} target {target!r} {what}; nothing was changed. To replace it (the old "
+        f"one is kept, renamed), pause LiteLLM and Langfuse and run again with "
+        f"confirm=[{target!r}]"
     )
+
+
+def staging_database_name(now: datetime, token: str) -> str:
+    """Where ``restore`` restores first, so a failed restore never leaves a half target."""
+    if not _TOKEN_RE.fullmatch(token):
+        raise ValueError(f"token must be 6 lowercase hex digits, got {token!r}")
+    return f"restore_{now.strftime(_STAMP_FORMAT)}_{token}"
+
+
+def previous_database_name(target: str, now: datetime) -> str:
+    """What a replaced database is renamed to: kept, never dropped by the restore."""
+    return f"{target[: MAX_IDENTIFIER - 22]}_before_{now.strftime(_STAMP_FORMAT)}"
+
+
+def operator_steps(
+    stack: str,
+    phase: Literal["before", "after"],
+    postgres_target: str | None,
+    clickhouse_target: str | None,
+    live_postgres: str,
+    live_clickhouse: str,
+) -> list[str]:
+    """The steps a person takes around a restore: the flow cannot pause Railway services."""
+    if phase == "before":
+        return [
+            f"Pause LiteLLM and Langfuse (web and worker) of {stack} so nothing writes "
+            "while the data is replaced (Railway: set replicas to 0, or remove the deploy).",
+            "Tell users the gateway and tracing UI are down for the restore.",
+        ]
+    steps: list[str] = []
+    if postgres_target is not None and postgres_target != live_postgres:
+        steps.append(
+            f"Point DATABASE_URL of LiteLLM and Langfuse at database {postgres_target!r} "
+            f"(it now holds the restored data), or restore again into {live_postgres!r}."
+        )
+    if clickhouse_target is not None and clickhouse_target != live_clickhouse:
+        steps.append(f"Set CLICKHOUSE_DB of Langfuse web and worker to {clickhouse_target!r}.")
+    steps += [
+        f"Start LiteLLM and Langfuse of {stack} again.",
+        f"Run `prefect deployment run deploy-verify/{stack}` and check that it passes.",
+        "Keys, models and traces are as of the backup set's time: anything written "
+        "after it is gone.",
+    ]
+    return steps

@@ -18,12 +18,15 @@ from tasks.drill import (
     check_row_counts,
     failed,
     is_scratch_database,
+    operator_steps,
     orphan_scratch_databases,
     passed,
+    previous_database_name,
     restore_refusal,
     rpo_seconds,
     scratch_database_name,
     skipped,
+    staging_database_name,
 )
 
 stacks = st.from_regex(r"[a-z0-9][a-z0-9-]{0,62}", fullmatch=True)
@@ -258,7 +261,10 @@ def test_rpo_is_the_age_of_the_set():
 def test_restore_writes_into_an_existing_or_live_database_only_when_confirmed(
     target, exists, live, confirm
 ):
-    reason = restore_refusal(target, exists=exists, live=live, confirm=confirm, engine="postgres")
+    confirmed = [] if confirm is None else [confirm]
+    reason = restore_refusal(
+        target, exists=exists, live=live, confirmed=confirmed, engine="postgres"
+    )
     if target.startswith("drill_"):
         assert reason is not None
     elif exists or live:
@@ -268,9 +274,26 @@ def test_restore_writes_into_an_existing_or_live_database_only_when_confirmed(
 
 
 def test_restore_refusal_explains_what_to_do():
-    reason = restore_refusal("railway", exists=True, live=True, confirm=None, engine="postgres")
+    reason = restore_refusal("railway", exists=True, live=True, confirmed=[], engine="postgres")
     assert reason is not None
-    assert "live database" in reason and "confirm='railway'" in reason
-    wrong = restore_refusal("railway", exists=True, live=False, confirm="Railway", engine="pg")
+    assert "live database" in reason and "confirm=['railway']" in reason
+    wrong = restore_refusal("railway", exists=True, live=False, confirmed=["Railway"], engine="pg")
     assert wrong is not None and "already exists" in wrong
-    assert restore_refusal('x"; DROP', exists=False, live=False, confirm=None, engine="pg")
+    assert restore_refusal('x"; DROP', exists=False, live=False, confirmed=[], engine="pg")
+
+
+def test_replaced_database_is_kept_under_a_dated_name_and_staging_is_not_a_drill_name():
+    old = previous_database_name("a" * 63, NOW)
+    assert len(old) <= MAX_IDENTIFIER and old.endswith("_before_20261122040000")
+    staging = staging_database_name(NOW, "abcdef")
+    assert not is_scratch_database(staging, "prod") and not staging.startswith("drill_")
+
+
+def test_operator_steps_say_pause_first_and_where_to_point_afterwards():
+    before = operator_steps("prod", "before", "railway_restored", None, "railway", "default")
+    assert any("Pause LiteLLM and Langfuse" in s for s in before)
+    after = operator_steps("prod", "after", "railway_restored", "lf", "railway", "default")
+    assert any("DATABASE_URL" in s and "railway_restored" in s for s in after)
+    assert any("CLICKHOUSE_DB" in s and "'lf'" in s for s in after)
+    same = operator_steps("prod", "after", "railway", "default", "railway", "default")
+    assert not any("DATABASE_URL" in s or "CLICKHOUSE_DB" in s for s in same)

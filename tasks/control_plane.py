@@ -1,0 +1,136 @@
+"""Tasks that read or write deploy-verify's state on the Prefect server.
+
+- The salt key's fingerprint lives in a Prefect Variable per stack,
+  ``deploy-verify-<stack>-salt-fingerprint``: a random salt and
+  ``sha256(salt + LITELLM_SALT_KEY)``, never the key. The first verification writes it;
+  every later one compares.
+- Backup freshness reads the newest complete manifest; on a first deploy (none yet) it
+  starts the ``backup/<stack>`` deployment, if there is one, without waiting for it.
+- The report is published as a markdown artifact (``deploy-verify-<stack>``) and a
+  table artifact (``deploy-verify-<stack>-checks``), so the UI keeps its history.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime, timedelta
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import FlowRun
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
+from prefect.logging import get_run_logger
+from prefect.variables import Variable
+from pydantic import ValidationError
+
+from blocks.stack import Stack
+from tasks.errors import StorageError
+from tasks.storage import newest_complete_manifest
+from tasks.verify import (
+    CheckOutcome,
+    Finding,
+    SaltRecord,
+    judge_backup_age,
+    judge_master_key,
+    judge_salt,
+    table_rows,
+)
+
+
+def salt_variable_name(stack: Stack) -> str:
+    return f"deploy-verify-{stack.stack_name}-salt-fingerprint"
+
+
+def report_key(stack_document: str) -> str:
+    return f"deploy-verify-{stack_document}"
+
+
+@task(name="check-master-key", cache_policy=NO_CACHE, persist_result=False)
+def check_master_key(stack: Stack) -> Finding:
+    """The block validates this too; checked again because a block can be edited in the UI."""
+    return judge_master_key(stack.litellm_master_key.get_secret_value().startswith("sk-"))
+
+
+@task(name="check-salt-key", cache_policy=NO_CACHE, persist_result=False)
+def check_salt_key(stack: Stack) -> Finding:
+    """Compare the salt key with the fingerprint of the first verification (or record it)."""
+    name = salt_variable_name(stack)
+    raw = Variable.get(name)
+    stored: SaltRecord | None = None
+    if raw is not None:
+        try:
+            stored = SaltRecord.model_validate(raw)
+        except ValidationError:
+            return Finding.failed(
+                f"the Prefect variable {name!r} does not hold a salt fingerprint",
+                f"delete the variable {name!r} only if LITELLM_SALT_KEY is known to be the "
+                "original; the next run records it again",
+            )
+    if stored is not None:
+        return judge_salt(stored, stack.salt_fingerprint(stored.salt), name)
+    salt = secrets.token_hex(16)
+    fingerprint = stack.salt_fingerprint(salt)
+    finding = judge_salt(None, fingerprint, name)
+    if fingerprint is not None:
+        record = SaltRecord(salt=salt, fingerprint=fingerprint, recorded_at=datetime.now(UTC))
+        Variable.set(name, record.model_dump(mode="json"), tags=["deploy-verify"], overwrite=False)
+    return finding
+
+
+@task(name="check-backup-freshness", cache_policy=NO_CACHE, persist_result=False)
+def check_backup_freshness(stack: Stack, max_age_hours: float, start_first_backup: bool) -> Finding:
+    """The newest complete set is young enough; with none at all, start a first backup."""
+    deployment = f"backup/{stack.stack_name}"
+    try:
+        manifest = newest_complete_manifest(stack)
+    except StorageError as exc:
+        return Finding.failed(
+            f"could not list the backup sets: {stack.scrub(str(exc))[:300]}",
+            "check the backup bucket and the S3 credentials' list/read permissions",
+        )
+    started_run: str | None = None
+    if manifest is None and start_first_backup:
+        started_run = _start_first_backup(deployment)
+    return judge_backup_age(
+        manifest.finished_at if manifest else None,
+        manifest.backup_id if manifest else None,
+        datetime.now(UTC),
+        timedelta(hours=max_age_hours),
+        started_run,
+        deployment,
+    )
+
+
+def _start_first_backup(deployment: str) -> str | None:
+    """Start ``deployment`` without waiting; None when it is not deployed."""
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_deployment_by_name(deployment)
+        except ObjectNotFound:
+            return None
+    run = run_deployment(
+        deployment,
+        timeout=0,
+        as_subflow=False,
+        flow_run_name="first-backup-after-deploy",
+        tags=["deploy-verify"],
+    )
+    assert isinstance(run, FlowRun)  # sync context: run_deployment returns the run itself
+    get_run_logger().info("no backup set yet: started %s as flow run %s", deployment, run.name)
+    return run.name
+
+
+@task(name="publish-verify-report", cache_policy=NO_CACHE, persist_result=False)
+def publish_verify_report(
+    stack_document: str, markdown: str, outcomes: list[CheckOutcome], summary: str
+) -> str:
+    """The report as a markdown artifact plus a table artifact; returns the report key."""
+    key = report_key(stack_document)
+    create_markdown_artifact(markdown=markdown, key=key, description=summary[:500])
+    create_table_artifact(
+        table=table_rows(outcomes), key=f"{key}-checks", description=summary[:500]
+    )
+    return key

@@ -1,0 +1,660 @@
+"""Deploy-verify decisions: the checks, their order, skipping, the verdict and the report.
+
+Pure: no Prefect, no I/O. The tasks that talk to the stack return a :class:`Finding`
+(passed / failed / skipped, what was seen, how to fix it); the pieces here decide
+what those findings mean:
+
+- :data:`CHECKS` lists every check in dependency order, with what it needs: other
+  checks (the canary needs the model list, the trace needs the canary) and services
+  (the schema check needs Postgres). A check whose prerequisite failed is skipped with
+  that reason instead of failing a second time, so one broken thing is one red line.
+- :class:`Ledger` runs checks in that order, skips the blocked ones and times the rest.
+- :func:`verdict` fails the run when a required check failed; :func:`render_report`
+  writes the table a person reads to fix it.
+- The judge functions (``judge_*``) turn what a task observed into a finding.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+CheckStatus = Literal["passed", "failed", "skipped"]
+ServiceStatus = Literal["healthy", "degraded", "unhealthy"]
+
+MARKS: dict[str, str] = {"passed": "✅ passed", "failed": "❌ failed", "skipped": "⏭️ skipped"}
+
+
+class Finding(BaseModel):
+    """What one check saw: its status, a one-line message, and the fix when it failed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    status: CheckStatus
+    message: str
+    fix: str | None = None
+    unhealthy_services: tuple[str, ...] = Field(
+        default=(), description="Services found unhealthy (only the health check sets these)."
+    )
+
+    @classmethod
+    def passed(cls, message: str) -> Finding:
+        return cls(status="passed", message=message)
+
+    @classmethod
+    def failed(cls, message: str, fix: str) -> Finding:
+        return cls(status="failed", message=message, fix=fix)
+
+    @classmethod
+    def skipped(cls, message: str, fix: str | None = None) -> Finding:
+        return cls(status="skipped", message=message, fix=fix)
+
+
+class CheckSpec(BaseModel):
+    """One check: its name, what it proves, and what it needs to be meaningful."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(pattern=r"^[a-z0-9-]+$")
+    title: str
+    depends_on: tuple[str, ...] = Field(default=(), description="Checks that must pass first.")
+    services: tuple[str, ...] = Field(
+        default=(), description="Services (health-check names) that must not be unhealthy."
+    )
+    required: bool = True
+
+
+class CheckOutcome(BaseModel):
+    """One row of the report."""
+
+    name: str
+    title: str
+    status: CheckStatus
+    required: bool
+    message: str
+    fix: str | None = None
+    seconds: float = Field(ge=0)
+
+
+CHECKS: tuple[CheckSpec, ...] = (
+    CheckSpec(name="master-key", title="LITELLM_MASTER_KEY starts with sk-"),
+    CheckSpec(name="salt-key", title="LITELLM_SALT_KEY unchanged since the first verification"),
+    CheckSpec(name="services-healthy", title="Every service healthy (health-sweep checks)"),
+    CheckSpec(
+        name="litellm-auth",
+        title="LiteLLM rejects a request without a key",
+        services=("litellm",),
+    ),
+    CheckSpec(
+        name="litellm-models",
+        title="LiteLLM accepts the master key and lists the canary model",
+        depends_on=("master-key",),
+        services=("litellm",),
+    ),
+    CheckSpec(
+        name="litellm-canary",
+        title="Canary chat completion succeeds",
+        depends_on=("litellm-models",),
+        services=("litellm",),
+    ),
+    CheckSpec(
+        name="langfuse-trace",
+        title="The canary's trace reaches Langfuse",
+        depends_on=("litellm-canary",),
+        services=("langfuse-web", "langfuse-worker"),
+    ),
+    CheckSpec(
+        name="postgres-schema",
+        title="Postgres holds LiteLLM's and Langfuse's schema",
+        services=("postgres",),
+    ),
+    CheckSpec(
+        name="clickhouse-schema",
+        title="ClickHouse holds Langfuse's tables",
+        services=("clickhouse",),
+    ),
+    CheckSpec(
+        name="redis-persistence",
+        title="Redis has AOF on and the configured maxmemory policy",
+        services=("redis",),
+    ),
+    CheckSpec(
+        name="s3-buckets",
+        title="S3 buckets exist; a canary object is written, read and deleted",
+        services=("object-storage",),
+    ),
+    CheckSpec(
+        name="backup-fresh",
+        title="Newest complete backup set is fresh",
+        depends_on=("s3-buckets",),
+    ),
+    CheckSpec(
+        name="railway-deployments",
+        title="Railway reports every service's latest deployment successful",
+        required=False,
+    ),
+)
+CHECK_NAMES: tuple[str, ...] = tuple(spec.name for spec in CHECKS)
+
+
+def plan_checks(specs: Sequence[CheckSpec], required: dict[str, bool]) -> list[CheckSpec]:
+    """The specs with ``required`` overridden by configuration (e.g. require_railway)."""
+    return [
+        spec.model_copy(update={"required": required[spec.name]}) if spec.name in required else spec
+        for spec in specs
+    ]
+
+
+def validate_order(specs: Sequence[CheckSpec]) -> None:
+    """Every dependency names an earlier check; raises ValueError otherwise."""
+    seen: set[str] = set()
+    for spec in specs:
+        for dep in spec.depends_on:
+            if dep not in seen:
+                raise ValueError(
+                    f"check {spec.name!r} depends on {dep!r}, which does not run first"
+                )
+        if spec.name in seen:
+            raise ValueError(f"check {spec.name!r} is listed twice")
+        seen.add(spec.name)
+
+
+def blocked_reason(
+    spec: CheckSpec, outcomes: dict[str, CheckOutcome], unhealthy: Iterable[str]
+) -> str | None:
+    """Why ``spec`` cannot run meaningfully now, or None when it can."""
+    for dep in spec.depends_on:
+        outcome = outcomes.get(dep)
+        if outcome is None:
+            return f"{dep} did not run"
+        if outcome.status != "passed":
+            return f"depends on {dep}, which {outcome.status}"
+    down = [service for service in spec.services if service in set(unhealthy)]
+    if down:
+        return f"{', '.join(down)} unhealthy (see services-healthy)"
+    return None
+
+
+class Ledger:
+    """Runs checks in dependency order and records one outcome per check.
+
+    ``ledger.run("redis-persistence", check_redis_persistence, stack)`` calls the
+    check unless a prerequisite failed (then records it skipped, with
+    the reason), and times it. A check that raises is recorded failed with the exception's text (the
+    caller's tasks scrub secrets before raising), so one broken check never hides the
+    others.
+    """
+
+    def __init__(
+        self,
+        specs: Sequence[CheckSpec],
+        clock: Callable[[], float] = time.monotonic,
+        scrub: Callable[[str], str] = str,
+        on_outcome: Callable[[CheckOutcome], None] | None = None,
+    ) -> None:
+        validate_order(specs)
+        self.specs = {spec.name: spec for spec in specs}
+        self.order = [spec.name for spec in specs]
+        self.outcomes: dict[str, CheckOutcome] = {}
+        self.unhealthy: set[str] = set()
+        self._clock = clock
+        self._scrub = scrub
+        self._on_outcome = on_outcome
+
+    def blocked(self, name: str) -> str | None:
+        return blocked_reason(self.specs[name], self.outcomes, self.unhealthy)
+
+    def record(self, name: str, finding: Finding, seconds: float = 0.0) -> CheckOutcome:
+        spec = self.specs[name]
+        if name in self.outcomes:
+            raise ValueError(f"check {name!r} already recorded")
+        self.unhealthy.update(finding.unhealthy_services)
+        outcome = CheckOutcome(
+            name=name,
+            title=spec.title,
+            status=finding.status,
+            required=spec.required,
+            message=self._scrub(finding.message),
+            fix=self._scrub(finding.fix) if finding.fix else None,
+            seconds=max(0.0, seconds),
+        )
+        self.outcomes[name] = outcome
+        if self._on_outcome is not None:
+            self._on_outcome(outcome)
+        return outcome
+
+    def run(self, name: str, check: Callable[..., Finding], *args: object) -> CheckOutcome:
+        reason = self.blocked(name)
+        if reason is not None:
+            return self.record(name, Finding.skipped(f"skipped: {reason}"))
+        started = self._clock()
+        try:
+            finding = check(*args)
+        except Exception as exc:  # a check that crashed is a failed check, not a lost report
+            finding = Finding.failed(
+                f"the check itself failed: {type(exc).__name__}: {exc}",
+                "read the flow run's logs for the traceback; fix the cause and run again",
+            )
+        return self.record(name, finding, self._clock() - started)
+
+    def results(self) -> list[CheckOutcome]:
+        """Outcomes in check order; checks that never ran are reported as skipped."""
+        rows = []
+        for name in self.order:
+            outcome = self.outcomes.get(name)
+            if outcome is None:
+                spec = self.specs[name]
+                outcome = CheckOutcome(
+                    name=name,
+                    title=spec.title,
+                    status="skipped",
+                    required=spec.required,
+                    message="skipped: not run",
+                    seconds=0.0,
+                )
+            rows.append(outcome)
+        return rows
+
+
+class Verdict(BaseModel):
+    passed: bool
+    failed_required: list[str]
+    failed_optional: list[str]
+    summary: str
+
+
+def verdict(stack: str, outcomes: Sequence[CheckOutcome]) -> Verdict:
+    """The run passes unless a required check failed; the summary names each failure."""
+    failed_required = [o for o in outcomes if o.status == "failed" and o.required]
+    failed_optional = [o for o in outcomes if o.status == "failed" and not o.required]
+    counts = {s: sum(1 for o in outcomes if o.status == s) for s in ("passed", "failed", "skipped")}
+    tally = f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped"
+    if failed_required:
+        lines = [
+            f"deploy-verify on {stack}: {len(failed_required)} required check(s) failed ({tally})."
+        ]
+        lines += [
+            f"- {o.name}: {o.message} Fix: {o.fix or 'see the report'}" for o in failed_required
+        ]
+        summary = "\n".join(lines)
+    else:
+        summary = f"deploy-verify on {stack}: passed ({tally})."
+        if failed_optional:
+            summary += " Optional check(s) failed: " + ", ".join(o.name for o in failed_optional)
+    return Verdict(
+        passed=not failed_required,
+        failed_required=[o.name for o in failed_required],
+        failed_optional=[o.name for o in failed_optional],
+        summary=summary,
+    )
+
+
+def _cell(text: str | None) -> str:
+    if not text:
+        return ""
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", "<br>")
+
+
+def render_report(
+    stack: str,
+    outcomes: Sequence[CheckOutcome],
+    *,
+    run_name: str,
+    started_at: datetime,
+    seconds: float,
+    trace_id: str | None,
+) -> str:
+    """The markdown report: verdict, then one table row per check with timing and fix."""
+    result = verdict(stack, outcomes)
+    headline = "PASSED" if result.passed else "FAILED"
+    lines = [
+        f"# deploy-verify on `{stack}`: {headline}",
+        "",
+        f"Run `{run_name}` started {started_at:%Y-%m-%d %H:%M:%S %Z}, took {seconds:.1f} s. "
+        + (f"Canary trace id: `{trace_id}`." if trace_id else "No canary trace was sent."),
+        "",
+        "| # | check | result | required | time | details | how to fix |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for number, o in enumerate(outcomes, start=1):
+        lines.append(
+            f"| {number} | **{o.name}**<br>{_cell(o.title)} | {MARKS[o.status]} | "
+            f"{'yes' if o.required else 'no'} | {o.seconds:.2f} s | {_cell(o.message)} | "
+            f"{_cell(o.fix)} |"
+        )
+    lines += ["", _cell(result.summary).replace("<br>", "\n\n")]
+    return "\n".join(lines)
+
+
+def table_rows(outcomes: Sequence[CheckOutcome]) -> list[dict[str, str]]:
+    """The report as rows for a Prefect table artifact (strings only, UI-sortable)."""
+    return [
+        {
+            "check": o.name,
+            "result": o.status,
+            "required": "yes" if o.required else "no",
+            "seconds": f"{o.seconds:.2f}",
+            "details": o.message,
+            "fix": o.fix or "",
+        }
+        for o in outcomes
+    ]
+
+
+# ---- judges: what a task observed -> a finding -----------------------------------------
+
+
+def judge_master_key(starts_with_sk: bool) -> Finding:
+    if starts_with_sk:
+        return Finding.passed("the master key starts with sk-")
+    return Finding.failed(
+        "LITELLM_MASTER_KEY does not start with sk-: LiteLLM rejects such master keys",
+        "set LITELLM_MASTER_KEY to a value starting with 'sk-' on the litellm and "
+        "prefect-worker services, then redeploy",
+    )
+
+
+class SaltRecord(BaseModel):
+    """What is stored about the salt key: a random salt and the salted hash. Never the key."""
+
+    salt: str = Field(min_length=16)
+    fingerprint: str = Field(pattern=r"^[0-9a-f]{64}$")
+    recorded_at: datetime
+
+
+def judge_salt(
+    stored: SaltRecord | None, current_fingerprint: str | None, variable: str
+) -> Finding:
+    """``current_fingerprint`` is the salt key hashed with ``stored.salt`` (or a new salt)."""
+    if current_fingerprint is None:
+        if stored is None:
+            return Finding.skipped(
+                "LITELLM_SALT_KEY is not set, so there is nothing to compare",
+                "set LITELLM_SALT_KEY (a long random value) before storing any provider "
+                "credential in LiteLLM, and never change it afterwards",
+            )
+        return Finding.failed(
+            f"LITELLM_SALT_KEY is no longer set, but it was at the first verification "
+            f"({stored.recorded_at:%Y-%m-%d}): stored provider credentials can no longer be "
+            "decrypted",
+            "set LITELLM_SALT_KEY back to its previous value on the litellm service and redeploy",
+        )
+    if stored is None:
+        return Finding.passed(
+            f"first verification: the salt key's salted fingerprint is now recorded in "
+            f"variable {variable!r}"
+        )
+    if stored.fingerprint == current_fingerprint:
+        return Finding.passed(
+            f"unchanged since the first verification on {stored.recorded_at:%Y-%m-%d}"
+        )
+    return Finding.failed(
+        f"LITELLM_SALT_KEY changed since the first verification on "
+        f"{stored.recorded_at:%Y-%m-%d}: provider credentials LiteLLM stored encrypted "
+        "with the old salt key can no longer be decrypted",
+        "put the previous LITELLM_SALT_KEY back on the litellm service and redeploy. If the "
+        "change is intended, re-enter every provider credential in LiteLLM, then delete "
+        f"the Prefect variable {variable!r} so the next run records the new key",
+    )
+
+
+class ServiceHealth(BaseModel):
+    """One service as the health checks saw it."""
+
+    service: str
+    status: ServiceStatus
+    reason: str
+
+
+def judge_health(services: Sequence[ServiceHealth], fail_on_degraded: bool) -> Finding:
+    if not services:
+        return Finding.failed(
+            "no health check ran", "check the health-sweep's service list for this stack"
+        )
+    unhealthy = [s for s in services if s.status == "unhealthy"]
+    degraded = [s for s in services if s.status == "degraded"]
+    bad = unhealthy + (degraded if fail_on_degraded else [])
+    described = "; ".join(f"{s.service} {s.status}: {s.reason}" for s in unhealthy + degraded)
+    if bad:
+        return Finding(
+            status="failed",
+            message=described,
+            fix="fix the service(s) named here first (their own logs on Railway say why); "
+            "the checks that need them are skipped",
+            unhealthy_services=tuple(s.service for s in bad),
+        )
+    if degraded:
+        return Finding.passed(f"{len(services)} services up; degraded: {described}")
+    return Finding.passed(f"{len(services)} services healthy")
+
+
+def judge_unauthenticated(status_code: int, url: str) -> Finding:
+    """LiteLLM without a database answers 400/500 instead of 401: any >= 400 is a refusal."""
+    if status_code >= 400:
+        return Finding.passed(f"a request without a key was refused (HTTP {status_code})")
+    return Finding.failed(
+        f"LiteLLM at {url} answered HTTP {status_code} to a request without a key: anyone who "
+        "can reach it can use (and spend on) every model",
+        "set LITELLM_MASTER_KEY on the litellm service (general_settings.master_key) and redeploy",
+    )
+
+
+def judge_models(
+    status_code: int, models: Sequence[str], canary_model: str, detail: str = ""
+) -> Finding:
+    if status_code in (401, 403) or 400 <= status_code < 500:
+        return Finding.failed(
+            f"LiteLLM refused the stack's master key (HTTP {status_code}"
+            + (f": {detail}" if detail else "")
+            + "): the master key in the stack block is not the proxy's",
+            "make LITELLM_MASTER_KEY on the prefect-worker service (and so the stack block) the "
+            "same as on the litellm service, then rebuild the stack block and run again",
+        )
+    if status_code >= 500 or status_code < 200 or status_code >= 300:
+        return Finding.failed(
+            f"listing models answered HTTP {status_code}" + (f": {detail}" if detail else ""),
+            "read the litellm service's logs; its model configuration may not load",
+        )
+    if canary_model not in models:
+        shown = ", ".join(list(models)[:10]) or "none"
+        return Finding.failed(
+            f"the canary model {canary_model!r} is not among the {len(models)} models ({shown})",
+            f"add a model named {canary_model!r} to LiteLLM's model_list (mock_response: pong "
+            "keeps it free), or set canary_model to a model that exists",
+        )
+    return Finding.passed(f"{len(models)} models listed, including {canary_model!r}")
+
+
+def judge_canary(status_code: int, content: str | None, model: str, detail: str = "") -> Finding:
+    if 200 <= status_code < 300 and content:
+        return Finding.passed(f"{model!r} answered {content[:40]!r}")
+    if 200 <= status_code < 300:
+        return Finding.failed(
+            f"{model!r} answered HTTP {status_code} without any message content",
+            "check the model's configuration in LiteLLM (provider, deployment name)",
+        )
+    return Finding.failed(
+        f"the canary completion on {model!r} answered HTTP {status_code}"
+        + (f": {detail}" if detail else ""),
+        "read the litellm service's logs; check the model's provider credentials and configuration",
+    )
+
+
+def judge_trace(
+    found: bool, trace_id: str, waited_s: float, last_status: int | None, timeout_s: float
+) -> Finding:
+    if found:
+        return Finding.passed(f"trace {trace_id} found in Langfuse after {waited_s:.1f} s")
+    if last_status in (401, 403):
+        return Finding.failed(
+            f"Langfuse refused the stack's API keys (HTTP {last_status}) while looking up trace "
+            f"{trace_id}",
+            "set LANGFUSE_PUBLIC_KEY/LANGFUSE_SECRET_KEY to a key pair of the project LiteLLM "
+            "traces into, and rebuild the stack block",
+        )
+    return Finding.failed(
+        f"the canary's trace {trace_id} did not appear in Langfuse within {timeout_s:.0f} s "
+        f"(last answer: {f'HTTP {last_status}' if last_status else 'none'}): Langfuse does not "
+        "receive LiteLLM's traces",
+        "check on the litellm service: success_callback includes langfuse, and LANGFUSE_HOST, "
+        "LANGFUSE_PUBLIC_KEY, LANGFUSE_SECRET_KEY name this Langfuse project; then check that "
+        "langfuse-worker is running and its queue (Redis) and ClickHouse are reachable",
+    )
+
+
+def quote_table(qualified: str) -> str:
+    schema, _, table = qualified.partition(".")
+    return f'{schema}."{table}"' if table != table.lower() else qualified
+
+
+def judge_tables(
+    required: Sequence[str], present: Iterable[str], unfinished_migrations: Sequence[str]
+) -> Finding:
+    """``required``/``present`` are ``schema.table``; migrations ``schema.migration_name``."""
+    have = set(present)
+    missing = [t for t in required if t not in have]
+    if missing:
+        shown = ", ".join(quote_table(t) for t in missing)
+        owners = sorted({"LiteLLM" if t.startswith("public.") else "Langfuse" for t in missing})
+        return Finding.failed(
+            f"missing table(s) {shown}: {' and '.join(owners)}'s migrations did not run, or the "
+            "table was dropped or renamed",
+            "read the owning service's start-up logs (it migrates on start); restore the table "
+            "from the latest backup set if it was dropped; a renamed table must be renamed back",
+        )
+    if unfinished_migrations:
+        shown = ", ".join(unfinished_migrations[:5])
+        more = len(unfinished_migrations) - 5
+        return Finding.failed(
+            f"migration(s) started but not finished: {shown}"
+            + (f" ... and {more} more" if more > 0 else ""),
+            "read the service's start-up logs for the failing migration; fix it and redeploy "
+            "(Prisma refuses to continue past a failed migration)",
+        )
+    return Finding.passed(f"{len(required)} required tables present, migrations finished")
+
+
+def judge_clickhouse_tables(
+    database: str, required: Sequence[str], present: Iterable[str]
+) -> Finding:
+    have = set(present)
+    missing = [t for t in required if t not in have]
+    if missing:
+        return Finding.failed(
+            f"ClickHouse database {database!r} lacks Langfuse table(s) {', '.join(missing)}",
+            "Langfuse creates them on start (CLICKHOUSE_MIGRATION_URL): read langfuse-web's "
+            "logs; restore them from the latest backup set if they were dropped",
+        )
+    return Finding.passed(f"{database}: {', '.join(required)} present")
+
+
+def judge_redis(appendonly: str, policy: str, expected_policy: str, require_aof: bool) -> Finding:
+    problems = []
+    fixes = []
+    if require_aof and appendonly != "yes":
+        problems.append(
+            f"AOF is off (appendonly={appendonly}): a restart loses queued Langfuse "
+            "events and rate-limit state"
+        )
+        fixes.append("start redis-server with --appendonly yes (and CONFIG SET appendonly yes now)")
+    if policy != expected_policy:
+        problems.append(
+            f"maxmemory-policy is {policy}, expected {expected_policy}"
+            + (": Redis may evict Langfuse's queue jobs" if expected_policy == "noeviction" else "")
+        )
+        fixes.append(f"start redis-server with --maxmemory-policy {expected_policy}")
+    if problems:
+        return Finding.failed("; ".join(problems), "; ".join(fixes))
+    return Finding.passed(f"appendonly={appendonly}, maxmemory-policy={policy}")
+
+
+class BucketProbe(BaseModel):
+    """One bucket: does it exist, and did a canary object survive a write/read/delete."""
+
+    bucket: str
+    role: str = Field(description="What the bucket is for, e.g. 'Langfuse events'.")
+    exists: bool
+    canary_ok: bool = False
+    error: str | None = None
+
+
+def judge_buckets(probes: Sequence[BucketProbe]) -> Finding:
+    missing = [p for p in probes if not p.exists]
+    broken = [p for p in probes if p.exists and not p.canary_ok]
+    if missing:
+        return Finding.failed(
+            "missing bucket(s): "
+            + ", ".join(f"{p.bucket!r} ({p.role})" for p in missing)
+            + (f"; {missing[0].error}" if missing[0].error else ""),
+            "create the bucket(s) on the S3 server (mc mb, or the console), or fix "
+            "LANGFUSE_S3_BUCKET / BACKUP_BUCKET to name existing ones and rebuild the stack block",
+        )
+    if broken:
+        return Finding.failed(
+            "canary object failed in "
+            + ", ".join(f"{p.bucket!r}: {p.error or 'content differed'}" for p in broken),
+            "check the S3 credentials' permissions (write, read, delete) on these buckets and the "
+            "S3 server's free space",
+        )
+    return Finding.passed(
+        "canary written, read and deleted in " + ", ".join(repr(p.bucket) for p in probes)
+    )
+
+
+def judge_backup_age(
+    finished_at: datetime | None,
+    backup_id: str | None,
+    now: datetime,
+    max_age: timedelta,
+    started_run: str | None,
+    deployment: str,
+) -> Finding:
+    if finished_at is None:
+        if started_run:
+            return Finding.passed(
+                f"no complete backup set yet (first deploy): started a first backup, flow run "
+                f"{started_run!r}"
+            )
+        return Finding.skipped(
+            f"no complete backup set yet, and no deployment {deployment!r} to start one",
+            f"deploy the backup flow ({deployment}) with `prefect deploy`, then run it once",
+        )
+    age = now - finished_at
+    hours = age.total_seconds() / 3600
+    if age > max_age:
+        return Finding.failed(
+            f"the newest complete backup set {backup_id} finished {hours:.1f} h ago, older than "
+            f"the allowed {max_age.total_seconds() / 3600:.0f} h: backups have stopped succeeding",
+            f"look at the recent runs of {deployment} (failed, or not scheduled); run it now with "
+            f"`prefect deployment run {deployment}`",
+        )
+    return Finding.passed(f"newest complete backup set {backup_id} finished {hours:.1f} h ago")
+
+
+class RailwayService(BaseModel):
+    service: str
+    status: str | None = Field(description="Latest deployment's status, or None when none.")
+
+
+RAILWAY_OK = frozenset({"SUCCESS", "SLEEPING"})
+
+
+def judge_railway(services: Sequence[RailwayService]) -> Finding:
+    if not services:
+        return Finding.failed(
+            "Railway's API listed no services for this project and environment",
+            "check RAILWAY_PROJECT_ID and RAILWAY_ENVIRONMENT_ID, and the token's access",
+        )
+    bad = [s for s in services if s.status not in RAILWAY_OK]
+    if bad:
+        return Finding.failed(
+            "latest deployment not successful: "
+            + ", ".join(f"{s.service} {s.status or 'never deployed'}" for s in bad),
+            "open those services' deployments on Railway and read the build/deploy logs; "
+            "redeploy once fixed",
+        )
+    return Finding.passed(f"{len(services)} services' latest deployments successful")

@@ -1,0 +1,167 @@
+"""The two automations of a stack, created or updated by name on the Prefect server.
+
+- ``ops-failure/<stack>``: any run of one of our deployments of the stack that ends
+  Failed, Crashed or TimedOut (a timeout is its own state, not Failed) notifies every
+  channel of the stack, with the run's state message and a link to it. It covers what a
+  flow's own ``on_failure`` hook cannot see: a crashed process, a killed worker.
+- ``ops-watcher/<stack>``: who watches the watcher. A proactive trigger expects a
+  Completed ``health-sweep`` run of the stack within the window (5 minutes by default);
+  when none arrives, the sweeps have stopped (worker down, schedule paused, sweep
+  broken) and the stack's channels hear about it once per window.
+
+Both run inside ``prefect server start``, so they only use built-in notification blocks
+(the server cannot import ours): routes of the stack block whose type is not built in
+are left out with a warning. Scope is by related resources: the flow (one of ours) and
+the deployment (named after the stack).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Literal
+from uuid import UUID
+
+from prefect.automations import AutomationCore, EventTrigger, Posture, SendNotification
+from prefect.client.orchestration import PrefectClient
+
+from deployments.settings import FLOWS, HEALTH_SWEEP_FLOW
+
+FAILURE_EVENTS = frozenset(
+    {"prefect.flow-run.Failed", "prefect.flow-run.Crashed", "prefect.flow-run.TimedOut"}
+)
+
+# Jinja, rendered by the server with the run that triggered the automation.
+FAILURE_SUBJECT = "{{ flow.name }} run {{ flow_run.name }} ended {{ flow_run.state.name }}"
+FAILURE_BODY = (
+    "Flow run {{ flow_run.name }} of {{ flow.name }}/{{ deployment.name }} "
+    "ended {{ flow_run.state.name }}: {{ flow_run.state.message }}\n"
+    "Run: {{ flow_run|ui_url }}\n"
+    "Retry it from the run's page (Retry) or with `prefect flow-run retry <run-id>`; "
+    "tasks that had completed are not run again."
+)
+WATCHER_SUBJECT = "[{stack}] no health sweep completed in {window}"
+WATCHER_BODY = (
+    "No run of health-sweep/{stack} completed in the last {window}: the stack is not being "
+    "watched. Check that the prefect-worker service is running, that the deployment "
+    "health-sweep/{stack} and its schedule are not paused, and the latest sweep runs "
+    "for errors.{link}"
+)
+
+
+def failure_name(stack: str) -> str:
+    return f"ops-failure/{stack}"
+
+
+def watcher_name(stack: str) -> str:
+    return f"ops-watcher/{stack}"
+
+
+def _window_text(window: timedelta) -> str:
+    seconds = int(window.total_seconds())
+    if seconds % 60 == 0:
+        minutes = seconds // 60
+        return f"{minutes} minute" + ("" if minutes == 1 else "s")
+    return f"{seconds} seconds"
+
+
+def _notify(block_ids: list[UUID], subject: str, body: str) -> list[SendNotification]:
+    return [
+        SendNotification(block_document_id=block_id, subject=subject, body=body)
+        for block_id in block_ids
+    ]
+
+
+def failure_automation(stack: str, block_ids: list[UUID]) -> AutomationCore:
+    """Failed, Crashed or TimedOut runs of our deployments of ``stack`` notify."""
+    return AutomationCore(
+        name=failure_name(stack),
+        description=(
+            f"A run of an ops deployment of stack {stack!r} ended Failed, Crashed or "
+            "TimedOut: notify the stack's channels with a link to the run. "
+            "Managed by `python -m deployments.bootstrap`; edits here are overwritten."
+        ),
+        tags=["ops", f"stack:{stack}"],
+        trigger=EventTrigger(
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related=[
+                {"prefect.resource.role": "flow", "prefect.resource.name": sorted(FLOWS)},
+                {"prefect.resource.role": "deployment", "prefect.resource.name": stack},
+            ],
+            expect=set(FAILURE_EVENTS),
+            posture=Posture.Reactive,
+            threshold=1,
+            within=timedelta(0),
+        ),
+        actions=_notify(
+            block_ids,
+            f"[{stack}] {FAILURE_SUBJECT}",
+            FAILURE_BODY,
+        ),
+    )
+
+
+def watcher_automation(
+    stack: str, block_ids: list[UUID], window: timedelta, ui_url: str | None
+) -> AutomationCore:
+    """No Completed health-sweep run of ``stack`` within ``window`` notifies."""
+    text = _window_text(window)
+    link = f"\nRuns: {ui_url.rstrip('/')}/runs" if ui_url else ""
+    return AutomationCore(
+        name=watcher_name(stack),
+        description=(
+            f"No health-sweep/{stack} run completed within {text}: the monitor itself is "
+            "down. Managed by `python -m deployments.bootstrap`; edits here are overwritten."
+        ),
+        tags=["ops", f"stack:{stack}"],
+        trigger=EventTrigger(
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related=[
+                {"prefect.resource.role": "flow", "prefect.resource.name": HEALTH_SWEEP_FLOW},
+                {"prefect.resource.role": "deployment", "prefect.resource.name": stack},
+            ],
+            expect={"prefect.flow-run.Completed"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=window,
+        ),
+        actions=_notify(
+            block_ids,
+            WATCHER_SUBJECT.format(stack=stack, window=text),
+            WATCHER_BODY.format(stack=stack, window=text, link=link),
+        ),
+    )
+
+
+Outcome = Literal["created", "updated", "unchanged"]
+
+
+@dataclass(frozen=True)
+class AutomationResult:
+    name: str
+    outcome: Outcome
+    id: UUID
+
+
+def _comparable(automation: AutomationCore) -> dict[str, object]:
+    return automation.model_dump(mode="json", exclude={"owner_resource"})
+
+
+async def apply_automation(client: PrefectClient, wanted: AutomationCore) -> AutomationResult:
+    """Create ``wanted``, or bring the automation of the same name in line with it.
+
+    Duplicates of the name (an automation created twice by hand) are removed, so the
+    server ends with exactly one.
+    """
+    existing = await client.read_automations_by_name(wanted.name)
+    if not existing:
+        new_id = await client.create_automation(wanted)
+        return AutomationResult(wanted.name, "created", new_id)
+    keep, *extra = existing
+    for duplicate in extra:
+        await client.delete_automation(duplicate.id)
+    current = AutomationCore.model_validate(keep.model_dump(exclude={"id"}))
+    if _comparable(current) == _comparable(wanted) and not extra:
+        return AutomationResult(wanted.name, "unchanged", keep.id)
+    await client.update_automation(keep.id, wanted)
+    return AutomationResult(wanted.name, "updated", keep.id)

@@ -1,0 +1,368 @@
+"""Turn any Prefect server into the control plane of one stack: ``python -m deployments.bootstrap``.
+
+Run from the stack's environment (the worker service on Railway runs it at every
+start; the devstack demo runs it with the devstack's env)::
+
+    python -m deployments.bootstrap --stack production --deploy
+
+In order, each step create-or-update by name, so running it twice changes nothing:
+
+1. waits for the Prefect API (the server may still be starting);
+2. the process work pool (``OPS_WORK_POOL``, default ``ops``);
+3. our block types (every block class in ``blocks/``);
+4. one notification block document per channel variable that is set
+   (see :mod:`deployments.channels`);
+5. the stack block document named after the stack (``Stack.from_env``), its routes
+   from those channels and ``NOTIFICATION_ROUTES``; with neither set, the routes of
+   an existing document (added in the UI) are kept;
+6. the automations: failure -> notify, and the watcher of the health sweeps
+   (see :mod:`deployments.automations`);
+7. with ``--deploy``: ``prefect deploy --all`` with ``STACK_NAME`` and every ``OPS_*``
+   schedule variable filled (defaults in :mod:`deployments.settings`).
+
+Nothing secret is printed: the summary names documents, never their values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import inspect
+import os
+import pkgutil
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+from uuid import UUID
+
+import httpx
+from prefect.blocks.core import Block
+from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.exceptions import ObjectNotFound
+from pydantic import BaseModel, Field, ValidationError
+
+import blocks
+from blocks.stack import NotificationRoute, Stack
+from deployments.automations import apply_automation, failure_automation, watcher_automation
+from deployments.channels import ChannelDocument, channels_from_env, is_builtin
+from deployments.settings import PREFECT_FILE, ControlPlaneSettings, deploy_env
+from tasks.errors import ControlPlaneError, StackConfigError
+
+Outcome = Literal["created", "updated", "unchanged"]
+DEPLOY_TIMEOUT_S = 600
+
+
+class StepResult(BaseModel):
+    """What one step did to one object on the server."""
+
+    kind: str
+    name: str
+    outcome: Outcome | Literal["deployed", "skipped"]
+    note: str = ""
+
+
+class BootstrapReport(BaseModel):
+    stack: str
+    work_pool: str
+    steps: list[StepResult] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+
+    def changed(self) -> list[StepResult]:
+        """Steps that created or updated something (deploys excluded)."""
+        return [step for step in self.steps if step.outcome in ("created", "updated")]
+
+    def render(self) -> str:
+        lines = [f"bootstrap of stack {self.stack!r} (work pool {self.work_pool!r}):"]
+        for step in self.steps:
+            note = f"  ({step.note})" if step.note else ""
+            lines.append(f"  {step.kind:<18} {step.name:<40} {step.outcome}{note}")
+        lines.extend(f"  warning: {warning}" for warning in self.warnings)
+        return "\n".join(lines)
+
+
+# ---- steps ----------------------------------------------------------------------------
+
+
+async def wait_for_api(client: PrefectClient, wait: timedelta) -> None:
+    """Poll the API's health endpoint until it answers, or give up after ``wait``."""
+    deadline = time.monotonic() + wait.total_seconds()
+    while True:
+        error = await client.api_healthcheck()
+        if error is None:
+            return
+        if time.monotonic() >= deadline:
+            raise ControlPlaneError(
+                f"the Prefect API at {client.api_url} did not answer within "
+                f"{wait.total_seconds():.0f}s ({type(error).__name__}: {error}). Check "
+                "PREFECT_API_URL (on Railway: http://prefect-server.railway.internal:4200/api), "
+                "PREFECT_API_AUTH_STRING, and that the prefect-server service is running."
+            )
+        await asyncio.sleep(2.0)
+
+
+async def ensure_work_pool(client: PrefectClient, name: str) -> StepResult:
+    from prefect.workers.process import ProcessWorker
+
+    try:
+        pool = await client.read_work_pool(name)
+    except ObjectNotFound:
+        await client.create_work_pool(
+            WorkPoolCreate(
+                name=name,
+                type="process",
+                description="Process worker of the operations layer (prefect-worker service).",
+                base_job_template=ProcessWorker.get_default_base_job_template(),
+            )
+        )
+        return StepResult(kind="work pool", name=name, outcome="created")
+    if pool.type != "process":
+        raise ControlPlaneError(
+            f"work pool {name!r} exists with type {pool.type!r}, not 'process': the worker "
+            "of this product is a process worker. Set OPS_WORK_POOL to another name, or "
+            f"delete the pool (`prefect work-pool delete {name}`)."
+        )
+    return StepResult(kind="work pool", name=name, outcome="unchanged")
+
+
+def our_block_classes() -> list[type[Block]]:
+    """Every block class defined in the ``blocks`` package (its modules imported)."""
+    found: dict[str, type[Block]] = {}
+    for module_info in pkgutil.iter_modules(blocks.__path__, prefix="blocks."):
+        module = importlib.import_module(module_info.name)
+        for _, value in inspect.getmembers(module, inspect.isclass):
+            if (
+                issubclass(value, Block)
+                and value.__module__.startswith("blocks.")
+                and not inspect.isabstract(value)
+                and "_block_type_slug" in vars(value)
+            ):
+                found[value.get_block_type_slug()] = value
+    return [found[slug] for slug in sorted(found)]
+
+
+async def register_block_types(client: PrefectClient) -> list[StepResult]:
+    results = []
+    for block_class in our_block_classes():
+        await block_class.aregister_type_and_schema(client=client)
+        results.append(
+            StepResult(
+                kind="block type",
+                name=block_class.get_block_type_slug(),
+                outcome="unchanged",
+                note="registered",
+            )
+        )
+    return results
+
+
+def _dump(block: Block) -> dict[str, Any]:
+    """The document's values, secrets included, without the loaded document's identity."""
+    values = block.model_dump(mode="json", context={"include_secrets": True})
+    return {key: value for key, value in values.items() if not key.startswith("_")}
+
+
+async def save_block(block: Block, name: str) -> Outcome:
+    """Save ``block`` as document ``name``: created, updated, or unchanged if equal."""
+    try:
+        current = await type(block).aload(name)
+    except ValueError:
+        await block.asave(name)
+        return "created"
+    if _dump(current) == _dump(block):
+        return "unchanged"
+    await block.asave(name, overwrite=True)
+    return "updated"
+
+
+async def save_channels(channels: Sequence[ChannelDocument]) -> list[StepResult]:
+    results = []
+    for channel in channels:
+        outcome = await save_block(channel.block, channel.name)
+        results.append(
+            StepResult(
+                kind="channel",
+                name=channel.route.block,
+                outcome=outcome,
+                note=f"from {channel.channel.variable}, {channel.route.min_severity} and above",
+            )
+        )
+    return results
+
+
+async def save_stack(
+    env: Mapping[str, str], stack_name: str, channels: Sequence[ChannelDocument]
+) -> tuple[Stack, StepResult]:
+    stack = Stack.from_env(env, stack_name=stack_name)
+    routes: list[NotificationRoute] = list(stack.notifications)
+    for channel in channels:
+        if all(route.block != channel.route.block for route in routes):
+            routes.append(channel.route)
+    note = f"{len(routes)} route(s) from the environment"
+    if not routes:
+        try:
+            existing: Block = await Stack.aload(stack_name)
+            if isinstance(existing, Stack):
+                routes = list(existing.notifications)
+            note = f"no channel in the environment; kept {len(routes)} existing route(s)"
+        except ValueError:
+            note = "no notification channel: alerts go nowhere"
+    stack.notifications = routes
+    outcome = await save_block(stack, stack_name)
+    return stack, StepResult(
+        kind="stack block", name=f"llm-stack/{stack_name}", outcome=outcome, note=note
+    )
+
+
+async def block_document_ids(
+    client: PrefectClient, routes: Sequence[NotificationRoute]
+) -> list[UUID]:
+    ids = []
+    for route in routes:
+        block_type, _, name = route.block.partition("/")
+        try:
+            document = await client.read_block_document_by_name(name, block_type)
+        except ObjectNotFound:
+            raise ControlPlaneError(
+                f"the stack's route {route.block} names no block document: create it in the "
+                "UI (Blocks) or remove the route from the stack block"
+            ) from None
+        ids.append(document.id)
+    return ids
+
+
+async def apply_automations(
+    client: PrefectClient, stack: Stack, window: timedelta, report: BootstrapReport
+) -> None:
+    server_routes = [route for route in stack.notifications if is_builtin(route)]
+    for route in stack.notifications:
+        if not is_builtin(route):
+            report.warnings.append(
+                f"route {route.block} is not a built-in block type: the server cannot load it, "
+                "so automations do not notify it (flows still do)"
+            )
+    if not server_routes:
+        report.warnings.append(
+            "no built-in notification channel: the failure and watcher automations notify nobody"
+        )
+    ids = await block_document_ids(client, server_routes)
+    for wanted in (
+        failure_automation(stack.stack_name, ids),
+        watcher_automation(stack.stack_name, ids, window, stack.ui_url),
+    ):
+        result = await apply_automation(client, wanted)
+        report.steps.append(
+            StepResult(
+                kind="automation",
+                name=result.name,
+                outcome=result.outcome,
+                note=f"{len(ids)} channel(s)",
+            )
+        )
+
+
+def run_deploy(
+    env: Mapping[str, str], settings: ControlPlaneSettings, stack: Stack | None
+) -> StepResult:
+    """``prefect deploy --all`` from the project folder, with every placeholder filled."""
+    prefect = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
+    argv = [prefect, "--no-prompt", "deploy", "--all", "--prefect-file", str(PREFECT_FILE)]
+    try:
+        done = subprocess.run(
+            argv,
+            cwd=settings.project_dir,
+            env=deploy_env(env, settings),
+            capture_output=True,
+            text=True,
+            timeout=DEPLOY_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise ControlPlaneError(
+            f"`prefect deploy --all` did not finish within {DEPLOY_TIMEOUT_S}s; "
+            "check that the Prefect API answers"
+        ) from None
+    if done.returncode != 0:
+        output = (done.stdout + done.stderr)[-3000:]
+        if stack is not None:
+            output = stack.scrub(output)
+        raise ControlPlaneError(
+            f"`prefect deploy --all` failed (exit {done.returncode}) for stack "
+            f"{settings.stack!r}:\n{output}"
+        )
+    return StepResult(
+        kind="deployments",
+        name=f"*/{settings.stack}",
+        outcome="deployed",
+        note=str(PREFECT_FILE.name),
+    )
+
+
+# ---- the whole bootstrap -----------------------------------------------------------
+
+
+async def bootstrap(
+    env: Mapping[str, str], settings: ControlPlaneSettings, deploy: bool = False
+) -> BootstrapReport:
+    """Prepare the server ``PREFECT_API_URL`` points at for ``settings.stack``."""
+    report = BootstrapReport(stack=settings.stack, work_pool=settings.work_pool)
+    async with get_client() as client:
+        await wait_for_api(client, settings.api_wait)
+        report.steps.append(await ensure_work_pool(client, settings.work_pool))
+        report.steps.extend(await register_block_types(client))
+        channels = channels_from_env(env, settings.stack)
+        report.steps.extend(await save_channels(channels))
+        stack, step = await save_stack(env, settings.stack, channels)
+        report.steps.append(step)
+        await apply_automations(client, stack, settings.watcher_window, report)
+    if deploy:
+        report.steps.append(await asyncio.to_thread(run_deploy, env, settings, stack))
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m deployments.bootstrap",
+        description="Prepare a Prefect server as the control plane of one stack.",
+    )
+    parser.add_argument("--stack", help="stack name (default: $STACK_NAME, else 'production')")
+    parser.add_argument("--deploy", action="store_true", help="also run `prefect deploy --all`")
+    parser.add_argument("--work-pool", help="process work pool (default: $OPS_WORK_POOL or 'ops')")
+    parser.add_argument(
+        "--watcher-window",
+        type=float,
+        metavar="SECONDS",
+        help="alert when no health sweep completed for this long (default 300; env "
+        "OPS_WATCHER_WINDOW_S)",
+    )
+    args = parser.parse_args(argv)
+    env = dict(os.environ)
+    try:
+        settings = ControlPlaneSettings.from_env(
+            env,
+            stack=args.stack,
+            work_pool=args.work_pool,
+            watcher_window=(
+                timedelta(seconds=args.watcher_window) if args.watcher_window is not None else None
+            ),
+        )
+    except ValidationError as exc:
+        print(f"bootstrap: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    try:
+        report = asyncio.run(bootstrap(env, settings, deploy=args.deploy))
+    except (StackConfigError, ControlPlaneError, httpx.HTTPError) as exc:
+        print(f"bootstrap of stack {settings.stack!r} failed: {exc}", file=sys.stderr)
+        return 1
+    print(report.render())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -42,6 +43,7 @@ import time
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -63,6 +65,7 @@ from blocks.stack import Stack, redact_url
 from tasks.drill import (
     Check,
     ComponentTiming,
+    DrillReport,
     check_object,
     check_required_tables,
     check_row_counts,
@@ -1092,3 +1095,236 @@ def check_no_scratch_left(stack: Stack, names: ScratchNames) -> Check:
     if left:
         return failed("scratch-dropped", "set", f"still present after the drill: {shorten(left)}")
     return passed("scratch-dropped", "set", "every scratch database was dropped")
+
+
+# ---- reports --------------------------------------------------------------------------------
+
+
+@task(name="publish-drill-report", cache_policy=NO_CACHE)
+def publish_drill_report(stack: Stack, report: DrillReport) -> str:
+    """The report as a markdown artifact under ``restore-drill-<stack>`` (history in the UI)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    key = f"restore-drill-{stack.stack_name}"
+    create_markdown_artifact(
+        key=key,
+        markdown=stack.scrub(report.to_markdown()),
+        description=stack.scrub(report.summary_line()),
+    )
+    return key
+
+
+@task(name="send-drill-summary", cache_policy=NO_CACHE)
+def send_drill_summary(stack: Stack, report: DrillReport) -> int:
+    """One info-severity line for a passing drill; returns how many channels took it."""
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    from tasks.notify import Alert, deliver
+
+    line = report.summary_line()
+    alert = Alert(
+        stack=stack.stack_name,
+        source="restore-drill",
+        title=line,
+        body=line,
+        severity="info",
+        kind="info",
+    )
+    delivered = run_coro_as_sync(deliver(stack, alert))
+    return delivered.sent if delivered is not None else 0
+
+
+# ---- restore for real -----------------------------------------------------------------------
+
+
+class TargetPlan(BaseModel):
+    """Where one engine's data goes, and whether that replaces a database."""
+
+    engine: Literal["postgres", "clickhouse"]
+    target: str
+    exists: bool
+    live: bool
+    refusal: str | None = None
+
+
+@task(name="plan-restore-targets", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def plan_restore_targets(
+    stack: Stack, postgres_target: str | None, clickhouse_target: str | None, confirm: list[str]
+) -> list[TargetPlan]:
+    """Look the targets up and apply the safety rule; writes nothing."""
+    from tasks.drill import restore_refusal
+
+    plans: list[TargetPlan] = []
+    if postgres_target is not None:
+        server = pg_server(stack, None)
+        exists = pg_database_exists(server, postgres_target)
+        live = postgres_target == stack.postgres_database
+        plans.append(
+            TargetPlan(
+                engine="postgres", target=postgres_target, exists=exists, live=live,
+                refusal=restore_refusal(
+                    postgres_target, exists=exists, live=live, confirmed=confirm,
+                    engine="postgres",
+                ),
+            )
+        )  # fmt: skip
+    if clickhouse_target is not None:
+        exists = clickhouse_target in ch_databases(stack)
+        live = clickhouse_target == stack.clickhouse_database
+        plans.append(
+            TargetPlan(
+                engine="clickhouse", target=clickhouse_target, exists=exists, live=live,
+                refusal=restore_refusal(
+                    clickhouse_target, exists=exists, live=live, confirmed=confirm,
+                    engine="clickhouse",
+                ),
+            )
+        )  # fmt: skip
+    return plans
+
+
+class RestoredTarget(BaseModel):
+    """One engine restored: its checks, timing, and what was replaced (kept, renamed)."""
+
+    engine: Literal["postgres", "clickhouse"]
+    target: str
+    checks: list[Check]
+    timing: ComponentTiming | None = None
+    previous: str | None = Field(default=None, description="Name the replaced database got.")
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+
+def _swap_pg(server: PgServer, staging: str, target: str, previous: str | None) -> None:
+    """Rename ``target`` aside (sessions closed) and ``staging`` into its place."""
+    admin = "postgres" if target == server.maintenance_database else server.maintenance_database
+    try:
+        with server.connect(admin) as conn:
+            if previous is not None:
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = %s AND pid <> pg_backend_pid()",
+                    (target,),
+                )
+                conn.execute(
+                    sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                        sql.Identifier(target), sql.Identifier(previous)
+                    )
+                )
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                    sql.Identifier(staging), sql.Identifier(target)
+                )
+            )
+    except psycopg.Error as exc:
+        raise _pg_error(server, f"rename of {staging} to {target}", exc) from None
+
+
+@task(name="restore-postgres-target", cache_policy=NO_CACHE)
+def restore_postgres_target(
+    stack: Stack,
+    manifest: BackupManifest,
+    plan: TargetPlan,
+    mode: PostgresMode,
+    jobs: int,
+    timeout_s: float,
+    work_dir: str | None,
+    required_tables: list[str],
+) -> RestoredTarget:
+    """Restore into a staging database, prove it, then move it to the target's name.
+
+    A failed restore drops the staging database and leaves the target untouched; a
+    replaced target is renamed ``<target>_before_<time>``, never dropped.
+    """
+    from tasks.drill import previous_database_name, staging_database_name
+
+    now = datetime.now(UTC)
+    staging = staging_database_name(now, secrets.token_hex(3))
+    server = pg_server(stack, None)
+    outcome: ComponentOutcome | None = None
+    try:
+        outcome = restore_postgres.fn(
+            stack, None, manifest, staging, mode, jobs, timeout_s, work_dir, required_tables
+        )
+        if not all(c.passed for c in outcome.checks):
+            return RestoredTarget(engine="postgres", target=plan.target, checks=outcome.checks)
+        previous = previous_database_name(plan.target, now) if plan.exists else None
+        _swap_pg(server, staging, plan.target, previous)
+        get_run_logger().info(
+            "postgres: %s now holds set %s%s", plan.target, manifest.backup_id,
+            f"; the old one is kept as {previous}" if previous else "",
+        )  # fmt: skip
+        return RestoredTarget(
+            engine="postgres", target=plan.target, checks=outcome.checks,
+            timing=outcome.timing, previous=previous,
+        )  # fmt: skip
+    finally:
+        if pg_database_exists(server, staging):
+            drop_pg_database(server, staging)
+
+
+@task(name="restore-clickhouse-target", cache_policy=NO_CACHE)
+def restore_clickhouse_target(
+    stack: Stack,
+    backup: ClickHouseBackup,
+    plan: TargetPlan,
+    timeout_s: float,
+    required_tables: list[str],
+) -> RestoredTarget:
+    """Same for ClickHouse: RESTORE AS a staging database, check, RENAME into place."""
+    from tasks.drill import previous_database_name, staging_database_name
+
+    now = datetime.now(UTC)
+    staging = staging_database_name(now, secrets.token_hex(3))
+    try:
+        outcome = restore_clickhouse.fn(stack, backup, staging, timeout_s, required_tables)
+        if not all(c.passed for c in outcome.checks):
+            return RestoredTarget(engine="clickhouse", target=plan.target, checks=outcome.checks)
+        previous = previous_database_name(plan.target, now) if plan.exists else None
+        client = ch_client(stack)
+        try:
+            if previous is not None:
+                client.command(
+                    f"RENAME DATABASE {quote_ch_ident(plan.target)} TO {quote_ch_ident(previous)}"
+                )
+            client.command(
+                f"RENAME DATABASE {quote_ch_ident(staging)} TO {quote_ch_ident(plan.target)}"
+            )
+        except (ClickHouseError, OSError) as exc:
+            raise _ch_error(stack, f"rename of {staging} to {plan.target}", exc) from None
+        finally:
+            client.close()
+        return RestoredTarget(
+            engine="clickhouse", target=plan.target, checks=outcome.checks,
+            timing=outcome.timing, previous=previous,
+        )  # fmt: skip
+    finally:
+        if staging in ch_databases(stack):
+            drop_ch_database(stack, staging)
+
+
+@task(name="publish-restore-report", cache_policy=NO_CACHE)
+def publish_restore_report(
+    stack: Stack, backup_id: str, restored: list[RestoredTarget], steps: list[str]
+) -> str:
+    from prefect.artifacts import create_markdown_artifact
+
+    key = f"restore-{stack.stack_name}"
+    lines = [f"# Restore of {stack.stack_name} from set `{backup_id}`", ""]
+    for item in restored:
+        verdict = "restored" if item.passed else "FAILED (target untouched)"
+        lines.append(f"## {item.engine} -> `{item.target}`: {verdict}")
+        if item.previous:
+            lines.append(f"- the replaced database is kept as `{item.previous}`")
+        if item.timing:
+            lines.append(
+                f"- restore {item.timing.restore_seconds:.1f}s, "
+                f"{item.timing.throughput_mb_s:.1f} MB/s"
+            )
+        lines += [f"- {c.name}: {c.outcome}: {c.reason}" for c in item.checks]
+        lines.append("")
+    lines += ["## Next steps", *[f"{i}. {s}" for i, s in enumerate(steps, 1)]]
+    create_markdown_artifact(key=key, markdown=stack.scrub("\n".join(lines)))
+    return key

@@ -1,0 +1,163 @@
+"""restore: put a backup set back, for the day it is needed.
+
+Run on demand only (deployment ``restore/<stack>``, no schedule). Restores the chosen set
+(default: the newest complete one) into named target databases: Postgres, ClickHouse,
+or both. The set is verified first, exactly as the drill does (same code): manifest,
+objects, the dump's sha256 while it is read, row counts against the manifest. Each
+engine is restored into a staging database first and renamed into place only when
+every check passed, so a failed restore leaves the target as it was.
+
+Safety: a target that exists, or is the live database the applications use, is
+replaced only when ``confirm`` repeats its exact name; the replaced database is kept,
+renamed ``<target>_before_<time>``. The flow cannot pause Railway services: it logs
+the steps a person takes before (pause LiteLLM and Langfuse) and after (point them at
+the restored data, start them, run deploy-verify), and puts them in the report
+artifact ``restore-<stack>``.
+
+Blocks: the stack's ``llm-stack`` document.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from pydantic import BaseModel, Field
+
+from blocks.stack import Stack
+from tasks.drill import operator_steps
+from tasks.errors import IntegrityError, RestoreError
+from tasks.notify import alert_on_failure
+from tasks.restore import (
+    REQUIRED_CLICKHOUSE_TABLES,
+    REQUIRED_POSTGRES_TABLES,
+    PostgresMode,
+    RestoredTarget,
+    load_backup_manifest,
+    plan_restore_targets,
+    publish_restore_report,
+    restore_clickhouse_target,
+    restore_postgres_target,
+    verify_set_objects,
+)
+
+
+class RestoreConfig(BaseModel):
+    """What to restore, where, and the confirmation to replace existing data."""
+
+    backup_id: str | None = Field(
+        default=None,
+        pattern=r"^\d{8}T\d{6}Z-[0-9a-f]{6}$",
+        description="Backup set (YYYYMMDDTHHMMSSZ-xxxxxx); empty = the newest complete.",
+    )
+    postgres_target: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$",
+        description="Postgres database to restore into, on the stack's server; empty = skip.",
+    )
+    clickhouse_target: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$",
+        description="ClickHouse database to restore the Langfuse backup into; empty = skip.",
+    )
+    confirm: list[str] = Field(
+        default_factory=list,
+        max_length=2,
+        description="Repeat the name of each target that exists or is live to replace it "
+        "(the old one is kept, renamed).",
+    )
+    dry_run: bool = Field(
+        default=False, description="Verify the set and show the plan; restore nothing."
+    )
+    postgres_mode: PostgresMode = Field(
+        default="stream", description="'stream' (no disk) or 'download' then pg_restore --jobs."
+    )
+    jobs: int = Field(default=2, ge=1, le=16, description="pg_restore --jobs in download mode.")
+    work_dir: str | None = Field(default=None, description="Temp folder for download mode.")
+    restore_timeout_s: int = Field(default=4 * 3600, ge=60, le=24 * 3600)
+
+
+class RestoreSummary(BaseModel):
+    stack: str
+    backup_id: str
+    dry_run: bool
+    restored: list[RestoredTarget]
+    steps_after: list[str]
+
+
+@flow(name="restore", on_failure=[alert_on_failure])
+def restore(stack: str = "production", config: RestoreConfig | None = None) -> RestoreSummary:
+    """Verify a set, then restore it into the named targets; refuse to clobber silently."""
+    config = config or RestoreConfig()
+    logger = get_run_logger()
+    ops = Stack.load_stack(stack)
+    if config.postgres_target is None and config.clickhouse_target is None:
+        raise RestoreError("nothing to restore: set postgres_target and/or clickhouse_target")
+
+    logger.info("== checking the targets")
+    plans = plan_restore_targets(
+        ops, config.postgres_target, config.clickhouse_target, config.confirm
+    )
+    refusals = [p.refusal for p in plans if p.refusal]
+    if refusals:
+        raise RestoreError("restore refused: " + " | ".join(refusals))
+
+    logger.info("== verifying the backup set")
+    found = load_backup_manifest(ops, config.backup_id)
+    if found.manifest is None:
+        raise IntegrityError(f"{found.check.name}: {found.check.reason}")
+    manifest = found.manifest
+    verified = verify_set_objects(ops, manifest)
+    if not all(c.passed for c in verified.checks):
+        raise IntegrityError("set failed verification: " + "; ".join(
+            f"{c.name}: {c.reason}" for c in verified.checks if not c.passed
+        ))  # fmt: skip
+
+    targets = (config.postgres_target, config.clickhouse_target)
+    for step in operator_steps(
+        ops.stack_name, "before", *targets, ops.postgres_database, ops.clickhouse_database
+    ):
+        logger.warning("BEFORE: %s", step)
+    if config.dry_run:
+        logger.info("dry run: set %s verified; would restore %s", manifest.backup_id, plans)
+        return RestoreSummary(
+            stack=ops.stack_name, backup_id=manifest.backup_id, dry_run=True,
+            restored=[], steps_after=[],
+        )  # fmt: skip
+
+    restored: list[RestoredTarget] = []
+    for plan in plans:
+        logger.info("== restoring %s into %s", plan.engine, plan.target)
+        if plan.engine == "postgres":
+            restored.append(
+                restore_postgres_target(
+                    ops, manifest, plan, config.postgres_mode, config.jobs,
+                    config.restore_timeout_s, config.work_dir, list(REQUIRED_POSTGRES_TABLES),
+                )
+            )  # fmt: skip
+            continue
+        backup = manifest.clickhouse_for(ops.clickhouse_database) or (
+            manifest.clickhouse[0] if manifest.clickhouse else None
+        )
+        if backup is None:
+            raise IntegrityError(f"set {manifest.backup_id} holds no ClickHouse backup")
+        restored.append(
+            restore_clickhouse_target(
+                ops, backup, plan, config.restore_timeout_s, list(REQUIRED_CLICKHOUSE_TABLES)
+            )
+        )
+
+    steps = operator_steps(
+        ops.stack_name, "after", *targets, ops.postgres_database, ops.clickhouse_database
+    )
+    publish_restore_report(ops, manifest.backup_id, restored, steps)
+    failures = [f"{r.engine} -> {r.target}" for r in restored if not r.passed]
+    if failures:
+        raise IntegrityError(
+            f"restore failed for {', '.join(failures)} (targets untouched); see the artifact "
+            f"restore-{ops.stack_name}"
+        )
+    for step in steps:
+        logger.warning("AFTER: %s", step)
+    return RestoreSummary(
+        stack=ops.stack_name, backup_id=manifest.backup_id, dry_run=False,
+        restored=restored, steps_after=steps,
+    )  # fmt: skip

@@ -1,0 +1,173 @@
+"""restore-drill: prove that a backup set restores, and measure how long it takes.
+
+Runs weekly (deployment ``restore-drill/<stack>``, Sunday 04:00 UTC) and on demand with a
+``backup_id`` (default: the newest complete set). It verifies the set before trusting it
+(manifest and schema version, every object present with its size, the dump's sha256
+recomputed while it is read, the ClickHouse descriptor and every file it lists),
+restores Postgres into a ``drill_<stack>_<time>_<hex>`` scratch database and each
+ClickHouse backup as one, compares the exact row count of every table with the
+manifest, checks the tables LiteLLM and Langfuse need, and drops every scratch
+database again, whatever happened. Scratch databases of a drill that was killed are
+dropped by the next one before it starts.
+
+The report (each check with its reason, RTO per component, RPO, sizes, throughput) is
+the artifact ``restore-drill-<stack>``. A failed drill ends Failed and alerts through
+the stack's notification routes; a passing one sends a one-line info summary when
+``notify_success`` is on.
+
+Blocks: the stack's ``llm-stack`` document; optionally a ``secret`` block holding the
+DSN of a separate Postgres server to drill on (``drill_server_block``).
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+
+from prefect import flow, get_run_logger
+from pydantic import BaseModel, Field
+
+from blocks.stack import Stack
+from tasks.drill import Check, DrillReport, rpo_seconds, scratch_database_name, skipped
+from tasks.errors import IntegrityError
+from tasks.notify import alert_on_failure
+from tasks.restore import (
+    REQUIRED_CLICKHOUSE_TABLES,
+    REQUIRED_POSTGRES_TABLES,
+    PostgresMode,
+    ScratchNames,
+    check_no_scratch_left,
+    drop_orphan_scratch_databases,
+    load_backup_manifest,
+    pg_server,
+    publish_drill_report,
+    restore_clickhouse,
+    restore_postgres,
+    scratch_databases,
+    send_drill_summary,
+    verify_set_objects,
+)
+
+
+class RestoreDrillConfig(BaseModel):
+    """What to drill and how."""
+
+    backup_id: str | None = Field(
+        default=None,
+        pattern=r"^\d{8}T\d{6}Z-[0-9a-f]{6}$",
+        description="Backup set to drill (YYYYMMDDTHHMMSSZ-xxxxxx); empty = the newest complete.",
+    )
+    postgres: bool = Field(default=True, description="Restore and check the Postgres dump.")
+    clickhouse: bool = Field(default=True, description="Restore and check ClickHouse backups.")
+    drill_server_block: str | None = Field(
+        default=None,
+        description="Name of a Secret block holding postgresql://USER:PASSWORD@HOST:5432/DB "
+        "of a separate server to restore onto; empty = the stack's own server.",
+    )
+    postgres_mode: PostgresMode = Field(
+        default="stream",
+        description="'stream': S3 -> sha256 -> pg_restore, no disk (measured fastest, see "
+        "README); 'download': to a temporary file, then pg_restore --jobs.",
+    )
+    jobs: int = Field(default=2, ge=1, le=16, description="pg_restore --jobs in download mode.")
+    work_dir: str | None = Field(
+        default=None, description="Folder for the temporary dump in download mode."
+    )
+    restore_timeout_s: int = Field(
+        default=4 * 3600, ge=60, le=24 * 3600, description="Limit for each component's restore."
+    )
+    required_postgres_tables: list[str] = Field(
+        default_factory=lambda: list(REQUIRED_POSTGRES_TABLES),
+        max_length=200,
+        description="'<schema>.<table>' that must exist after the restore.",
+    )
+    required_clickhouse_tables: list[str] = Field(
+        default_factory=lambda: list(REQUIRED_CLICKHOUSE_TABLES),
+        max_length=200,
+        description="Tables every restored ClickHouse database must have.",
+    )
+    notify_success: bool = Field(
+        default=False, description="Send a one-line info summary when the drill passes."
+    )
+
+
+@flow(name="restore-drill", on_failure=[alert_on_failure])
+def restore_drill(
+    stack: str = "production", config: RestoreDrillConfig | None = None
+) -> DrillReport:
+    """Restore a backup set into scratch databases, prove it, drop them, report."""
+    config = config or RestoreDrillConfig()
+    logger = get_run_logger()
+    ops = Stack.load_stack(stack)
+    started = datetime.now(UTC)
+    server = pg_server(ops, config.drill_server_block)
+
+    logger.info("== cleaning up after earlier drills")
+    drop_orphan_scratch_databases(ops, config.drill_server_block, config.clickhouse)
+
+    logger.info("== verifying the backup set")
+    found = load_backup_manifest(ops, config.backup_id)
+    checks: list[Check] = [found.check]
+    timings = []
+    manifest = found.manifest
+    names = ScratchNames(
+        stack=ops.stack_name,
+        server_block=config.drill_server_block,
+        postgres=scratch_database_name(ops.stack_name, started, secrets.token_hex(3)),
+        clickhouse=[
+            scratch_database_name(ops.stack_name, started, secrets.token_hex(3))
+            for _ in (manifest.clickhouse if manifest and config.clickhouse else [])
+        ],
+    )
+    if manifest is not None:
+        verified = verify_set_objects(ops, manifest)
+        checks += verified.checks
+        with scratch_databases(ops, names):
+            if config.postgres and verified.postgres.passed:
+                logger.info("== restoring Postgres into %s", names.postgres)
+                pg = restore_postgres(
+                    ops, config.drill_server_block, manifest, names.postgres,
+                    config.postgres_mode, config.jobs, config.restore_timeout_s,
+                    config.work_dir, config.required_postgres_tables,
+                )  # fmt: skip
+                checks += pg.checks
+                timings += [pg.timing] if pg.timing else []
+            elif config.postgres:
+                checks.append(skipped("postgres-restore", "postgres", "dump failed verification"))
+            for backup, target in zip(manifest.clickhouse, names.clickhouse, strict=True):
+                if not verified.clickhouse_ok(backup.database):
+                    checks.append(
+                        skipped(f"clickhouse-restore[{backup.database}]", "clickhouse",
+                                "backup failed verification")
+                    )  # fmt: skip
+                    continue
+                logger.info("== restoring ClickHouse %s into %s", backup.database, target)
+                ch = restore_clickhouse(
+                    ops, backup, target, config.restore_timeout_s,
+                    config.required_clickhouse_tables,
+                )  # fmt: skip
+                checks += ch.checks
+                timings += [ch.timing] if ch.timing else []
+        checks.append(check_no_scratch_left(ops, names))
+
+    finished = datetime.now(UTC)
+    report = DrillReport(
+        stack=ops.stack_name,
+        backup_id=manifest.backup_id if manifest else config.backup_id,
+        started_at=started,
+        finished_at=finished,
+        drill_target=server.redacted,
+        postgres_mode=config.postgres_mode,
+        checks=checks,
+        timings=timings,
+        rpo_seconds=rpo_seconds(manifest.finished_at, started) if manifest else None,
+        set_size=manifest.total_size if manifest else None,
+        scratch_databases=[names.postgres, *names.clickhouse],
+    )
+    publish_drill_report(ops, report)
+    logger.info("%s", report.summary_line())
+    if not report.passed:
+        raise IntegrityError(report.failure_message())
+    if config.notify_success:
+        send_drill_summary(ops, report)
+    return report

@@ -25,7 +25,7 @@ from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 from pydantic import BaseModel, Field
 
-from blocks.stack import Severity, Stack
+from blocks.stack import SEVERITY_RANK, Severity, Stack
 
 SEND_TIMEOUT_S = 10.0
 
@@ -49,10 +49,88 @@ class Alert(BaseModel):
     )
 
     def text(self) -> str:
-        lines = [self.body]
+        lines = [self.body, *(service_line(entry) for entry in self.services)]
         if self.link:
             lines.append(f"Run: {self.link}")
-        return "\n".join(lines)
+        return "\n".join(line for line in lines if line)
+
+    def for_route(self, min_severity: Severity) -> Alert | None:
+        """The part of this alert a route taking ``min_severity`` and up receives.
+
+        Grouped alerts carry a severity per service: a chat channel gets every line, a
+        pager only the lines at its severity (a degraded service never pages). None
+        when nothing is left for the route.
+        """
+        if not self.services:
+            return self if SEVERITY_RANK[self.severity] >= SEVERITY_RANK[min_severity] else None
+        kept = [
+            entry
+            for entry in self.services
+            if SEVERITY_RANK[entry.get("severity", self.severity)] >= SEVERITY_RANK[min_severity]
+        ]
+        if not kept:
+            return None
+        if len(kept) == len(self.services):
+            return self
+        return self.model_copy(
+            update={
+                "services": kept,
+                "title": group_title(self.stack, kept),
+                "severity": max(
+                    (entry.get("severity", self.severity) for entry in kept),
+                    key=lambda s: SEVERITY_RANK[s],
+                ),
+            }
+        )
+
+
+KIND_WORDS: dict[str, str] = {
+    "alert": "is",
+    "escalation": "got worse:",
+    "reminder": "still",
+    "recovery": "recovered",
+}
+
+
+def service_line(entry: dict[str, str]) -> str:
+    """``postgres: unhealthy since 10:02 UTC: cannot connect (impacts langfuse-web)``."""
+    kind = entry.get("kind", "alert")
+    status = "healthy" if kind == "recovery" else entry.get("status", "")
+    since = entry.get("since", "")
+    line = f"- {entry.get('service', '?')} [{kind}]: {status}"
+    if since and kind != "recovery":
+        line += f" since {since[11:16]} UTC"
+    if kind == "recovery" and since:
+        line += f" (bad since {since[11:16]} UTC)"
+    if kind != "recovery":
+        line += f": {entry.get('reason', '')}"
+    if entry.get("impacted_by"):
+        line += f" (impacted by {entry['impacted_by']})"
+    if entry.get("impacts"):
+        line += f" (impacts {entry['impacts']})"
+    if entry.get("flapping") == "true":
+        line += " (flapping)"
+    return line
+
+
+def group_title(stack: str, services: list[dict[str, str]]) -> str:
+    """One line naming what changed, roots first: ``prod: postgres unhealthy, 2 impacted``."""
+    roots = [e for e in services if not e.get("impacted_by")]
+    impacted = len(services) - len(roots)
+    bad = [e for e in roots if e.get("kind") != "recovery"]
+    recovered = [e for e in roots if e.get("kind") == "recovery"]
+    parts = []
+    if bad:
+        parts.append(", ".join(f"{e['service']} {e.get('status', '')}" for e in bad[:4]))
+        if len(bad) > 4:
+            parts[-1] += f" and {len(bad) - 4} more"
+    if recovered:
+        parts.append("recovered: " + ", ".join(e["service"] for e in recovered[:4]))
+    if impacted:
+        parts.append(f"{impacted} impacted")
+    if roots and all(e.get("kind") == "reminder" for e in roots):
+        parts.insert(0, "reminder")
+    return f"{stack}: " + "; ".join(parts or ["health"])
 
 
 class ChannelResult(BaseModel):
@@ -101,11 +179,20 @@ async def _send_one(block_slug: str, alert: Alert, stack: Stack) -> ChannelResul
 
 async def deliver(stack: Stack, alert: Alert) -> DeliveryReport:
     """Send ``alert`` to every route that takes its severity, concurrently."""
-    routes = stack.routes_for(alert.severity)
     alert = alert.model_copy(
-        update={"title": stack.scrub(alert.title), "body": stack.scrub(alert.body)}
+        update={
+            "title": stack.scrub(alert.title),
+            "body": stack.scrub(alert.body),
+            "services": [
+                {key: stack.scrub(value) for key, value in entry.items()}
+                for entry in alert.services
+            ],
+        }
     )
-    results = await asyncio.gather(*(_send_one(r.block, alert, stack) for r in routes))
+    sends = [(route, alert.for_route(route.min_severity)) for route in stack.notifications]
+    routed = [(route, part) for route, part in sends if part is not None]
+    routes = [route for route, _ in routed]
+    results = await asyncio.gather(*(_send_one(r.block, part, stack) for r, part in routed))
     logger = _logger()
     for result in results:
         if result.ok:

@@ -1,0 +1,383 @@
+"""The health alert state machine: who gets told what, after each sweep. Pure; no I/O.
+
+:func:`decide` takes the persisted :class:`StackState`, one sweep's check results, the
+time, the :class:`AlertPolicy` and the active silences, and returns the next state
+plus the notices to send. The sweep persists the state outside the worker (a Prefect
+Variable per stack), so a restarted worker continues the count where it was.
+
+Per service, per incident:
+
+- **alert** once the service has been bad (degraded or unhealthy) for
+  ``alert_after`` consecutive sweeps (default 3), or when it flaps (``flap_threshold``
+  good/bad changes within the last ``flap_window`` sweeps): an intermittent failure is
+  a real one, reported once instead of never or every time;
+- **escalation** once, when an incident notified as degraded turns unhealthy;
+- **reminder** every ``reminder_every_min`` while still open, at most ``max_reminders``;
+- **recovery** once, after ``recover_after`` consecutive healthy sweeps once the
+  window has calmed (fewer than half ``flap_threshold`` changes), and only if an alert
+  went out.
+
+A single bad sweep (a blip) never notifies. Silences (per stack or per service, until
+a time) stop every notice; the state keeps counting, so an outage still present when
+the silence ends alerts then, and a recovery during it is told after it.
+
+Grouping and inhibition: all notices of one sweep become one message per stack; a
+service failing while one of its dependencies (Postgres, ClickHouse, Redis, object
+storage) is also failing is reported as *impacted by* it, on chat only: only the
+dependency pages.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from itertools import pairwise
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from blocks.stack import SEVERITY_RANK, Severity
+from tasks.health import STATUS_RANK, CheckResult, HealthStatus
+from tasks.notify import Alert, group_title
+
+NoticeKind = Literal["alert", "escalation", "reminder", "recovery"]
+
+# The dependencies whose outage explains other services' failures.
+ROOT_SERVICES: tuple[str, ...] = ("postgres", "clickhouse", "redis", "object-storage")
+DEPENDS_ON: dict[str, tuple[str, ...]] = {
+    "litellm-readiness": ("postgres", "redis"),
+    "langfuse-web": ("postgres", "clickhouse", "redis", "object-storage"),
+    "langfuse-worker": ("postgres", "clickhouse", "redis", "object-storage"),
+    "backup-freshness": ("object-storage",),
+}
+
+_CHAR: dict[str, str] = {"healthy": "h", "degraded": "d", "unhealthy": "u"}
+MAX_REASON = 160
+
+
+class AlertPolicy(BaseModel):
+    """When to tell people; bounded so a typo cannot make a storm or silence a pager."""
+
+    model_config = ConfigDict(frozen=True)
+
+    alert_after: int = Field(
+        default=3, ge=1, le=30, description="Consecutive bad sweeps before the first alert."
+    )
+    recover_after: int = Field(
+        default=2, ge=1, le=30, description="Consecutive healthy sweeps before the recovery."
+    )
+    reminder_every_min: float = Field(
+        default=30, ge=1, le=24 * 60, description="Minutes between reminders of an open incident."
+    )
+    max_reminders: int = Field(default=3, ge=0, le=50, description="Reminders per incident.")
+    flap_window: int = Field(
+        default=12, ge=4, le=30, description="Sweeps looked back at for flapping."
+    )
+    flap_threshold: int = Field(
+        default=6,
+        ge=3,
+        le=30,
+        description="Good/bad changes within the window that make a service flapping.",
+    )
+
+    @model_validator(mode="after")
+    def _fits_window(self) -> AlertPolicy:
+        if max(self.alert_after, self.recover_after) > self.flap_window:
+            raise ValueError("alert_after and recover_after must not exceed flap_window")
+        if self.flap_threshold >= self.flap_window:
+            raise ValueError("flap_threshold must be below flap_window")
+        return self
+
+
+class Silence(BaseModel):
+    """No notices for ``service`` (or the whole stack when None) until ``until``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    service: str | None = Field(default=None, description="None silences the whole stack.")
+    until: datetime
+    reason: str = Field(default="", max_length=200)
+
+    def covers(self, service: str, now: datetime) -> bool:
+        return now < self.until and (self.service is None or self.service == service)
+
+
+class ServiceState(BaseModel):
+    """What the machine remembers about one service between sweeps."""
+
+    history: str = Field(default="", description="Last statuses, oldest first: h, d, u.")
+    status: HealthStatus = "healthy"
+    since: datetime | None = Field(default=None, description="When the status began.")
+    bad_since: datetime | None = Field(default=None, description="Start of the bad streak.")
+    reason: str = ""
+    open: bool = Field(default=False, description="An alert went out and no recovery yet.")
+    notified: HealthStatus | None = Field(default=None, description="Worst status told.")
+    paged: bool = Field(default=False, description="Told at critical severity (pager).")
+    last_notified: datetime | None = None
+    reminders: int = 0
+
+
+class StackState(BaseModel):
+    """The persisted state of one stack; small enough for a Prefect Variable (5,000 chars)."""
+
+    version: int = 1
+    sweeps: int = 0
+    last_sweep: datetime | None = None
+    notifications_sent: int = 0
+    channel_failures: int = 0
+    services: dict[str, ServiceState] = Field(default_factory=dict)
+
+
+class Notice(BaseModel):
+    """One line of a grouped message: what happened to one service."""
+
+    model_config = ConfigDict(frozen=True)
+
+    service: str
+    kind: NoticeKind
+    status: HealthStatus
+    severity: Severity
+    reason: str
+    since: datetime | None
+    impacted_by: str | None = None
+    flapping: bool = False
+
+
+class StatusChange(BaseModel):
+    """A service whose status differs from the previous sweep (one Prefect event each)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    service: str
+    previous: HealthStatus | None
+    status: HealthStatus
+    reason: str
+
+
+class Decision(BaseModel):
+    state: StackState
+    notices: list[Notice]
+    changes: list[StatusChange]
+    impacted_by: dict[str, str] = Field(
+        default_factory=dict, description="Failing service -> the failing dependency behind it."
+    )
+
+
+def is_bad(status: HealthStatus) -> bool:
+    return status != "healthy"
+
+
+def trailing(history: str, chars: str) -> int:
+    """How many of the last entries of ``history`` are all in ``chars``."""
+    count = 0
+    for char in reversed(history):
+        if char not in chars:
+            break
+        count += 1
+    return count
+
+
+def flips(history: str) -> int:
+    """Good/bad changes in ``history`` (degraded <-> unhealthy is not a flip)."""
+    return sum(1 for a, b in pairwise(history) if (a == "h") != (b == "h"))
+
+
+def impacted_by(results: dict[str, HealthStatus]) -> dict[str, str]:
+    """Failing service -> first failing dependency that explains it."""
+    found: dict[str, str] = {}
+    for service, status in results.items():
+        if not is_bad(status):
+            continue
+        for dependency in DEPENDS_ON.get(service, ()):
+            if is_bad(results.get(dependency, "healthy")):
+                found[service] = dependency
+                break
+    return found
+
+
+def _silenced(service: str, cause: str | None, silences: list[Silence], now: datetime) -> bool:
+    # A service impacted by a silenced dependency is part of that maintenance too.
+    return any(s.covers(service, now) or (cause and s.covers(cause, now)) for s in silences)
+
+
+def decide(
+    state: StackState,
+    results: list[CheckResult],
+    now: datetime,
+    policy: AlertPolicy | None = None,
+    silences: list[Silence] | None = None,
+) -> Decision:
+    """The next state and the notices of one sweep. Pure: same inputs, same outputs."""
+    policy = policy or AlertPolicy()
+    silences = silences or []
+    causes = impacted_by({r.service: r.status for r in results})
+    services = dict(state.services)
+    notices: list[Notice] = []
+    changes: list[StatusChange] = []
+    for result in results:
+        previous = services.get(result.service)
+        if previous is None or previous.status != result.status:
+            changes.append(
+                StatusChange(
+                    service=result.service,
+                    previous=None if previous is None else previous.status,
+                    status=result.status,
+                    reason=result.reason[:MAX_REASON],
+                )
+            )
+        cause = causes.get(result.service)
+        silenced = _silenced(result.service, cause, silences, now)
+        services[result.service], notice = step(previous, result, cause, silenced, now, policy)
+        if notice is not None:
+            notices.append(notice)
+    new_state = state.model_copy(
+        update={"sweeps": state.sweeps + 1, "last_sweep": now, "services": services}
+    )
+    return Decision(state=new_state, notices=notices, changes=changes, impacted_by=causes)
+
+
+def step(
+    previous: ServiceState | None,
+    result: CheckResult,
+    cause: str | None,
+    silenced: bool,
+    now: datetime,
+    policy: AlertPolicy,
+) -> tuple[ServiceState, Notice | None]:
+    """One service, one sweep: its next state and at most one notice."""
+    prev = previous or ServiceState()
+    status = result.status
+    bad = is_bad(status)
+    history = (prev.history + _CHAR[status])[-policy.flap_window :]
+    since = now if previous is None or prev.status != status or prev.since is None else prev.since
+    # While an incident is open its start is kept, for the recovery's "bad since".
+    bad_since = (prev.bad_since or now) if bad else (prev.bad_since if prev.open else None)
+    flapping = flips(history) >= policy.flap_threshold
+    nxt = prev.model_copy(
+        update={
+            "history": history,
+            "status": status,
+            "since": since,
+            "bad_since": bad_since,
+            "reason": result.reason[:MAX_REASON],
+        }
+    )
+    template = Notice(
+        service=result.service,
+        kind="alert",
+        status=status,
+        severity="warning",
+        reason=nxt.reason,
+        since=bad_since or since,
+        impacted_by=cause,
+        flapping=flapping,
+    )
+
+    def tell(kind: NoticeKind, severity: Severity) -> Notice:
+        return template.model_copy(update={"kind": kind, "severity": severity})
+
+    if silenced:
+        return nxt, None
+    if not nxt.open:
+        if bad and (trailing(history, "du") >= policy.alert_after or flapping):
+            severity: Severity = (
+                "critical" if status == "unhealthy" and cause is None else "warning"
+            )
+            opened = nxt.model_copy(
+                update={
+                    "open": True,
+                    "notified": status,
+                    "paged": severity == "critical",
+                    "last_notified": now,
+                    "reminders": 0,
+                }
+            )
+            return opened, tell("alert", severity)
+        return nxt, None
+    # Hysteresis: a flapping incident closes only once the window has calmed to under
+    # half the threshold, so a service cannot alert and recover every few minutes.
+    calm = flips(history) * 2 < policy.flap_threshold
+    if not bad and trailing(history, "h") >= policy.recover_after and calm:
+        closed = nxt.model_copy(
+            update={
+                "open": False,
+                "notified": None,
+                "paged": False,
+                "bad_since": None,
+                "last_notified": now,
+                "reminders": 0,
+            }
+        )
+        return closed, tell("recovery", "critical" if nxt.paged else "warning")
+    if status == "unhealthy" and cause is None and not nxt.paged:
+        escalated = nxt.model_copy(
+            update={"notified": "unhealthy", "paged": True, "last_notified": now}
+        )
+        return escalated, tell("escalation", "critical")
+    if (
+        nxt.reminders < policy.max_reminders
+        and nxt.last_notified is not None
+        and now - nxt.last_notified >= timedelta(minutes=policy.reminder_every_min)
+    ):
+        reminded = nxt.model_copy(update={"reminders": nxt.reminders + 1, "last_notified": now})
+        return reminded, tell("reminder", "critical" if nxt.paged else "warning")
+    return nxt, None
+
+
+def worst_status(statuses: list[HealthStatus]) -> HealthStatus:
+    return max(statuses, key=lambda s: STATUS_RANK[s], default="healthy")
+
+
+def group_notices(stack: str, decision: Decision, link: str | None = None) -> Alert | None:
+    """One message for the whole sweep, or None when there is nothing to tell.
+
+    Each line carries its own severity (the router sends a pager only the critical
+    lines) and a dedup key per stack and service (the pager resolves it on recovery).
+    A failing dependency's line names the services it impacts.
+    """
+    if not decision.notices:
+        return None
+    impacts: dict[str, list[str]] = {}
+    for service, cause in decision.impacted_by.items():
+        impacts.setdefault(cause, []).append(service)
+    order = {kind: i for i, kind in enumerate(("alert", "escalation", "reminder", "recovery"))}
+    notices = sorted(
+        decision.notices, key=lambda n: (n.impacted_by is not None, order[n.kind], n.service)
+    )
+    entries = [
+        {
+            "service": n.service,
+            "kind": n.kind,
+            "status": n.status,
+            "severity": n.severity,
+            "reason": n.reason,
+            "since": n.since.isoformat() if n.since else "",
+            "impacted_by": n.impacted_by or "",
+            "impacts": ", ".join(sorted(impacts.get(n.service, [])))
+            if n.kind != "recovery"
+            else "",
+            "flapping": "true" if n.flapping else "false",
+            "dedup_key": dedup_key(stack, n.service),
+        }
+        for n in notices
+    ]
+    severity = max((n.severity for n in notices), key=lambda s: SEVERITY_RANK[s])
+    kinds = {n.kind for n in notices}
+    kind: Literal["alert", "reminder", "recovery"] = (
+        "recovery" if kinds == {"recovery"} else "reminder" if kinds == {"reminder"} else "alert"
+    )
+    return Alert(
+        stack=stack,
+        source="health-sweep",
+        title=group_title(stack, entries),
+        body=f"Health sweep of stack {stack}:",
+        severity=severity,
+        kind=kind,
+        dedup_key=f"{stack}/health",
+        link=link,
+        services=entries,
+    )
+
+
+def dedup_key(stack: str, service: str) -> str:
+    """Stable per stack and service: the pager's trigger and resolve share it."""
+    return f"{stack}/{service}"

@@ -157,6 +157,11 @@ class ClickHouseBackup(BaseModel):
     files: int = Field(ge=0, description="Number of objects under the prefix.")
     s3_prefix: str = Field(description="Key prefix of the backup inside the bucket.")
     table_rows: dict[str, int] = Field(description="Row count per table name at backup time.")
+    rows_exact: bool = Field(
+        default=True,
+        description="False when counts changed while BACKUP ran (inserts or merges): the "
+        "backup then holds each table as it was when copied, near these counts.",
+    )
     seconds: float = Field(ge=0)
 
 

@@ -11,11 +11,13 @@ when its ``manifest.json`` exists and parses, never because objects exist.
 
 from __future__ import annotations
 
+import io
 from datetime import datetime
 
 import urllib3
 from minio import Minio
-from minio.error import MinioException
+from minio.deleteobjects import DeleteObject
+from minio.error import MinioException, S3Error
 from pydantic import BaseModel, Field, ValidationError
 
 from blocks.stack import Stack
@@ -181,3 +183,123 @@ def newest_complete_manifest(stack: Stack) -> BackupManifest | None:
     """The manifest of the newest complete backup set, or None when there is none."""
     complete = [s.manifest for s in list_backup_sets(stack) if s.manifest is not None]
     return complete[-1] if complete else None
+
+
+# ---- writes, deletes and multipart uploads ---------------------------------------------
+
+_ERRORS = (MinioException, urllib3.exceptions.HTTPError, OSError)
+
+
+def list_prefix(stack: Stack, prefix: str) -> list[StoredEntry]:
+    """Every object under ``prefix`` in the backup bucket."""
+    client = s3_client(stack)
+    try:
+        return [
+            StoredEntry(key=obj.object_name, size=obj.size or 0, last_modified=obj.last_modified)
+            for obj in client.list_objects(stack.backup_bucket, prefix=prefix, recursive=True)
+            if obj.object_name is not None and not obj.is_dir
+        ]
+    except _ERRORS as exc:
+        raise storage_error(stack, f"listing of {stack.backup_bucket}/{prefix}", exc) from None
+
+
+def put_small_object(stack: Stack, key: str, data: bytes, content_type: str) -> None:
+    """Write a small object (a manifest) in one request."""
+    client = s3_client(stack)
+    try:
+        client.put_object(
+            stack.backup_bucket, key, io.BytesIO(data), len(data), content_type=content_type
+        )
+    except _ERRORS as exc:
+        raise storage_error(stack, f"write of {stack.backup_bucket}/{key}", exc) from None
+
+
+def object_size(stack: Stack, key: str) -> int | None:
+    """The stored size of ``key``, or None when it does not exist."""
+    client = s3_client(stack)
+    try:
+        return client.stat_object(stack.backup_bucket, key).size
+    except S3Error as exc:
+        if exc.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
+            return None
+        raise storage_error(stack, f"stat of {stack.backup_bucket}/{key}", exc) from None
+    except _ERRORS as exc:
+        raise storage_error(stack, f"stat of {stack.backup_bucket}/{key}", exc) from None
+
+
+def delete_objects(stack: Stack, keys: list[str]) -> int:
+    """Delete ``keys`` (batched); an object that is already gone counts as deleted."""
+    if not keys:
+        return 0
+    client = s3_client(stack)
+    try:
+        failures = [
+            error
+            for start in range(0, len(keys), 1000)
+            for error in client.remove_objects(
+                stack.backup_bucket, [DeleteObject(key) for key in keys[start : start + 1000]]
+            )
+            if error.code not in ("NoSuchKey", "NoSuchObject")
+        ]
+    except _ERRORS as exc:
+        raise storage_error(stack, f"delete in {stack.backup_bucket}", exc) from None
+    if failures:
+        first = failures[0]
+        raise StorageError(
+            f"S3 refused to delete {len(failures)} of {len(keys)} objects in "
+            f"{stack.backup_bucket} (first: {first.name}: {first.code} {first.message}). "
+            "Check that the access key may delete in the bucket."
+        )
+    return len(keys)
+
+
+class MultipartUpload(BaseModel):
+    """An upload that was started and never completed or aborted."""
+
+    key: str
+    upload_id: str
+    initiated: datetime | None
+
+
+def list_multipart_uploads(stack: Stack) -> list[MultipartUpload]:
+    """Unfinished multipart uploads under ``<stack>/``."""
+    client = s3_client(stack)
+    uploads: list[MultipartUpload] = []
+    marker: str | None = None
+    try:
+        for _page in range(100):
+            # minio exposes ListMultipartUploads only as a private call.
+            result = client._list_multipart_uploads(
+                stack.backup_bucket, prefix=stack_prefix(stack.stack_name), key_marker=marker
+            )
+            uploads.extend(
+                MultipartUpload(
+                    key=upload.object_name,
+                    upload_id=upload.upload_id or "",
+                    initiated=upload.initiated_time,
+                )
+                for upload in result.uploads
+                if upload.upload_id
+            )
+            if (
+                not result.is_truncated
+                or not result.next_key_marker
+                or (result.next_key_marker == marker)
+            ):
+                break
+            marker = result.next_key_marker
+    except _ERRORS as exc:
+        raise storage_error(stack, f"multipart listing of {stack.backup_bucket}", exc) from None
+    return uploads
+
+
+def abort_multipart_upload(stack: Stack, upload: MultipartUpload) -> None:
+    """Abort one unfinished upload; one that is already gone counts as aborted."""
+    client = s3_client(stack)
+    try:
+        client._abort_multipart_upload(stack.backup_bucket, upload.key, upload.upload_id)
+    except S3Error as exc:
+        if exc.code != "NoSuchUpload":
+            raise storage_error(stack, f"abort of upload {upload.key}", exc) from None
+    except _ERRORS as exc:
+        raise storage_error(stack, f"abort of upload {upload.key}", exc) from None

@@ -1,0 +1,231 @@
+"""ClickHouse: native ``BACKUP DATABASE ... TO S3`` into the backup set.
+
+ClickHouse writes the backup itself, straight to S3, in its own format (parts, not
+rows: nothing passes through this process). The statement runs ``ASYNC`` and is
+polled in ``system.backups`` until ``BACKUP_CREATED``, ``BACKUP_FAILED`` or a timeout.
+``system.backups`` lives in memory: a server restart mid-backup shows as a vanished
+row, reported as a failure.
+
+The statement carries the S3 access key and secret: it is built in one place, never
+logged, and every error text from the driver is scrubbed before it goes anywhere.
+There is no ``DELETE BACKUP``: removing a backup means deleting its S3 prefix, which
+retention does with the rest of the set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from urllib.parse import urlsplit
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError
+from prefect import task
+from prefect.logging import get_run_logger
+from pydantic import BaseModel
+
+from blocks.stack import Stack
+from tasks.errors import ClickHouseBackupError
+from tasks.manifest import ClickHouseBackup, StoredObject, clickhouse_prefix
+from tasks.storage import delete_objects, list_prefix, read_object
+
+CONNECT_TIMEOUT_S = 10
+QUERY_TIMEOUT_S = 120
+DONE = "BACKUP_CREATED"
+RUNNING = "CREATING_BACKUP"
+DESCRIPTOR = ".backup"
+
+
+class ClickHouseBackupOutcome(BaseModel):
+    """A finished backup of one database, and its descriptor object for the manifest."""
+
+    backup: ClickHouseBackup
+    descriptor: StoredObject
+
+
+def clickhouse_client(stack: Stack) -> Client:
+    parts = urlsplit(stack.clickhouse_url)
+    try:
+        return clickhouse_connect.get_client(
+            host=parts.hostname or "localhost",
+            port=parts.port or (8443 if parts.scheme == "https" else 8123),
+            secure=parts.scheme == "https",
+            username=stack.clickhouse_user,
+            password=stack.clickhouse_password.get_secret_value(),
+            connect_timeout=CONNECT_TIMEOUT_S,
+            send_receive_timeout=QUERY_TIMEOUT_S,
+            autogenerate_session_id=False,
+        )
+    except (ClickHouseError, OSError) as exc:
+        raise ch_error(stack, "connect", exc) from None
+
+
+def ch_error(stack: Stack, action: str, exc: BaseException | str) -> ClickHouseBackupError:
+    """A ClickHouseBackupError naming the action, with the cause scrubbed and shortened."""
+    text = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    # ClickHouse appends a native stack trace to its messages: keep the first part.
+    text = text.split("Stack trace")[0].strip().rstrip(",").strip()
+    return ClickHouseBackupError(
+        f"ClickHouse {action} failed on {stack.clickhouse_url}: {stack.scrub(text)[:800]}"
+    )
+
+
+def quote_string(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def quote_identifier(name: str) -> str:
+    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+
+def backup_statement(stack: Stack, database: str, prefix: str) -> str:
+    """``BACKUP DATABASE db TO S3(url, key, secret) ASYNC``. Holds a secret: never log it."""
+    url = f"{stack.clickhouse_s3.rstrip('/')}/{stack.backup_bucket}/{prefix}"
+    return (
+        f"BACKUP DATABASE {quote_identifier(database)} TO S3({quote_string(url)}, "
+        f"{quote_string(stack.s3_access_key)}, "
+        f"{quote_string(stack.s3_secret_key.get_secret_value())}) ASYNC"
+    )
+
+
+def table_rows(client: Client, database: str) -> dict[str, int]:
+    """Rows per table (MergeTree-family parts' row totals; views have none)."""
+    result = client.query(
+        "SELECT name, total_rows FROM system.tables "
+        "WHERE database = {db:String} AND total_rows IS NOT NULL ORDER BY name",
+        parameters={"db": database},
+    )
+    return {str(name): int(rows) for name, rows in result.result_rows}
+
+
+def backup_state(client: Client, backup_id: str) -> tuple[str, str, int] | None:
+    """(status, error, total_size) of one backup in system.backups, None if unknown."""
+    result = client.query(
+        "SELECT status, error, total_size FROM system.backups WHERE id = {id:String}",
+        parameters={"id": backup_id},
+    )
+    if not result.result_rows:
+        return None
+    status, error, total = result.result_rows[0]
+    return str(status), str(error), int(total or 0)
+
+
+def _wait(
+    stack: Stack, client: Client, database: str, backup_id: str, timeout_s: float, poll_s: float
+) -> int:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state = backup_state(client, backup_id)
+        if state is None:
+            raise ClickHouseBackupError(
+                f"ClickHouse backup {backup_id} of {database!r} vanished from system.backups "
+                "(the server restarted mid-backup?). The set stays incomplete; the next run "
+                "makes a new one."
+            )
+        status, error, total = state
+        if status == DONE:
+            return total
+        if status != RUNNING:
+            raise ch_error(
+                stack,
+                f"BACKUP of database {database!r} (backup {backup_id}, status {status})",
+                error or "no error text",
+            )
+        if time.monotonic() >= deadline:
+            raise ClickHouseBackupError(
+                f"ClickHouse backup {backup_id} of {database!r} did not finish within "
+                f"{timeout_s:.0f} s (still {status}). Raise the backup config's "
+                "clickhouse_timeout_s, or check ClickHouse's load and its access to S3."
+            )
+        time.sleep(poll_s)
+
+
+@task(name="backup-clickhouse", retries=0, persist_result=True)
+def backup_clickhouse(
+    stack: Stack, backup_id: str, database: str, timeout_s: float, poll_s: float = 1.0
+) -> ClickHouseBackupOutcome:
+    """Native BACKUP of one database into the set, waited for, with row counts.
+
+    Not retried in-task (a BACKUP is not resumable). Leftovers of an earlier attempt
+    in this same set are removed first, so a retried flow run can write the prefix again.
+    """
+    logger = get_run_logger()
+    prefix = clickhouse_prefix(stack.stack_name, backup_id, database)
+    started = time.monotonic()
+    leftovers = [entry.key for entry in list_prefix(stack, prefix)]
+    if leftovers:
+        logger.info("ClickHouse: removing %d objects of an earlier attempt", len(leftovers))
+        delete_objects(stack, leftovers)
+    client = clickhouse_client(stack)
+    try:
+        version = str(client.server_version)
+        rows_before = table_rows(client, database)
+        logger.info(
+            "ClickHouse %s: BACKUP DATABASE %s to %s/%s (%d tables, %d rows)",
+            version,
+            database,
+            stack.backup_bucket,
+            prefix,
+            len(rows_before),
+            sum(rows_before.values()),
+        )
+        rows = client.query(backup_statement(stack, database, prefix)).result_rows
+        if not rows:
+            raise ClickHouseBackupError(f"BACKUP of {database!r} returned no backup id")
+        ch_backup_id = str(rows[0][0])
+        _wait(stack, client, database, ch_backup_id, timeout_s, poll_s)
+        rows_after = table_rows(client, database)
+    except ClickHouseBackupError:
+        raise
+    except (ClickHouseError, OSError) as exc:
+        raise ch_error(stack, f"backup of database {database!r}", exc) from None
+    finally:
+        client.close()
+    stored = list_prefix(stack, prefix)
+    descriptor_key = prefix + DESCRIPTOR
+    if not any(entry.key == descriptor_key for entry in stored):
+        raise ClickHouseBackupError(
+            f"ClickHouse reported {DONE} for {database!r} but {descriptor_key} is missing "
+            "from the bucket. Check that ClickHouse and the worker use the same S3 endpoint "
+            "and bucket (CLICKHOUSE_S3_ENDPOINT)."
+        )
+    descriptor = read_object(stack, descriptor_key)
+    seconds = time.monotonic() - started
+    size = sum(entry.size for entry in stored)
+    if rows_after != rows_before:
+        # Inserts or merges landed while BACKUP ran; the backup holds the parts of the
+        # moment each table was copied. Record what was there once it finished.
+        logger.warning(
+            "ClickHouse: row counts of %s changed during the backup (%d -> %d rows)",
+            database,
+            sum(rows_before.values()),
+            sum(rows_after.values()),
+        )
+    logger.info(
+        "ClickHouse: %s stored, %d objects, %.1f MB in %.1f s",
+        prefix,
+        len(stored),
+        size / 1e6,
+        seconds,
+    )
+    return ClickHouseBackupOutcome(
+        backup=ClickHouseBackup(
+            database=database,
+            server_version=version,
+            backup_id=ch_backup_id,
+            status=DONE,
+            size=size,
+            files=len(stored),
+            s3_prefix=prefix,
+            table_rows=rows_after,
+            rows_exact=rows_after == rows_before,
+            seconds=seconds,
+        ),
+        descriptor=StoredObject(
+            key=descriptor_key,
+            size=len(descriptor),
+            sha256=hashlib.sha256(descriptor).hexdigest(),
+            kind="clickhouse-backup",
+        ),
+    )

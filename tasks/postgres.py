@@ -1,0 +1,506 @@
+"""PostgreSQL: a consistent dump streamed straight into object storage.
+
+How a dump stays consistent without a temp file:
+
+1. A REPEATABLE READ, READ ONLY transaction exports its snapshot
+   (``pg_export_snapshot()``) and counts every user table *in that snapshot*, so the
+   recorded counts describe exactly the rows the dump holds.
+2. ``pg_dump --snapshot=<id> -Fc`` reads the same snapshot. The exporting transaction
+   stays open until pg_dump has finished: a snapshot can only be imported while its
+   exporter is alive.
+3. pg_dump's stdout is read by :class:`DumpStream`, which hashes (sha256) and counts
+   the bytes on their way into an S3 multipart upload. Memory is bounded by the part
+   size times the parts in flight; nothing touches the local disk.
+4. The stream hands over its last bytes only after pg_dump exited 0, so a dump that
+   failed half-way can never complete the upload: the multipart upload is aborted
+   and no object appears.
+
+pg_dump refuses servers newer than itself: :func:`check_pg_dump_version` says so
+before anything starts. pg_dump gets its own timeout (a Prefect task timeout cannot
+interrupt a subprocess), the password travels in ``PGPASSWORD`` (never on the
+command line), and its stderr is scrubbed of secrets before it is logged or raised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import glob
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import IO, cast
+from urllib.parse import unquote, urlsplit, urlunsplit
+from uuid import UUID
+
+import psycopg
+import urllib3
+from minio.error import MinioException
+from prefect import task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.logging import get_run_logger
+from psycopg import sql
+from psycopg.rows import TupleRow
+from pydantic import BaseModel, Field
+
+from blocks.stack import Stack
+from tasks.errors import PostgresDumpError, ToolVersionError
+from tasks.manifest import PostgresDump, postgres_dump_key
+from tasks.retry import retry_transient
+from tasks.storage import s3_client, storage_error
+
+CONNECT_TIMEOUT_S = 10
+COUNT_TIMEOUT_MS = 30 * 60 * 1000
+PROGRESS_EVERY_S = 5.0
+PIPE_SIZE = 1 << 20  # a 1 MiB pipe lets pg_dump run ahead while a part is handed over
+
+USER_TABLES = """
+SELECT n.nspname, c.relname
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p')
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'
+  AND NOT EXISTS (
+      SELECT 1 FROM pg_depend d
+      WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+ORDER BY 1, 2
+"""
+
+
+# ---- versions -------------------------------------------------------------------------
+
+
+class PgVersions(BaseModel):
+    """The server's and pg_dump's versions, checked compatible."""
+
+    server: str = Field(description="Server version, e.g. '16.4'.")
+    server_major: int
+    pg_dump: str = Field(description="pg_dump version, e.g. '16.4'.")
+    pg_dump_major: int
+    pg_dump_path: str
+
+
+def parse_tool_version(text: str) -> tuple[str, int]:
+    """``'pg_dump (PostgreSQL) 16.4 (Debian 16.4-1)'`` -> ``('16.4', 16)``."""
+    match = re.search(r"\)\s*(\d+)(?:\.(\d+))?", text) or re.search(r"(\d+)(?:\.(\d+))?", text)
+    if match is None:
+        raise ToolVersionError(f"cannot read a version from {text.strip()[:200]!r}")
+    major = int(match.group(1))
+    return (f"{major}.{match.group(2)}" if match.group(2) else str(major)), major
+
+
+def require_compatible(server: str, server_major: int, tool: str, tool_major: int) -> None:
+    """Refuse a pg_dump older than the server: it would refuse to dump it anyway."""
+    if tool_major < server_major:
+        raise ToolVersionError(
+            f"pg_dump {tool} is older than the PostgreSQL {server} server it must dump; "
+            f"pg_dump refuses newer servers. Install the PostgreSQL {server_major} client "
+            f"(postgresql-client-{server_major}) in the worker image, or set the backup "
+            f"config's pg_dump_path to a pg_dump >= {server_major}."
+        )
+
+
+def find_pg_dump(configured: str | None) -> str:
+    """The pg_dump to run: the configured one, else the newest installed, else PATH's."""
+    if configured:
+        return configured
+    installed = [
+        path
+        for path in glob.glob("/usr/lib/postgresql/*/bin/pg_dump")
+        if path.split("/")[4].isdigit() and os.access(path, os.X_OK)
+    ]
+    if installed:
+        return max(installed, key=lambda path: int(path.split("/")[4]))
+    return shutil.which("pg_dump") or "pg_dump"
+
+
+def connect(stack: Stack, **options: str) -> psycopg.Connection[TupleRow]:
+    """A connection to the stack's database, with a connect timeout and session options."""
+    opts = " ".join(f"-c {key}={value}" for key, value in options.items())
+    try:
+        return psycopg.connect(
+            stack.postgres_dsn.get_secret_value(),
+            connect_timeout=CONNECT_TIMEOUT_S,
+            application_name="ops-backup",
+            options=opts,
+        )
+    except psycopg.Error as exc:
+        raise pg_error(stack, "connect", exc) from None
+
+
+def pg_error(stack: Stack, action: str, exc: BaseException) -> PostgresDumpError:
+    reason = stack.scrub(f"{type(exc).__name__}: {exc}".strip())[:600]
+    return PostgresDumpError(
+        f"PostgreSQL {action} failed on {stack.postgres_dsn_redacted}: {reason}. "
+        "Check that the database is up and reachable from the worker."
+    )
+
+
+@task(
+    name="check-pg-dump-version",
+    retries=2,
+    retry_delay_seconds=[5, 20],
+    retry_condition_fn=retry_transient,
+    persist_result=True,
+)
+def check_pg_dump_version(stack: Stack, pg_dump_path: str | None = None) -> PgVersions:
+    """Compare pg_dump's major version with the server's; refuse an older pg_dump."""
+    logger = get_run_logger()
+    path = find_pg_dump(pg_dump_path)
+    try:
+        out = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, timeout=30, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ToolVersionError(
+            f"cannot run pg_dump at {path!r} ({type(exc).__name__}: {exc}). Install the "
+            "PostgreSQL client in the worker image or set the backup config's pg_dump_path."
+        ) from None
+    tool, tool_major = parse_tool_version(out)
+    with connect(stack) as conn:
+        row = conn.execute("SELECT current_setting('server_version_num')::int").fetchone()
+    number = int(cast(int, row[0])) if row else 0
+    server_major, server = number // 10000, f"{number // 10000}.{number % 10000}"
+    logger.info("PostgreSQL server %s, pg_dump %s (%s)", server, tool, path)
+    require_compatible(server, server_major, tool, tool_major)
+    return PgVersions(
+        server=server,
+        server_major=server_major,
+        pg_dump=tool,
+        pg_dump_major=tool_major,
+        pg_dump_path=path,
+    )
+
+
+# ---- the snapshot ---------------------------------------------------------------------
+
+
+def export_snapshot(conn: psycopg.Connection[TupleRow]) -> str:
+    """Start the REPEATABLE READ transaction and export its snapshot."""
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    conn.read_only = True
+    row = conn.execute("SELECT pg_export_snapshot()").fetchone()
+    if row is None:
+        raise PostgresDumpError("pg_export_snapshot() returned nothing")
+    return str(row[0])
+
+
+def count_rows(conn: psycopg.Connection[TupleRow]) -> dict[str, int]:
+    """Exact row count of every user table, inside the exported snapshot."""
+    counts: dict[str, int] = {}
+    for schema, table in conn.execute(USER_TABLES).fetchall():
+        query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(str(schema), str(table)))
+        row = conn.execute(query).fetchone()
+        counts[f"{schema}.{table}"] = int(cast(int, row[0])) if row else 0
+    return counts
+
+
+# ---- hooks (observe a running dump; tests use them to inject faults) --------------------
+
+
+@dataclass
+class DumpHooks:
+    """Callbacks into a running dump, for tests and diagnostics.
+
+    ``after_snapshot(snapshot_id)`` runs once the snapshot is exported and counted,
+    before pg_dump starts; ``on_bytes(total)`` runs each time the stream hands bytes
+    to the uploader. Both run in the dumping thread.
+    """
+
+    after_snapshot: Callable[[str], None] | None = None
+    on_bytes: Callable[[int], None] | None = None
+
+
+_hooks = DumpHooks()
+
+
+@contextlib.contextmanager
+def dump_hooks(
+    after_snapshot: Callable[[str], None] | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+) -> Iterator[None]:
+    """Install hooks for dumps started in this process, for the duration of the block."""
+    previous = DumpHooks(_hooks.after_snapshot, _hooks.on_bytes)
+    _hooks.after_snapshot, _hooks.on_bytes = after_snapshot, on_bytes
+    try:
+        yield
+    finally:
+        _hooks.after_snapshot, _hooks.on_bytes = previous.after_snapshot, previous.on_bytes
+
+
+# ---- the stream -----------------------------------------------------------------------
+
+
+class DumpStream:
+    """pg_dump's stdout as a file-like object that hashes and counts what passes.
+
+    ``read(n)`` fills whole parts (one copy per part, not one per pipe read), and
+    returns the final bytes only after pg_dump exited 0; a failed, killed or timed
+    out pg_dump raises :class:`PostgresDumpError` instead, so the upload never
+    completes with a truncated archive.
+    """
+
+    def __init__(
+        self,
+        process: subprocess.Popen[bytes],
+        stderr_tail: Callable[[], str],
+        timed_out: threading.Event,
+        timeout_s: float,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> None:
+        self._process = process
+        self._raw = cast(IO[bytes], process.stdout)
+        self._stderr_tail = stderr_tail
+        self._timed_out = timed_out
+        self._timeout_s = timeout_s
+        self._on_bytes = on_bytes
+        self._sha = hashlib.sha256()
+        self._eof = False
+        self.size = 0
+
+    @property
+    def sha256(self) -> str:
+        return self._sha.hexdigest()
+
+    def read(self, size: int = -1) -> bytes:
+        if self._eof:
+            return b""
+        size = size if size > 0 else 1 << 20
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        got = 0
+        while got < size:
+            n = self._raw.readinto(view[got:])  # type: ignore[attr-defined]
+            if not n:
+                self._eof = True
+                break
+            self._sha.update(view[got : got + n])
+            got += n
+        self.size += got
+        if self._eof:
+            self._check_exit()
+        if self._on_bytes is not None and got:
+            self._on_bytes(self.size)
+        return bytes(view[:got])
+
+    def _check_exit(self) -> None:
+        code = self._process.wait()
+        if self._timed_out.is_set():
+            raise PostgresDumpError(
+                f"pg_dump did not finish within {self._timeout_s:.0f} s and was stopped "
+                f"after {self.size} bytes. Raise the backup config's pg_dump_timeout_s if the "
+                "database has grown, or check the server's load."
+            )
+        if code != 0:
+            raise PostgresDumpError(
+                f"pg_dump exited with code {code} after {self.size} bytes: "
+                f"{self._stderr_tail() or 'no error output'}"
+            )
+
+
+def _dsn_without_password(stack: Stack) -> tuple[str, str]:
+    """(DSN without its password, the password): the password goes in PGPASSWORD."""
+    parts = urlsplit(stack.postgres_dsn.get_secret_value())
+    password = unquote(parts.password or "")
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = (f"{user}@" if user else "") + host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, "")), password
+
+
+class _Progress:
+    """Throttled updates of the run's progress artifact."""
+
+    def __init__(self, expected_bytes: int, database: str) -> None:
+        self.expected = max(expected_bytes, 1)
+        self.database = database
+        self.last = 0.0
+        self.artifact: UUID | None = None
+        with contextlib.suppress(Exception):  # progress is a courtesy, never a failure
+            self.artifact = cast(
+                UUID,
+                create_progress_artifact(
+                    progress=0.0, description=f"pg_dump of {database}: starting"
+                ),
+            )
+
+    def __call__(self, total: int, final: bool = False) -> None:
+        now = time.monotonic()
+        if self.artifact is None or (not final and now - self.last < PROGRESS_EVERY_S):
+            return
+        self.last = now
+        percent = 100.0 if final else min(99.0, 100.0 * total / self.expected)
+        with contextlib.suppress(Exception):
+            update_progress_artifact(
+                self.artifact,
+                progress=percent,
+                description=f"pg_dump of {self.database}: {total / 1e6:.1f} MB streamed "
+                f"(~{self.expected / 1e6:.0f} MB expected)",
+            )
+
+
+def _drain(stream: IO[bytes], tail: deque[bytes]) -> None:
+    for line in iter(stream.readline, b""):
+        tail.append(line)
+
+
+@task(name="dump-postgres", retries=0, persist_result=True)
+def dump_postgres(
+    stack: Stack,
+    backup_id: str,
+    versions: PgVersions,
+    part_size: int,
+    upload_threads: int,
+    timeout_s: float,
+    expected_bytes: int,
+) -> PostgresDump:
+    """Dump the stack's database in one snapshot, streaming it into the backup set.
+
+    Not retried in-task: a dump is never resumed half-way. A retried flow run reuses
+    this result once it has completed (persisted result).
+    """
+    logger = get_run_logger()
+    database = stack.postgres_database
+    key = postgres_dump_key(stack.stack_name, backup_id, database)
+    started = time.monotonic()
+    logger.info("Postgres: snapshot of %s on %s", database, stack.postgres_dsn_redacted)
+    # The exporting connection stays open for the whole dump: pg_dump imports its
+    # snapshot at start, and the counts must describe that very snapshot.
+    with connect(
+        stack, idle_in_transaction_session_timeout="0", statement_timeout=str(COUNT_TIMEOUT_MS)
+    ) as conn:
+        try:
+            snapshot_id = export_snapshot(conn)
+            counts = count_rows(conn)
+        except psycopg.Error as exc:
+            raise pg_error(stack, "snapshot export or row count", exc) from None
+        logger.info(
+            "Postgres: snapshot %s exported; %d tables, %d rows in it",
+            snapshot_id,
+            len(counts),
+            sum(counts.values()),
+        )
+        if _hooks.after_snapshot is not None:
+            _hooks.after_snapshot(snapshot_id)
+        size, sha256 = _stream_dump(
+            stack, versions, snapshot_id, key, part_size, upload_threads, timeout_s,
+            expected_bytes,
+        )  # fmt: skip
+        with contextlib.suppress(psycopg.Error):
+            conn.rollback()
+    seconds = time.monotonic() - started
+    logger.info(
+        "Postgres: %s stored, %.1f MB in %.1f s (%.1f MB/s), sha256 %s",
+        key,
+        size / 1e6,
+        seconds,
+        size / 1e6 / max(seconds, 1e-6),
+        sha256[:16],
+    )
+    return PostgresDump(
+        database=database,
+        server_version=versions.server,
+        pg_dump_version=versions.pg_dump,
+        snapshot_id=snapshot_id,
+        dump_key=key,
+        dump_size=size,
+        dump_sha256=sha256,
+        table_rows=counts,
+        seconds=seconds,
+    )
+
+
+def _stream_dump(
+    stack: Stack,
+    versions: PgVersions,
+    snapshot_id: str,
+    key: str,
+    part_size: int,
+    upload_threads: int,
+    timeout_s: float,
+    expected_bytes: int,
+) -> tuple[int, str]:
+    """Run pg_dump on the snapshot and upload its output; (size, sha256) of the object."""
+    dsn, password = _dsn_without_password(stack)
+    env = {
+        **os.environ,
+        "PGPASSWORD": password,
+        "PGCONNECT_TIMEOUT": str(CONNECT_TIMEOUT_S),
+        "PGAPPNAME": "ops-backup-pg_dump",
+    }
+    argv = [
+        versions.pg_dump_path,
+        "--format=custom",
+        f"--snapshot={snapshot_id}",
+        "--no-password",
+        f"--dbname={dsn}",
+    ]
+    try:
+        process = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, bufsize=0
+        )
+    except OSError as exc:
+        raise PostgresDumpError(
+            f"cannot start pg_dump at {versions.pg_dump_path!r}: {exc}"
+        ) from None
+    stdout, stderr = cast(IO[bytes], process.stdout), cast(IO[bytes], process.stderr)
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(stdout.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_SIZE)
+    tail: deque[bytes] = deque(maxlen=20)
+    drainer = threading.Thread(target=_drain, args=(stderr, tail), daemon=True)
+    drainer.start()
+    timed_out = threading.Event()
+
+    def _kill_on_timeout() -> None:
+        timed_out.set()
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+
+    watchdog = threading.Timer(timeout_s, _kill_on_timeout)
+    watchdog.daemon = True
+    watchdog.start()
+
+    def stderr_tail() -> str:
+        drainer.join(timeout=5)
+        text = b"".join(tail).decode("utf-8", "replace").strip()
+        return stack.scrub(text)[-1500:]
+
+    progress = _Progress(expected_bytes, stack.postgres_database)
+
+    def on_bytes(total: int) -> None:
+        progress(total)
+        if _hooks.on_bytes is not None:
+            _hooks.on_bytes(total)
+
+    stream = DumpStream(process, stderr_tail, timed_out, timeout_s, on_bytes)
+    try:
+        s3_client(stack).put_object(
+            stack.backup_bucket,
+            key,
+            stream,  # type: ignore[arg-type]
+            length=-1,
+            part_size=part_size,
+            num_parallel_uploads=upload_threads,
+            content_type="application/octet-stream",
+        )
+    except PostgresDumpError:
+        raise
+    except (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+        raise storage_error(stack, f"upload of {stack.backup_bucket}/{key}", exc) from None
+    finally:
+        watchdog.cancel()
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        drainer.join(timeout=5)
+    progress(stream.size, final=True)
+    return stream.size, stream.sha256

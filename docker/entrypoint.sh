@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Start command of the image, by role:
+#
+#   entrypoint.sh server   the Prefect server: create its database in the stack's
+#                          Postgres when missing, then `prefect server start`.
+#   entrypoint.sh worker   the Prefect worker: bootstrap the control plane (pool, blocks,
+#                          channels, automations, `prefect deploy --all`), start the
+#                          status server (/health, /metrics), queue one deploy-verify
+#                          run (this start is a new deploy), then the process worker.
+#   entrypoint.sh <cmd>    anything else runs as given (a shell, a one-off flow run).
+set -euo pipefail
+cd "${OPS_PROJECT_DIR:-/app}"
+
+role="${1:-worker}"
+stack="${STACK_NAME:-production}"
+pool="${OPS_WORK_POOL:-ops}"
+
+case "$role" in
+  server)
+    python -m deployments.server_db
+    exec prefect server start \
+      --host "${PREFECT_SERVER_API_HOST:-::}" \
+      --port "${PREFECT_SERVER_API_PORT:-${PORT:-4200}}"
+    ;;
+
+  worker)
+    mkdir -p "${PREFECT_LOCAL_STORAGE_PATH:-/data/prefect-results}"
+    # Waits for the API (OPS_API_WAIT_S, default 300 s); a failure exits non-zero so
+    # Railway restarts the service, with the reason in the deploy logs.
+    python -m deployments.bootstrap --stack "$stack" --work-pool "$pool" --deploy
+
+    # HOOK: the status server (/health JSON, /metrics Prometheus text) that serves the
+    # health sweep's latest results on OPS_HEALTH_PORT (Railway's healthcheck path).
+    status_module="${OPS_STATUS_MODULE:-tasks.status_server}"
+    if python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$status_module') is None)" 2>/dev/null; then
+      python -m "$status_module" --stack "$stack" --port "${OPS_HEALTH_PORT:-${PORT:-8080}}" &
+    else
+      echo "entrypoint: status server module $status_module not found; /health is not served" >&2
+    fi
+
+    # A new container is a new deploy: verify the stack once. Queued now, picked up by
+    # the worker below; a failure to queue is not a reason to stay down.
+    if [ "${OPS_VERIFY_ON_START:-true}" = "true" ]; then
+      prefect deployment run "deploy-verify/$stack" --tag on-start \
+        || echo "entrypoint: could not queue deploy-verify/$stack" >&2
+    fi
+
+    exec prefect worker start --pool "$pool" --type process \
+      --name "${RAILWAY_SERVICE_NAME:-prefect-worker}-${HOSTNAME:-1}"
+    ;;
+
+  *)
+    exec "$@"
+    ;;
+esac

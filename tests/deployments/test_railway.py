@@ -1,0 +1,195 @@
+"""railway.toml: every reference resolves, secrets are generated, the worker gets the stack."""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+
+from blocks.stack import ENV_FIELDS, Stack
+from deployments.railway import (
+    EXPECTED_PUBLIC,
+    RAILWAY_FILE,
+    RAILWAY_PROVIDED,
+    WORKER_SERVICE,
+    Template,
+    check_public,
+    check_references,
+    check_secrets,
+    check_template,
+    check_worker_env,
+    load_template,
+    parse_template,
+    references,
+)
+
+
+@pytest.fixture
+def raw() -> dict:
+    with RAILWAY_FILE.open("rb") as handle:
+        return tomllib.load(handle)
+
+
+@pytest.fixture
+def template() -> Template:
+    return load_template()
+
+
+def test_the_template_has_no_problem(template: Template) -> None:
+    assert check_template(template) == []
+
+
+def test_the_whole_stack_is_there_with_prefect_instead_of_the_two_daemons(
+    template: Template,
+) -> None:
+    assert set(template.services) == {
+        "litellm", "langfuse-web", "langfuse-worker", "postgres", "clickhouse", "redis",
+        "minio", "prefect-server", "prefect-worker",
+    }  # fmt: skip
+    assert "backup-service" not in template.services
+    assert "health-monitor" not in template.services
+
+
+def test_only_litellm_langfuse_web_and_prefect_server_are_public(template: Template) -> None:
+    public = {name for name, service in template.services.items() if service.public}
+    assert public == {"litellm", "langfuse-web", "prefect-server"} == EXPECTED_PUBLIC
+
+
+def test_every_reference_names_a_variable_its_service_defines(template: Template) -> None:
+    count = 0
+    for service in template.services.values():
+        for variable in service.env.values():
+            for target, name in references(variable, service.name):
+                count += 1
+                assert target in template.services, f"{service.name}.{variable.name}"
+                defined = set(template.services[target].env) | RAILWAY_PROVIDED
+                if template.services[target].public:
+                    defined.add("RAILWAY_PUBLIC_DOMAIN")
+                assert name in defined, f"{service.name}.{variable.name} -> {target}.{name}"
+    assert count > 50  # the check looked at the template's wiring, not at nothing
+
+
+def test_a_broken_reference_is_reported(raw: dict) -> None:
+    worker = next(s for s in raw["services"] if s["name"] == WORKER_SERVICE)
+    worker[WORKER_SERVICE]["env"]["REDIS_PASSWORD"] = {"reference": "redis.REDIS_PASWORD"}
+    problems = check_references(parse_template(raw))
+    assert problems == [
+        "prefect-worker.REDIS_PASSWORD: redis defines no variable 'REDIS_PASWORD' "
+        "(reference redis.REDIS_PASWORD)"
+    ]
+
+
+def test_an_interpolated_reference_to_an_unknown_service_is_reported(raw: dict) -> None:
+    worker = next(s for s in raw["services"] if s["name"] == WORKER_SERVICE)
+    worker[WORKER_SERVICE]["env"]["LITELLM_URL"] = {
+        "default": "http://${{lite-llm.RAILWAY_PRIVATE_DOMAIN}}:4000"
+    }
+    problems = check_template(parse_template(raw))
+    assert problems == ["prefect-worker.LITELLM_URL: references unknown service 'lite-llm'"]
+
+
+def test_a_public_domain_of_a_private_service_is_reported(raw: dict) -> None:
+    worker = next(s for s in raw["services"] if s["name"] == WORKER_SERVICE)
+    worker[WORKER_SERVICE]["env"]["LANGFUSE_WORKER_URL"] = {
+        "default": "https://${{langfuse-worker.RAILWAY_PUBLIC_DOMAIN}}"
+    }
+    assert check_references(parse_template(raw)) == [
+        "prefect-worker.LANGFUSE_WORKER_URL: langfuse-worker.RAILWAY_PUBLIC_DOMAIN is only "
+        "set on a public service"
+    ]
+
+
+def test_secrets_are_generated_or_referenced_never_defaulted(template: Template) -> None:
+    secrets = [
+        (service.name, variable)
+        for service in template.services.values()
+        for variable in service.env.values()
+        if variable.is_secret
+    ]
+    assert len(secrets) > 20
+    for service_name, variable in secrets:
+        ok = (
+            variable.is_generated
+            or variable.reference is not None
+            or variable.default is None  # entered by the user (optional channels, token)
+            or bool(references(variable, service_name))
+        )
+        assert ok, f"{service_name}.{variable.name}"
+
+
+def test_a_defaulted_secret_is_reported(raw: dict) -> None:
+    redis = next(s for s in raw["services"] if s["name"] == "redis")
+    redis["redis"]["env"]["REDIS_PASSWORD"] = {"default": "changeme"}
+    assert check_secrets(parse_template(raw)) == [
+        'redis.REDIS_PASSWORD: a secret with a fixed default; use generate = "secret" or '
+        "${{secret(32)}}"
+    ]
+
+
+def test_the_litellm_master_key_is_generated_with_its_sk_prefix(template: Template) -> None:
+    key = template.services["litellm"].env["LITELLM_MASTER_KEY"]
+    assert key.default is not None and key.default.startswith("sk-${{secret(")
+
+
+def test_the_worker_receives_every_variable_the_stack_block_needs(template: Template) -> None:
+    worker = template.services[WORKER_SERVICE]
+    missing = [
+        name for name in ENV_FIELDS if name not in worker.env and name not in RAILWAY_PROVIDED
+    ]
+    assert missing == []
+    # every required field of the block has a value (not left for the user to fill)
+    required = [name for name, field in Stack.model_fields.items() if field.is_required()]
+    env_of = {field: env for env, field in ENV_FIELDS.items()}
+    for field in required:
+        variable = worker.env[env_of[field]]
+        assert variable.default or variable.reference or variable.generate, field
+
+
+def test_a_worker_without_a_stack_variable_is_reported(raw: dict) -> None:
+    worker = next(s for s in raw["services"] if s["name"] == WORKER_SERVICE)
+    del worker[WORKER_SERVICE]["env"]["CLICKHOUSE_PASSWORD"]
+    assert check_worker_env(parse_template(raw)) == [
+        "prefect-worker does not receive CLICKHOUSE_PASSWORD, which the stack block needs"
+    ]
+
+
+def test_an_extra_public_service_is_reported(raw: dict) -> None:
+    postgres = next(s for s in raw["services"] if s["name"] == "postgres")
+    postgres["postgres"]["networking"] = {"public": True}
+    assert check_public(parse_template(raw)) == ["postgres is public but should not be"]
+
+
+def test_prefect_server_keeps_its_state_in_the_stacks_postgres_behind_auth(
+    template: Template,
+) -> None:
+    server = template.services["prefect-server"].env
+    url = server["PREFECT_API_DATABASE_CONNECTION_URL"].default or ""
+    assert url.startswith("postgresql+asyncpg://") and url.endswith(
+        "@${{postgres.RAILWAY_PRIVATE_DOMAIN}}:5432/prefect"
+    )
+    assert server["PREFECT_SERVER_API_AUTH_STRING"].is_generated
+    worker = template.services[WORKER_SERVICE].env
+    assert (
+        worker["PREFECT_API_AUTH_STRING"].reference
+        == "prefect-server.PREFECT_SERVER_API_AUTH_STRING"
+    )
+    assert server["PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED"].default == "events,flow_runs"
+    assert server["PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD"].default
+
+
+def test_the_worker_persists_results_on_a_volume_and_runs_our_image(template: Template) -> None:
+    worker = template.services[WORKER_SERVICE]
+    assert worker.dockerfile == "Dockerfile"
+    assert worker.start_command == "/app/docker/entrypoint.sh worker"
+    assert worker.env["PREFECT_RESULTS_PERSIST_BY_DEFAULT"].default == "true"
+    storage = worker.env["PREFECT_LOCAL_STORAGE_PATH"].default or ""
+    assert worker.volume and storage.startswith(worker.volume + "/")
+    assert template.services["prefect-server"].start_command == "/app/docker/entrypoint.sh server"
+
+
+def test_every_alert_channel_variable_is_offered_to_the_worker(template: Template) -> None:
+    from deployments.channels import CHANNEL_VARIABLES
+
+    worker = template.services[WORKER_SERVICE].env
+    for name in CHANNEL_VARIABLES:
+        assert name in worker and worker[name].default is None, name

@@ -1,5 +1,7 @@
 """Prefect blocks of this product; importing the package registers them with Prefect."""
 
+from blocks.pagerduty import PagerDutyEvents
+from blocks.slack import SlackBlockKit
 from blocks.stack import NotificationRoute, Stack
 
-__all__ = ["NotificationRoute", "Stack"]
+__all__ = ["NotificationRoute", "PagerDutyEvents", "SlackBlockKit", "Stack"]

@@ -1,5 +1,9 @@
 """Block documents of the devstack: its stack block and channels pointing at the receiver.
 
+Channels: the built-in custom webhook (``<receiver>/custom``, warning and up), our Slack
+Block Kit block (``<receiver>/slack``, warning and up) and our PagerDuty Events block
+(``<receiver>/pagerduty``, critical only).
+
 Run as ``python -m devstack.blocks`` with the devstack env (PREFECT_API_URL and the
 stack's variables) so it talks to the devstack's Prefect server.
 """
@@ -10,9 +14,14 @@ import os
 
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
+from blocks.pagerduty import PagerDutyEvents
+from blocks.slack import SlackBlockKit
 from blocks.stack import NotificationRoute, Stack
 
 WEBHOOK_DOC = "devstack-webhook"
+SLACK_DOC = "devstack-slack"
+PAGERDUTY_DOC = "devstack-pagerduty"
+PAGERDUTY_ROUTING_KEY = "devstack-routing-key"
 
 
 def save_devstack_blocks(env: dict[str, str] | None = None) -> Stack:
@@ -25,9 +34,15 @@ def save_devstack_blocks(env: dict[str, str] | None = None) -> Stack:
         allow_private_urls=True,
         timeout=5,
     ).save(WEBHOOK_DOC, overwrite=True)
+    SlackBlockKit(webhook_url=f"{receiver}/slack", timeout_s=5).save(SLACK_DOC, overwrite=True)
+    PagerDutyEvents(
+        routing_key=PAGERDUTY_ROUTING_KEY, events_url=f"{receiver}/pagerduty", timeout_s=5
+    ).save(PAGERDUTY_DOC, overwrite=True)
     stack = Stack.from_env(env, stack_name=env["STACK_NAME"])
     stack.notifications = [
-        NotificationRoute(block=f"custom-webhook/{WEBHOOK_DOC}", min_severity="warning")
+        NotificationRoute(block=f"custom-webhook/{WEBHOOK_DOC}", min_severity="warning"),
+        NotificationRoute(block=f"slack-block-kit/{SLACK_DOC}", min_severity="warning"),
+        NotificationRoute(block=f"pagerduty-events/{PAGERDUTY_DOC}", min_severity="critical"),
     ]
     stack.save(env["STACK_NAME"], overwrite=True)
     return stack

@@ -10,6 +10,7 @@
     ├── RestoreError              a set could not be restored or verified
     │   └── IntegrityError        checksum, size, schema or row counts disagree with the manifest
     ├── RetentionError            the prune plan broke an invariant (refuses to delete)
+    ├── NotificationError         a channel refused a message or did not answer
     ├── VerificationError         deploy-verify found a required check failing
     └── ControlPlaneError         the bootstrap could not prepare the Prefect server
 
@@ -66,3 +67,7 @@ class VerificationError(OpsError):
 
 class ControlPlaneError(OpsError):
     """The Prefect server could not be prepared: API unreachable, pool type, deploy failed."""
+
+
+class NotificationError(OpsError):
+    """A notification channel refused a message or did not answer in time."""

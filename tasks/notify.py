@@ -145,6 +145,11 @@ class DeliveryReport(BaseModel):
     failed: int
     results: list[ChannelResult]
 
+    @classmethod
+    def nothing(cls) -> DeliveryReport:
+        """The report of an alert that was not needed."""
+        return cls(sent=0, failed=0, results=[])
+
 
 def _logger() -> Any:
     try:

@@ -1,0 +1,145 @@
+"""health-sweep: check every service of a stack at once, tell people once, resolve.
+
+Runs every 60 seconds per stack (deployment ``health-sweep/<stack>``, concurrency
+limit 1 with CANCEL_NEW, so a sweep due while one still runs is dropped, never
+queued). Every check runs concurrently with its own timeout, so a sweep takes at
+most about ``timeout_s`` however many services hang. A run that starts more than
+``max_lateness_s`` after its scheduled time (the worker was down, runs piled up)
+exits at once: only the current sweep does work.
+
+Then the alert state machine (``tasks/alerting.py``) decides, from the state the
+previous sweep left, what to tell: one grouped message per sweep, routed by severity
+through the stack's notification blocks (unhealthy to every channel including the
+pager, degraded to chat), one Prefect event per status change, and the latest status
+as JSON in a Prefect Variable.
+
+Blocks: ``llm-stack/<stack>`` and the notification block documents its routes name.
+Variables (per stack, readable through the Prefect API):
+
+    health-state-<stack>     the alert machine's state (a restarted worker continues)
+    health-status-<stack>    the latest status of every service, as JSON
+    health-silences-<stack>  maintenance silences, written by operators:
+                             [{"service": "postgres" | null, "until": "<ISO time>",
+                               "reason": "..."}]
+
+No ``on_failure`` alert: a sweep failing every minute would page every minute. The
+bootstrap's watcher automation ("no health sweep completed in 5 minutes") covers a
+broken or stopped monitor.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from prefect import flow
+from prefect.logging import get_run_logger
+from pydantic import BaseModel, Field
+
+from tasks.alerting import AlertPolicy, StatusChange, decide, group_notices, worst_status
+from tasks.health import CheckResult, HealthStatus, HealthThresholds
+from tasks.health_state import (
+    check_services,
+    emit_status_events,
+    load_health_inputs,
+    load_stack,
+    publish_health,
+    sweep_lateness_s,
+)
+from tasks.notify import DeliveryReport, run_link, send_alert
+
+
+class HealthSweepConfig(BaseModel):
+    """How a sweep checks and when it alerts; production values live in prefect.yaml."""
+
+    timeout_s: float = Field(
+        default=5.0, ge=0.5, le=20, description="Per-check timeout; the sweep's upper bound."
+    )
+    services: list[str] | None = Field(
+        default=None, description="Services to check (default: all nine)."
+    )
+    max_lateness_s: float = Field(
+        default=45,
+        ge=5,
+        le=3600,
+        description="A run starting this long after its scheduled time is stale and exits "
+        "at once, so missed sweeps do not run one after another after downtime.",
+    )
+    policy: AlertPolicy = Field(default_factory=AlertPolicy)
+    thresholds: HealthThresholds = Field(default_factory=HealthThresholds)
+
+
+class SweepSummary(BaseModel):
+    """What one sweep saw and told."""
+
+    stack: str
+    skipped: bool = Field(default=False, description="Stale run that exited at once.")
+    overall: HealthStatus = "healthy"
+    checks: list[CheckResult] = Field(default_factory=list)
+    changes: list[StatusChange] = Field(default_factory=list)
+    notices: int = 0
+    channels_sent: int = 0
+    channels_failed: int = 0
+
+
+@flow(
+    name="health-sweep",
+    timeout_seconds=50,
+    persist_result=False,  # 1,440 runs a day: no result files
+    log_prints=False,
+)
+async def health_sweep(
+    stack: str = "production", config: HealthSweepConfig | None = None
+) -> SweepSummary:
+    """Check every service of ``stack`` concurrently, then alert, record and publish."""
+    config = config or HealthSweepConfig()
+    logger = get_run_logger()
+    lateness = sweep_lateness_s()
+    if lateness > config.max_lateness_s:
+        logger.warning(
+            "skipping: this sweep was due %.0f s ago (limit %.0f s); the current one runs",
+            lateness,
+            config.max_lateness_s,
+        )
+        return SweepSummary(stack=stack, skipped=True)
+
+    target = await load_stack(stack)
+    state, silences = await load_health_inputs(stack)
+    results = await check_services(target, config.timeout_s, config.services, config.thresholds)
+
+    decision = decide(state, results, datetime.now(UTC), config.policy, silences)
+    alert = group_notices(stack, decision, link=run_link(target, _flow_run_id()))
+    report = await send_alert(target, alert) if alert else DeliveryReport.nothing()
+    state = decision.state.model_copy(
+        update={
+            "notifications_sent": decision.state.notifications_sent + report.sent,
+            "channel_failures": decision.state.channel_failures + report.failed,
+        }
+    )
+    if decision.changes:
+        emit_status_events(stack, decision.changes, results)
+    await publish_health(stack, state, results)
+
+    overall = worst_status([r.status for r in results])
+    logger.info(
+        "stack %s %s: %d changed, %d notices, %d channel(s) failed",
+        stack,
+        overall,
+        len(decision.changes),
+        len(decision.notices),
+        report.failed,
+    )
+    return SweepSummary(
+        stack=stack,
+        overall=overall,
+        checks=results,
+        changes=decision.changes,
+        notices=len(decision.notices),
+        channels_sent=report.sent,
+        channels_failed=report.failed,
+    )
+
+
+def _flow_run_id() -> str | None:
+    from prefect.runtime import flow_run
+
+    return str(flow_run.id) if flow_run.id else None

@@ -1,0 +1,246 @@
+"""The health sweep's side of the Prefect API: its state, its status, its events.
+
+Everything the sweep remembers lives in Prefect Variables (JSON, at most 5,000
+characters each), not in the worker's memory, so a restarted or replaced worker
+continues the count where the last sweep left it:
+
+    health-state-<stack>     the alert machine's :class:`~tasks.alerting.StackState`
+    health-status-<stack>    the latest :class:`HealthStatusDoc`, for /health, /metrics
+                             and anyone with API access
+    health-silences-<stack>  a list of :class:`~tasks.alerting.Silence`, set by operators
+
+Variables have no compare-and-swap; writing them is safe because one sweep per stack
+runs at a time (deployment concurrency limit 1).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from prefect import task
+from prefect.events import emit_event
+from prefect.logging import get_run_logger
+from prefect.variables import Variable
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+
+from blocks.stack import Stack
+from tasks.alerting import MAX_REASON, Silence, StackState, StatusChange, worst_status
+from tasks.errors import StackConfigError
+from tasks.health import CheckResult, HealthStatus, HealthThresholds, run_checks
+
+MAX_VARIABLE_CHARS = 5000
+_SILENCES = TypeAdapter(list[Silence])
+
+
+def state_variable(stack: str) -> str:
+    return f"health-state-{stack}"
+
+
+def status_variable(stack: str) -> str:
+    return f"health-status-{stack}"
+
+
+def silences_variable(stack: str) -> str:
+    return f"health-silences-{stack}"
+
+
+def event_resource_id(stack: str, service: str) -> str:
+    return f"ops.health.{stack}.{service}"
+
+
+class ServiceStatusDoc(BaseModel):
+    service: str
+    status: HealthStatus
+    latency_ms: float
+    reason: str
+    since: datetime | None = None
+    alerting: bool = Field(default=False, description="An incident is open for it.")
+
+
+class HealthStatusDoc(BaseModel):
+    """The latest status of a stack, as published after every sweep."""
+
+    stack: str
+    checked_at: datetime
+    overall: HealthStatus
+    sweeps: int
+    notifications_sent: int
+    channel_failures: int
+    services: list[ServiceStatusDoc]
+
+
+def sweep_lateness_s() -> float:
+    """Seconds between this run's scheduled time and now (0 for a run started by hand)."""
+    from prefect.runtime import flow_run
+
+    scheduled: datetime = flow_run.scheduled_start_time
+    return max(0.0, (datetime.now(UTC) - scheduled).total_seconds())
+
+
+@task(name="load-stack", persist_result=False, retries=1, retry_delay_seconds=1)
+async def load_stack(name: str) -> Stack:
+    """The stack's block document, or an error that says how to create it."""
+    try:
+        stack: Stack = await Stack.aload(name)
+    except ValueError as exc:
+        raise StackConfigError(
+            f"no stack block named {name!r} ({exc}). Create it with "
+            f"`python -m deployments.bootstrap --stack {name}`."
+        ) from None
+    return stack
+
+
+@task(name="check-services", persist_result=False, timeout_seconds=30)
+async def check_services(
+    stack: Stack,
+    timeout_s: float,
+    services: list[str] | None,
+    thresholds: HealthThresholds,
+) -> list[CheckResult]:
+    """Every check at once, each bounded by ``timeout_s``; logs the bad ones."""
+    results = await run_checks(stack, timeout_s, services, thresholds)
+    logger = get_run_logger()
+    for result in results:
+        if result.status != "healthy":
+            logger.warning(
+                "%s %s (%.0f ms): %s",
+                result.service,
+                result.status,
+                result.latency_ms,
+                result.reason,
+            )
+    return results
+
+
+@task(name="load-health-state", persist_result=False, retries=1, retry_delay_seconds=1)
+async def load_health_inputs(stack: str) -> tuple[StackState, list[Silence]]:
+    """The alert state the previous sweep left, and the active silences."""
+    logger = get_run_logger()
+    raw_state = await Variable.aget(state_variable(stack))
+    try:
+        state = StackState.model_validate(raw_state) if raw_state else StackState()
+    except ValidationError:
+        # A state we cannot read (hand-edited, older format) restarts the count; that
+        # delays an alert by at most alert_after sweeps, it never loses a silence.
+        logger.warning("alert state of %s unreadable: starting a fresh count", stack)
+        state = StackState()
+    raw_silences = await Variable.aget(silences_variable(stack))
+    silences: list[Silence] = []
+    if raw_silences:
+        try:
+            silences = _SILENCES.validate_python(raw_silences)
+        except ValidationError as exc:
+            logger.error(
+                "variable %s is not a list of {service, until, reason}: %s; no silence applies",
+                silences_variable(stack),
+                exc.errors(include_input=False)[0]["msg"],
+            )
+    now = datetime.now(UTC)
+    active = [s for s in silences if s.until > now]
+    for silence in active:
+        logger.info(
+            "silenced until %s: %s (%s)",
+            silence.until.isoformat(),
+            silence.service or "the whole stack",
+            silence.reason or "no reason given",
+        )
+    return state, active
+
+
+def status_doc(stack: str, state: StackState, results: list[CheckResult]) -> HealthStatusDoc:
+    return HealthStatusDoc(
+        stack=stack,
+        checked_at=state.last_sweep or datetime.now(UTC),
+        overall=worst_status([r.status for r in results]),
+        sweeps=state.sweeps,
+        notifications_sent=state.notifications_sent,
+        channel_failures=state.channel_failures,
+        services=[
+            ServiceStatusDoc(
+                service=r.service,
+                status=r.status,
+                latency_ms=r.latency_ms,
+                reason=r.reason[:MAX_REASON],
+                since=state.services[r.service].since if r.service in state.services else None,
+                alerting=state.services[r.service].open if r.service in state.services else False,
+            )
+            for r in results
+        ],
+    )
+
+
+def _fit(value: dict[str, object], name: str) -> dict[str, object]:
+    size = len(json.dumps(value))
+    if size > MAX_VARIABLE_CHARS:
+        raise ValueError(f"variable {name} would be {size} characters (limit 5,000)")
+    return value
+
+
+@task(name="publish-health", persist_result=False, retries=1, retry_delay_seconds=1)
+async def publish_health(stack: str, state: StackState, results: list[CheckResult]) -> None:
+    """Persist the alert state, then the latest status for readers of the API."""
+    await Variable.aset(
+        state_variable(stack),
+        _fit(state.model_dump(mode="json"), state_variable(stack)),
+        overwrite=True,
+    )
+    doc = status_doc(stack, state, results)
+    await Variable.aset(
+        status_variable(stack),
+        _fit(doc.model_dump(mode="json"), status_variable(stack)),
+        overwrite=True,
+    )
+
+
+@task(name="emit-status-events", persist_result=False)
+def emit_status_events(stack: str, changes: list[StatusChange], results: list[CheckResult]) -> int:
+    """One event per status change: ``ops.health.<status>`` on ``ops.health.<stack>.<service>``.
+
+    Users' automations match on these (e.g. event ``ops.health.unhealthy`` with
+    ``ops.stack = production``).
+    """
+    from prefect.runtime import flow_run
+
+    latency = {r.service: r.latency_ms for r in results}
+    related = [{"prefect.resource.id": f"ops.stack.{stack}", "prefect.resource.role": "stack"}]
+    if flow_run.id:
+        related.append(
+            {
+                "prefect.resource.id": f"prefect.flow-run.{flow_run.id}",
+                "prefect.resource.role": "flow-run",
+            }
+        )
+    for change in changes:
+        emit_event(
+            event=f"ops.health.{change.status}",
+            resource={
+                "prefect.resource.id": event_resource_id(stack, change.service),
+                "prefect.resource.name": f"{stack}/{change.service}",
+                "ops.stack": stack,
+                "ops.service": change.service,
+            },
+            related=related,
+            payload={
+                "previous": change.previous,
+                "status": change.status,
+                "reason": change.reason,
+                "latency_ms": latency.get(change.service),
+            },
+        )
+    return len(changes)
+
+
+async def read_status(stack: str) -> HealthStatusDoc | None:
+    """The latest published status of ``stack`` (None before its first sweep)."""
+    raw = await Variable.aget(status_variable(stack))
+    return HealthStatusDoc.model_validate(raw) if raw else None
+
+
+async def set_silences(stack: str, silences: list[Silence]) -> None:
+    """Replace the silences of ``stack`` (operators can also edit the variable in the UI)."""
+    await Variable.aset(
+        silences_variable(stack),
+        _SILENCES.dump_python(silences, mode="json"),
+        overwrite=True,
+    )

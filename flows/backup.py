@@ -1,0 +1,161 @@
+"""Backup: one consistent, checksummed backup set of the stack, then retention.
+
+What: a Postgres dump taken in one exported snapshot (with the exact row count of
+every table in that snapshot) streamed straight into S3 with its sha256; a native
+ClickHouse ``BACKUP DATABASE ... TO S3`` of the Langfuse database; a ``manifest.json``
+written last, which is what makes the set complete; then retention pruning by
+keep-last plus daily/weekly/monthly rules that never touch the last good backups.
+
+When: daily at 03:00 UTC (deployment ``backup/<stack>`` in ``prefect.yaml``), and any
+time with ``prefect deployment run backup/<stack>``.
+
+Blocks: the stack's ``llm-stack`` document (named by ``stack``) and the notification
+blocks its routes name. A failure ends the run Failed with what broke, alerts through
+those blocks, writes no manifest and prunes nothing. A retried run (same flow-run id)
+skips the parts that completed (persisted results).
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.logging import get_run_logger
+from pydantic import BaseModel, Field
+
+from blocks.stack import Stack
+from tasks.backup import (
+    apply_prune,
+    one_backup_at_a_time,
+    plan_prune,
+    publish_report,
+    read_expected_dump_size,
+    start_backup_set,
+    write_manifest,
+)
+from tasks.clickhouse import backup_clickhouse
+from tasks.notify import alert_on_failure
+from tasks.postgres import check_pg_dump_version, dump_postgres
+from tasks.retention import RetentionPolicy
+
+
+class BackupConfig(BaseModel):
+    """How the backup runs and what it keeps; production values live in prefect.yaml."""
+
+    clickhouse_databases: list[str] = Field(
+        default_factory=list,
+        max_length=20,
+        description="ClickHouse databases to back up whole; empty: the stack's Langfuse "
+        "database (clickhouse_database in the stack block).",
+    )
+    part_size_mb: int = Field(
+        default=16,
+        ge=5,
+        le=512,
+        description="S3 multipart part size; memory use is about (upload_threads + 2) parts.",
+    )
+    upload_threads: int = Field(
+        default=2, ge=1, le=8, description="Parts uploaded in parallel while pg_dump runs."
+    )
+    pg_dump_timeout_s: int = Field(
+        default=6 * 3600, ge=60, le=48 * 3600, description="pg_dump is stopped after this long."
+    )
+    clickhouse_timeout_s: int = Field(
+        default=3 * 3600,
+        ge=10,
+        le=48 * 3600,
+        description="A ClickHouse BACKUP not finished after this long fails the run.",
+    )
+    pg_dump_path: str | None = Field(
+        default=None,
+        max_length=500,
+        description="pg_dump to use; default: the newest installed (must be >= the server).",
+    )
+    lock_timeout_s: int = Field(
+        default=60,
+        ge=0,
+        le=24 * 3600,
+        description="How long to wait for another backup of the same stack to finish.",
+    )
+    retention: RetentionPolicy = Field(
+        default_factory=RetentionPolicy, description="Which backup sets to keep."
+    )
+    dry_run: bool = Field(
+        default=False,
+        description="Back up, but only show the retention plan (artifact) without deleting. "
+        "Pruning is on by default: a daily backup that never prunes fills the bucket.",
+    )
+
+
+class BackupSummary(BaseModel):
+    """What the run produced."""
+
+    stack: str
+    backup_id: str
+    manifest_key: str
+    total_bytes: int
+    seconds: float
+    postgres_rows: int
+    clickhouse_rows: int
+    deleted_sets: list[str]
+    would_delete_sets: list[str]
+    kept_complete_sets: int
+    aborted_uploads: int
+    report_artifact: str
+
+
+@flow(
+    name="backup",
+    flow_run_name="backup-{stack}",
+    on_failure=[alert_on_failure],
+    on_crashed=[alert_on_failure],
+    persist_result=True,
+)
+def backup(stack: str = "production", config: BackupConfig | None = None) -> BackupSummary:
+    """Back up the stack's Postgres and ClickHouse into one set, then prune old sets."""
+    config = config or BackupConfig()
+    logger = get_run_logger()
+    ops = Stack.load_stack(stack)
+    databases = config.clickhouse_databases or [ops.clickhouse_database]
+    with one_backup_at_a_time(stack, config.lock_timeout_s):
+        logger.info("== Backup set")
+        backup_id = start_backup_set(ops)
+        versions = check_pg_dump_version(ops, config.pg_dump_path)
+
+        logger.info("== Postgres")
+        dump = dump_postgres(
+            ops,
+            backup_id,
+            versions,
+            part_size=config.part_size_mb * 1024 * 1024,
+            upload_threads=config.upload_threads,
+            timeout_s=config.pg_dump_timeout_s,
+            expected_bytes=read_expected_dump_size(ops),
+        )
+
+        logger.info("== ClickHouse")
+        clickhouse = [
+            backup_clickhouse(ops, backup_id, database, timeout_s=config.clickhouse_timeout_s)
+            for database in databases
+        ]
+
+        logger.info("== Manifest (written last)")
+        manifest = write_manifest(ops, backup_id, versions, dump, clickhouse)
+
+        logger.info("== Retention")
+        plan = plan_prune(ops, backup_id, config.retention, config.dry_run)
+        pruned = apply_prune(ops, plan, config.dry_run)
+        report = publish_report(ops, manifest, pruned, plan)
+
+    return BackupSummary(
+        stack=stack,
+        backup_id=backup_id,
+        manifest_key=manifest.key,
+        total_bytes=manifest.total_size,
+        seconds=(manifest.finished_at - manifest.started_at).total_seconds(),
+        postgres_rows=sum(dump.table_rows.values()),
+        clickhouse_rows=sum(sum(ch.backup.table_rows.values()) for ch in clickhouse),
+        deleted_sets=pruned.deleted_sets,
+        would_delete_sets=plan.deleted_sets if config.dry_run else [],
+        kept_complete_sets=len(plan.kept_complete),
+        aborted_uploads=pruned.aborted_uploads,
+        report_artifact=report,
+    )

@@ -1,0 +1,331 @@
+"""The backup set as a whole: its id, its manifest, its pruning and its report.
+
+The parts are made elsewhere (:mod:`tasks.postgres`, :mod:`tasks.clickhouse`); here
+they are checked against the bucket and sealed with the manifest, which is written
+last, and only then is anything pruned. Plans and reports become Prefect artifacts:
+``backup-retention-<stack>`` (every set kept or deleted, and why) and
+``backup-report-<stack>`` (sizes, durations, throughput, row counts).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import prefect
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.logging import get_run_logger
+from pydantic import BaseModel
+
+from blocks.stack import Stack
+from tasks.clickhouse import ClickHouseBackupOutcome
+from tasks.errors import BackupError, StorageError
+from tasks.manifest import (
+    BackupManifest,
+    PostgresDump,
+    StoredObject,
+    backup_id_time,
+    manifest_key,
+    new_backup_id,
+    set_prefix,
+)
+from tasks.postgres import PgVersions
+from tasks.retention import (
+    ObjectRecord,
+    RetentionPlan,
+    RetentionPolicy,
+    UploadRecord,
+    plan_retention,
+)
+from tasks.retry import retry_transient
+from tasks.storage import (
+    MultipartUpload,
+    abort_multipart_upload,
+    delete_objects,
+    list_backup_sets,
+    list_multipart_uploads,
+    list_stack_objects,
+    newest_complete_manifest,
+    object_size,
+    put_small_object,
+)
+
+# ---- one backup per stack at a time ---------------------------------------------------
+
+
+def backup_slot_name(stack: str) -> str:
+    return f"backup-{stack}"
+
+
+@contextlib.contextmanager
+def one_backup_at_a_time(stack: str, wait_s: float) -> Iterator[None]:
+    """Hold the global concurrency slot ``backup-<stack>`` (limit 1) for the block.
+
+    The deployment's own concurrency limit already keeps scheduled runs apart; this
+    slot also covers runs started another way (a second deployment, a direct call).
+    The limit is created on first use, and ``strict`` makes a missing limit an error
+    instead of a silent no-op. A holder that dies frees the slot when its lease ends.
+    """
+    name = backup_slot_name(stack)
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=name, limit=1)
+                )
+    try:
+        with concurrency(name, occupy=1, timeout_seconds=wait_s, strict=True):
+            yield
+    except TimeoutError:
+        raise BackupError(
+            f"another backup of {stack} holds the slot {name!r}; this run waited {wait_s:.0f} s "
+            "and did nothing. Let the running backup finish, or raise lock_timeout_s."
+        ) from None
+
+
+# ---- the set --------------------------------------------------------------------------
+
+
+@task(name="start-backup-set", persist_result=True)
+def start_backup_set(stack: Stack) -> str:
+    """A new backup id. Persisted, so a retried flow run keeps writing the same set."""
+    backup_id = new_backup_id()
+    get_run_logger().info(
+        "Backup set %s/%s", stack.backup_bucket, set_prefix(stack.stack_name, backup_id)
+    )
+    return backup_id
+
+
+@task(
+    name="read-expected-dump-size",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    retry_condition_fn=retry_transient,
+)
+def read_expected_dump_size(stack: Stack) -> int:
+    """The previous complete dump's size, for the progress bar (0 when none)."""
+    previous = newest_complete_manifest(stack)
+    return previous.postgres.dump_size if previous else 0
+
+
+@task(
+    name="write-manifest",
+    persist_result=True,
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    retry_condition_fn=retry_transient,
+)
+def write_manifest(
+    stack: Stack,
+    backup_id: str,
+    versions: PgVersions,
+    dump: PostgresDump,
+    clickhouse: list[ClickHouseBackupOutcome],
+) -> BackupManifest:
+    """Check every object of the set in the bucket, then write ``manifest.json``.
+
+    Written last: its presence is what makes the set complete.
+    """
+    logger = get_run_logger()
+    objects = [
+        StoredObject(
+            key=dump.dump_key, size=dump.dump_size, sha256=dump.dump_sha256, kind="postgres-dump"
+        ),
+        *(outcome.descriptor for outcome in clickhouse),
+    ]
+    for obj in objects:
+        stored = object_size(stack, obj.key)
+        if stored != obj.size:
+            raise StorageError(
+                f"{obj.key} is {'missing' if stored is None else f'{stored} bytes'} in the "
+                f"bucket, but {obj.size} bytes were written; no manifest written. The set "
+                "stays incomplete; check the S3 service and run the backup again."
+            )
+    tool_versions = {
+        "python": platform.python_version(),
+        "prefect": prefect.__version__,
+        "pg_dump": versions.pg_dump,
+        "postgres": versions.server,
+    }
+    for outcome in clickhouse:
+        tool_versions[f"clickhouse:{outcome.backup.database}"] = outcome.backup.server_version
+    manifest = BackupManifest(
+        backup_id=backup_id,
+        stack=stack.stack_name,
+        bucket=stack.backup_bucket,
+        started_at=backup_id_time(backup_id),
+        finished_at=datetime.now(UTC),
+        tool_versions=tool_versions,
+        objects=objects,
+        postgres=dump,
+        clickhouse=[outcome.backup for outcome in clickhouse],
+    )
+    key = manifest_key(stack.stack_name, backup_id)
+    put_small_object(stack, key, manifest.to_json(), "application/json")
+    logger.info("Manifest written: %s (%d objects checked)", key, len(objects))
+    return manifest
+
+
+# ---- pruning --------------------------------------------------------------------------
+
+
+class PruneResult(BaseModel):
+    dry_run: bool
+    deleted_sets: list[str]
+    deleted_objects: int
+    aborted_uploads: int
+
+
+@task(
+    name="plan-retention",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    retry_condition_fn=retry_transient,
+)
+def plan_prune(
+    stack: Stack, backup_id: str, policy: RetentionPolicy, dry_run: bool
+) -> RetentionPlan:
+    """List the bucket and decide, per set, keep or delete; publish the plan artifact."""
+    logger = get_run_logger()
+    objects = [
+        ObjectRecord(key=e.key, size=e.size, last_modified=e.last_modified)
+        for e in list_stack_objects(stack)
+    ]
+    complete = {info.backup_id for info in list_backup_sets(stack) if info.complete}
+    uploads = [
+        UploadRecord(key=u.key, upload_id=u.upload_id, initiated=u.initiated)
+        for u in list_multipart_uploads(stack)
+    ]
+    plan = plan_retention(
+        stack.stack_name, objects, complete, uploads, policy, datetime.now(UTC), backup_id
+    )
+    create_table_artifact(
+        key=f"backup-retention-{stack.stack_name}",
+        table=plan.rows(),
+        description=(
+            f"Retention plan for {stack.stack_name}"
+            f"{' (dry run: nothing deleted)' if dry_run else ''}: "
+            f"{len(plan.kept_complete)} complete sets kept, {len(plan.deleted_sets)} sets "
+            f"deleted, {len(plan.aborts)} unfinished uploads aborted."
+        ),
+    )
+    logger.info(
+        "Retention: keep %d complete sets, delete %s, abort %d uploads%s",
+        len(plan.kept_complete),
+        _first_few(plan.deleted_sets),
+        len(plan.aborts),
+        " (dry run)" if dry_run else "",
+    )
+    return plan
+
+
+@task(
+    name="apply-retention",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    retry_condition_fn=retry_transient,
+)
+def apply_prune(stack: Stack, plan: RetentionPlan, dry_run: bool) -> PruneResult:
+    """Delete what the plan deletes: each set's manifest first, then the rest."""
+    logger = get_run_logger()
+    if dry_run or not plan.pruning:
+        return PruneResult(dry_run=dry_run, deleted_sets=[], deleted_objects=0, aborted_uploads=0)
+    deleted = 0
+    for decision in plan.sets:
+        if decision.action != "delete":
+            continue
+        # Manifest first: if deletion stops half-way, the rest is an incomplete set,
+        # never a "complete" set with missing objects.
+        head, rest = decision.delete_keys[:1], decision.delete_keys[1:]
+        deleted += delete_objects(stack, head) + delete_objects(stack, rest)
+        logger.info("Retention: deleted set %s (%d objects)", decision.backup_id, decision.objects)
+    for upload in plan.aborts:
+        abort_multipart_upload(
+            stack, MultipartUpload(key=upload.key, upload_id=upload.upload_id, initiated=None)
+        )
+    return PruneResult(
+        dry_run=False,
+        deleted_sets=plan.deleted_sets,
+        deleted_objects=deleted,
+        aborted_uploads=len(plan.aborts),
+    )
+
+
+def _first_few(items: list[str], n: int = 5) -> str:
+    if not items:
+        return "nothing"
+    shown = ", ".join(items[:n])
+    return shown + (f" ... and {len(items) - n} more" if len(items) > n else "")
+
+
+# ---- the report -----------------------------------------------------------------------
+
+
+def render_report(manifest: BackupManifest, prune: PruneResult, plan: RetentionPlan) -> str:
+    """The backup's report in markdown: sizes, durations, throughput, row counts."""
+    pg = manifest.postgres
+    total_s = (manifest.finished_at - manifest.started_at).total_seconds()
+    lines = [
+        f"# Backup {manifest.backup_id} of {manifest.stack}",
+        "",
+        f"Set `{manifest.bucket}/{manifest.prefix}`, {manifest.total_size / 1e6:.1f} MB, "
+        f"{total_s:.1f} s end to end. Manifest written last: the set is complete.",
+        "",
+        "| part | size | seconds | throughput | rows |",
+        "|---|---:|---:|---:|---:|",
+        f"| Postgres `{pg.database}` (pg_dump {pg.pg_dump_version}, server {pg.server_version}) "
+        f"| {pg.dump_size / 1e6:.1f} MB | {pg.seconds:.1f} | "
+        f"{pg.dump_size / 1e6 / max(pg.seconds, 1e-6):.1f} MB/s | {sum(pg.table_rows.values())} |",
+    ]
+    for ch in manifest.clickhouse:
+        lines.append(
+            f"| ClickHouse `{ch.database}` ({ch.server_version}) | {ch.size / 1e6:.1f} MB | "
+            f"{ch.seconds:.1f} | {ch.size / 1e6 / max(ch.seconds, 1e-6):.1f} MB/s | "
+            f"{sum(ch.table_rows.values())}{'' if ch.rows_exact else ' (changed during backup)'} |"
+        )
+    lines += ["", "## Objects", "", "| key | size | sha256 |", "|---|---:|---|"]
+    lines += [f"| `{o.key}` | {o.size} | `{o.sha256}` |" for o in manifest.objects]
+    lines += ["", f"## Postgres rows in snapshot `{pg.snapshot_id}`", "", "| table | rows |",
+              "|---|---:|"]  # fmt: skip
+    lines += [f"| `{name}` | {rows} |" for name, rows in sorted(pg.table_rows.items())]
+    for ch in manifest.clickhouse:
+        lines += ["", f"## ClickHouse `{ch.database}` rows", "", "| table | rows |", "|---|---:|"]
+        lines += [f"| `{name}` | {rows} |" for name, rows in sorted(ch.table_rows.items())]
+    verb = "would delete" if prune.dry_run else "deleted"
+    deleted = plan.deleted_sets if prune.dry_run else prune.deleted_sets
+    lines += [
+        "",
+        "## Retention",
+        "",
+        f"{len(plan.kept_complete)} complete sets kept; {verb} {len(deleted)} sets "
+        f"({_first_few(deleted)}); {len(plan.aborts)} unfinished uploads "
+        f"{'to abort' if prune.dry_run else 'aborted'}. "
+        f"Plan: artifact `backup-retention-{manifest.stack}`.",
+    ]
+    return "\n".join(lines)
+
+
+@task(name="publish-backup-report", cache_policy=NO_CACHE)
+def publish_report(
+    stack: Stack, manifest: BackupManifest, prune: PruneResult, plan: RetentionPlan
+) -> str:
+    key = f"backup-report-{stack.stack_name}"
+    create_markdown_artifact(
+        key=key,
+        markdown=stack.scrub(render_report(manifest, prune, plan)),
+        description=f"Backup {manifest.backup_id}: {manifest.total_size / 1e6:.1f} MB",
+    )
+    return key

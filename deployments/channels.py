@@ -36,7 +36,7 @@ from prefect.blocks.notifications import (
     PagerDutyWebHook,
     SlackWebhook,
 )
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from blocks.stack import NotificationRoute, Severity
 from tasks.errors import StackConfigError
@@ -165,11 +165,20 @@ def channels_from_env(env: Mapping[str, str], stack: str) -> list[ChannelDocumen
     for channel in CHANNELS:
         if not env.get(channel.variable, "").strip():
             continue
+        try:
+            block = channel.build(env)
+        except (ValueError, ValidationError) as exc:
+            if isinstance(exc, StackConfigError):
+                raise
+            raise StackConfigError(
+                f"{channel.variable} is not a valid {channel.block_type} setting "
+                f"({type(exc).__name__}); copy the URL or key again from the service"
+            ) from None
         documents.append(
             ChannelDocument(
                 channel=channel,
                 name=channel.document_name(stack),
-                block=channel.build(env),
+                block=block,
                 route=NotificationRoute(
                     block=channel.slug(stack), min_severity=channel.severity(env)
                 ),

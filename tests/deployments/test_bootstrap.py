@@ -1,0 +1,154 @@
+"""The bootstrap against the devstack's real Prefect server: idempotent, channels only
+from what is set, routes kept when the environment has none, automations by name."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from prefect.blocks.core import Block
+from prefect.client.orchestration import get_client
+
+from blocks.stack import NotificationRoute, Stack
+from deployments.automations import failure_name, watcher_name
+from deployments.bootstrap import BootstrapReport, bootstrap, main
+from deployments.settings import ControlPlaneSettings
+from devstack.core import Devstack
+
+
+async def _automations(stack: str) -> list:
+    async with get_client() as client:
+        found = []
+        for name in (failure_name(stack), watcher_name(stack)):
+            found.extend(await client.read_automations_by_name(name))
+        return found
+
+
+async def _delete_automations(stack: str) -> None:
+    async with get_client() as client:
+        for automation in await _automations(stack):
+            await client.delete_automation(automation.id)
+
+
+@pytest.fixture
+def stack_name(devstack: Devstack) -> Iterator[str]:
+    name = f"ctl-{secrets.token_hex(3)}"
+    yield name
+    # a watcher left behind would alert every 5 minutes for a stack without sweeps
+    asyncio.run(_delete_automations(name))
+
+
+def _run(env: dict[str, str], stack: str, window: float = 300) -> BootstrapReport:
+    settings = ControlPlaneSettings(
+        stack=stack, work_pool="devstack", watcher_window=timedelta(seconds=window)
+    )
+    return asyncio.run(bootstrap(env, settings))
+
+
+def test_bootstrap_twice_changes_nothing_the_second_time(
+    stack_env: dict[str, str], stack_name: str, devstack: Devstack
+) -> None:
+    env = {
+        **stack_env,
+        "ALERT_WEBHOOK_URL": f"{devstack.receiver_url}/bootstrap-test",
+        "PAGERDUTY_ROUTING_KEY": "r" * 32,
+    }
+    first = _run(env, stack_name)
+    assert {(s.kind, s.outcome) for s in first.changed()} >= {
+        ("channel", "created"),
+        ("stack block", "created"),
+        ("automation", "created"),
+    }
+    second = _run(env, stack_name)
+    assert second.changed() == []
+    assert [(s.kind, s.name, s.outcome) for s in second.steps if s.kind == "automation"] == [
+        ("automation", failure_name(stack_name), "unchanged"),
+        ("automation", watcher_name(stack_name), "unchanged"),
+    ]
+    assert len(asyncio.run(_automations(stack_name))) == 2
+
+
+def test_channels_and_routes_come_from_the_variables_that_are_set(
+    stack_env: dict[str, str], stack_name: str, devstack: Devstack
+) -> None:
+    env = {
+        **stack_env,
+        "ALERT_WEBHOOK_URL": f"{devstack.receiver_url}/bootstrap-test",
+        "PAGERDUTY_ROUTING_KEY": "r" * 32,
+        "SLACK_WEBHOOK_URL": "",
+    }
+    _run(env, stack_name)
+    stack = Stack.load_stack(stack_name)
+    assert stack.notifications == [
+        NotificationRoute(block=f"custom-webhook/{stack_name}-webhook", min_severity="warning"),
+        NotificationRoute(
+            block=f"pager-duty-webhook/{stack_name}-pagerduty", min_severity="critical"
+        ),
+    ]
+    for block_type, key in (
+        ("slack-webhook", "slack"),
+        ("discord-webhook", "discord"),
+        ("ms-teams-webhook", "teams"),
+        ("opsgenie-webhook", "opsgenie"),
+    ):
+        with pytest.raises(ValueError):
+            Block.load(f"{block_type}/{stack_name}-{key}")
+    assert stack.litellm_master_key.get_secret_value() == stack_env["LITELLM_MASTER_KEY"]
+
+
+def test_routes_added_in_the_ui_survive_a_bootstrap_without_channel_variables(
+    stack_env: dict[str, str], stack_name: str, devstack: Devstack
+) -> None:
+    _run({**stack_env, "ALERT_WEBHOOK_URL": f"{devstack.receiver_url}/bootstrap-test"}, stack_name)
+    report = _run(stack_env, stack_name)
+    assert Stack.load_stack(stack_name).notifications == [
+        NotificationRoute(block=f"custom-webhook/{stack_name}-webhook", min_severity="warning")
+    ]
+    (step,) = [s for s in report.steps if s.kind == "stack block"]
+    assert step.outcome == "unchanged" and "kept 1 existing route" in step.note
+
+
+def test_automations_notify_the_channels_with_the_configured_window(
+    stack_env: dict[str, str], stack_name: str, devstack: Devstack
+) -> None:
+    _run(
+        {**stack_env, "ALERT_WEBHOOK_URL": f"{devstack.receiver_url}/bootstrap-test"},
+        stack_name,
+        window=45,
+    )
+    automations = {a.name: a for a in asyncio.run(_automations(stack_name))}
+    watcher = automations[watcher_name(stack_name)]
+    failure = automations[failure_name(stack_name)]
+    assert watcher.trigger.posture == "Proactive"
+    assert watcher.trigger.within == timedelta(seconds=45)
+    assert watcher.trigger.expect == {"prefect.flow-run.Completed"}
+    assert failure.trigger.expect == {
+        "prefect.flow-run.Failed", "prefect.flow-run.Crashed", "prefect.flow-run.TimedOut",
+    }  # fmt: skip
+    webhook = Block.load(f"custom-webhook/{stack_name}-webhook")
+    for automation in (watcher, failure):
+        assert [a.block_document_id for a in automation.actions] == [webhook._block_document_id]
+    # a changed window updates the watcher in place: still one automation of that name
+    report = _run(
+        {**stack_env, "ALERT_WEBHOOK_URL": f"{devstack.receiver_url}/bootstrap-test"},
+        stack_name,
+        window=60,
+    )
+    assert [s.outcome for s in report.steps if s.name == watcher_name(stack_name)] == ["updated"]
+    assert len(asyncio.run(_automations(stack_name))) == 2
+
+
+def test_a_stack_environment_with_problems_fails_with_every_problem_and_no_secret(
+    stack_env: dict[str, str], stack_name: str, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    for key, value in stack_env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("LITELLM_MASTER_KEY", "not-sk-" + stack_env["LITELLM_MASTER_KEY"])
+    monkeypatch.delenv("CLICKHOUSE_URL")
+    assert main(["--stack", stack_name, "--work-pool", "devstack"]) == 1
+    err = capsys.readouterr().err
+    assert "LITELLM_MASTER_KEY" in err and "CLICKHOUSE_URL" in err
+    assert stack_env["LITELLM_MASTER_KEY"] not in err

@@ -258,6 +258,10 @@ async def check_clickhouse(stack: Stack, timeout_s: float, th: HealthThresholds)
         free, total = await _in_thread(query)
     except ClickHouseError as exc:
         return Verdict("unhealthy", "query failed: " + _first_line(stack.scrub(str(exc))))
+    return disk_verdict(free, total, th)
+
+
+def disk_verdict(free: int, total: int, th: HealthThresholds) -> Verdict:
     free_pct = _pct(free, total)
     reason = f"SELECT 1 ok, {free_pct:.0f}% disk free ({free / 2**30:.1f} GiB)"
     if free_pct < th.clickhouse_free_disk_unhealthy_pct:
@@ -291,26 +295,37 @@ async def check_redis(stack: Stack, timeout_s: float, th: HealthThresholds) -> V
         )
     finally:
         await client.aclose()
-    used, limit = int(memory.get("used_memory", 0)), int(memory.get("maxmemory", 0))
-    parts = [f"PING ok, {used / 2**20:.0f} MiB used"]
+    return redis_verdict(
+        int(memory.get("used_memory", 0)),
+        int(memory.get("maxmemory", 0)),
+        {k: str(v) for k, v in persistence.items()},
+        th,
+    )
+
+
+def redis_verdict(
+    used: int, limit: int, persistence: dict[str, str], th: HealthThresholds
+) -> Verdict:
+    """Memory against maxmemory (0 = no limit) and the AOF status from INFO persistence."""
+    summary = f"PING ok, {used / 2**20:.0f} MiB used"
     problems: list[Verdict] = []
     if limit:
         pct = _pct(used, limit)
-        parts[0] += f" of {limit / 2**20:.0f} MiB ({pct:.0f}%)"
+        summary += f" of {limit / 2**20:.0f} MiB ({pct:.0f}%)"
         if pct >= th.redis_memory_degraded_pct:
             problems.append(Verdict("degraded", "memory near maxmemory: writes soon refused"))
-    if int(persistence.get("aof_enabled", 0)) != 1:
+    if persistence.get("aof_enabled", "0") != "1":
         problems.append(Verdict("degraded", "AOF is off: a restart loses queued jobs"))
     elif persistence.get("aof_last_write_status", "ok") != "ok":
         problems.append(Verdict("unhealthy", "AOF write failing: Redis refuses writes"))
     elif persistence.get("aof_last_bgrewrite_status", "ok") != "ok":
         problems.append(Verdict("degraded", "AOF rewrite failed: check disk space"))
     else:
-        parts.append("AOF ok")
+        summary += ", AOF ok"
     if problems:
         worst = max(problems, key=lambda v: STATUS_RANK[v.status])
-        return Verdict(worst.status, ", ".join(parts + [p.reason for p in problems]))
-    return _ok(", ".join(parts))
+        return Verdict(worst.status, ", ".join([summary, *(p.reason for p in problems)]))
+    return _ok(summary)
 
 
 # ---- object storage and backups ---------------------------------------------------------
@@ -352,21 +367,26 @@ async def check_backup_freshness(stack: Stack, timeout_s: float, th: HealthThres
         manifest = await _in_thread(lambda: newest_complete_manifest(stack))
     except StorageError as exc:
         return Verdict("unhealthy", "cannot list backup sets: " + _first_line(str(exc)))
-    if manifest is None:
-        return Verdict(
-            "unhealthy",
-            f"no complete backup set under {stack.backup_bucket}/{stack.stack_name}/: "
-            "run the backup flow",
-        )
-    finished: datetime = manifest.finished_at
-    if finished.tzinfo is None:
-        finished = finished.replace(tzinfo=UTC)
-    age_h = (datetime.now(UTC) - finished).total_seconds() / 3600
+    return freshness_verdict(
+        None if manifest is None else manifest.finished_at,
+        datetime.now(UTC),
+        th.backup_max_age_h,
+        f"{stack.backup_bucket}/{stack.stack_name}/",
+    )
+
+
+def freshness_verdict(
+    finished_at: datetime | None, now: datetime, max_age_h: float, where: str
+) -> Verdict:
+    """No complete set is unhealthy; a newest set older than ``max_age_h`` is degraded."""
+    if finished_at is None:
+        return Verdict("unhealthy", f"no complete backup set under {where}: run the backup flow")
+    if finished_at.tzinfo is None:
+        finished_at = finished_at.replace(tzinfo=UTC)
+    age_h = (now - finished_at).total_seconds() / 3600
     reason = f"newest complete backup {age_h:.1f} h old"
-    if age_h > th.backup_max_age_h:
-        return Verdict(
-            "degraded", f"{reason} (> {th.backup_max_age_h:g} h): check the backup flow's runs"
-        )
+    if age_h > max_age_h:
+        return Verdict("degraded", f"{reason} (> {max_age_h:g} h): check the backup flow's runs")
     return _ok(reason)
 
 

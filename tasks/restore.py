@@ -62,6 +62,7 @@ from psycopg import sql
 from pydantic import BaseModel, Field, ValidationError
 
 from blocks.stack import Stack, redact_url
+from tasks.clickhouse import quote_identifier, quote_string
 from tasks.drill import (
     Check,
     ComponentTiming,
@@ -83,6 +84,7 @@ from tasks.manifest import (
     ClickHouseBackup,
     manifest_key,
 )
+from tasks.postgres import count_rows
 from tasks.storage import newest_complete_manifest, s3_client, storage_error
 
 PostgresMode = Literal["stream", "download"]
@@ -693,28 +695,10 @@ def _restore_check(
 
 
 def count_pg_rows(server: PgServer, database: str) -> dict[str, int]:
-    """Exact row count of every user table, keyed ``<schema>.<table>`` like the manifest."""
+    """Exact row count of every user table, counted the way the backup counted them."""
     try:
         with server.connect(database) as conn:
-            tables = conn.execute(
-                """
-                SELECT n.nspname, c.relname
-                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                WHERE c.relkind IN ('r', 'p')
-                  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-                  AND n.nspname NOT LIKE 'pg\\_%%'
-                  AND NOT c.relispartition
-                ORDER BY 1, 2
-                """
-            ).fetchall()
-            counts: dict[str, int] = {}
-            for schema, table in tables:
-                query = sql.SQL("SELECT count(*) FROM {}.{}").format(
-                    sql.Identifier(schema), sql.Identifier(table)
-                )
-                row = conn.execute(query).fetchone()
-                counts[f"{schema}.{table}"] = int(row[0]) if row else 0
-            return counts
+            return count_rows(conn)
     except psycopg.Error as exc:
         raise _pg_error(server, f"row count in {database}", exc) from None
 
@@ -805,18 +789,11 @@ def ch_client(stack: Stack, timeout_s: float = CH_QUERY_TIMEOUT_S) -> ClickHouse
 
 
 def _ch_error(stack: Stack, action: str, exc: BaseException) -> RestoreError:
+    # ClickHouse appends a native stack trace to its messages: keep the first part.
+    text = f"{type(exc).__name__}: {exc}".split("Stack trace")[0].strip()
     return RestoreError(
-        f"ClickHouse {action} failed on {stack.clickhouse_url}: "
-        f"{stack.scrub(f'{type(exc).__name__}: {exc}')[:600]}"
+        f"ClickHouse {action} failed on {stack.clickhouse_url}: {stack.scrub(text)[:600]}"
     )
-
-
-def quote_ch_ident(name: str) -> str:
-    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
-
-
-def quote_ch_string(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def ch_databases(stack: Stack) -> list[str]:
@@ -832,7 +809,7 @@ def ch_databases(stack: Stack) -> list[str]:
 def drop_ch_database(stack: Stack, database: str) -> None:
     client = ch_client(stack)
     try:
-        client.command(f"DROP DATABASE IF EXISTS {quote_ch_ident(database)} SYNC")
+        client.command(f"DROP DATABASE IF EXISTS {quote_identifier(database)} SYNC")
     except (ClickHouseError, OSError) as exc:
         raise _ch_error(stack, f"DROP DATABASE {database}", exc) from None
     finally:
@@ -843,9 +820,9 @@ def _restore_statement(stack: Stack, backup: ClickHouseBackup, target: str) -> s
     """Holds the S3 secret: never log it, never put it in an error."""
     url = f"{stack.clickhouse_s3.rstrip('/')}/{stack.backup_bucket}/{backup.s3_prefix}"
     return (
-        f"RESTORE DATABASE {quote_ch_ident(backup.database)} AS {quote_ch_ident(target)} "
-        f"FROM S3({quote_ch_string(url)}, {quote_ch_string(stack.s3_access_key)}, "
-        f"{quote_ch_string(stack.s3_secret_key.get_secret_value())}) ASYNC"
+        f"RESTORE DATABASE {quote_identifier(backup.database)} AS {quote_identifier(target)} "
+        f"FROM S3({quote_string(url)}, {quote_string(stack.s3_access_key)}, "
+        f"{quote_string(stack.s3_secret_key.get_secret_value())}) ASYNC"
     )
 
 
@@ -906,7 +883,7 @@ def read_ch_tables(
             failed(f"clickhouse-read{tag}", "clickhouse", _ch_error(stack, "listing", exc).args[0])
         ], {}
     for table, engine in tables:
-        qualified = f"{quote_ch_ident(target)}.{quote_ch_ident(str(table))}"
+        qualified = f"{quote_identifier(target)}.{quote_identifier(str(table))}"
         if not CHECKABLE_ENGINE.search(str(engine)):
             continue
         try:
@@ -1286,11 +1263,10 @@ def restore_clickhouse_target(
         client = ch_client(stack)
         try:
             if previous is not None:
-                client.command(
-                    f"RENAME DATABASE {quote_ch_ident(plan.target)} TO {quote_ch_ident(previous)}"
-                )
+                old, new = quote_identifier(plan.target), quote_identifier(previous)
+                client.command(f"RENAME DATABASE {old} TO {new}")
             client.command(
-                f"RENAME DATABASE {quote_ch_ident(staging)} TO {quote_ch_ident(plan.target)}"
+                f"RENAME DATABASE {quote_identifier(staging)} TO {quote_identifier(plan.target)}"
             )
         except (ClickHouseError, OSError) as exc:
             raise _ch_error(stack, f"rename of {staging} to {plan.target}", exc) from None

@@ -1,0 +1,144 @@
+"""restore against the devstack: a fresh target gets the seeded data back; existing or live
+targets are refused without ``confirm`` and left exactly as they were."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from blocks.stack import Stack
+from devstack.core import Devstack
+from devstack.seed import clickhouse_client
+from flows.restore import RestoreConfig, restore
+from tasks.errors import RestoreError
+from tasks.manifest import BackupManifest
+from tests.flows.test_restore_drill import (
+    STACK,
+    flow_runs_of,
+    make_backup_set,
+    run_texts,
+    scan_for_secrets,
+)
+
+
+def pg_counts(devstack: Devstack, database: str) -> dict[str, int]:
+    from tasks.postgres import count_rows
+
+    with psycopg.connect(devstack.admin_dsn(database)) as conn:
+        return count_rows(conn)
+
+
+def pg_databases(devstack: Devstack) -> set[str]:
+    with psycopg.connect(devstack.admin_dsn("postgres")) as conn:
+        return {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
+
+
+def ch_databases(devstack: Devstack) -> set[str]:
+    client = clickhouse_client(devstack)
+    try:
+        return {r[0] for r in client.query("SELECT name FROM system.databases").result_rows}
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def good_set(devstack: Devstack, stack: Stack) -> BackupManifest:
+    return make_backup_set(stack)
+
+
+@pytest.fixture
+def targets(devstack: Devstack) -> Iterator[tuple[str, str]]:
+    token = secrets.token_hex(3)
+    pg, ch = f"restored_{token}", f"restored_lf_{token}"
+    yield pg, ch
+    with psycopg.connect(devstack.admin_dsn("postgres"), autocommit=True) as conn:
+        for name in pg_databases(devstack):
+            if name == pg or name.startswith(("restore_", f"{pg}_before_")):
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    client = clickhouse_client(devstack)
+    try:
+        for name in ch_databases(devstack):
+            if name == ch or name.startswith(("restore_", f"{ch}_before_")):
+                client.command(f"DROP DATABASE IF EXISTS `{name}` SYNC")
+    finally:
+        client.close()
+
+
+def run_restore(**config: Any) -> Any:
+    return restore(stack=STACK, config=RestoreConfig(**config))
+
+
+def test_restore_into_fresh_databases_gives_the_seeded_data_back(
+    devstack, stack, good_set, targets
+):
+    pg, ch = targets
+    summary = run_restore(backup_id=good_set.backup_id, postgres_target=pg, clickhouse_target=ch)
+    assert all(r.passed for r in summary.restored)
+    restored = pg_counts(devstack, pg)
+    assert restored == good_set.postgres.table_rows
+    assert restored == pg_counts(devstack, "railway")  # nothing written since the backup
+    with (
+        psycopg.connect(devstack.admin_dsn(pg)) as new,
+        psycopg.connect(devstack.admin_dsn("railway")) as live,
+    ):
+        query = "SELECT md5(string_agg(t::text, ',' ORDER BY model_id)) FROM public.\"LiteLLM_ProxyModelTable\" t"
+        assert new.execute(query).fetchone() == live.execute(query).fetchone()  # bytea intact
+    client = clickhouse_client(devstack)
+    try:
+        for table, rows in good_set.clickhouse[0].table_rows.items():
+            assert int(client.command(f"SELECT count() FROM `{ch}`.`{table}`")) == rows
+    finally:
+        client.close()
+    assert not any(n.startswith("restore_") for n in pg_databases(devstack))  # staging gone
+    assert any("DATABASE_URL" in step and pg in step for step in summary.steps_after)
+
+
+def test_restore_onto_the_live_database_without_confirm_refuses_and_changes_nothing(
+    devstack, good_set
+):
+    before_dbs, before_rows = pg_databases(devstack), pg_counts(devstack, "railway")
+    with pytest.raises(RestoreError) as refused:
+        run_restore(backup_id=good_set.backup_id, postgres_target="railway")
+    assert "is the live database" in str(refused.value)
+    assert "confirm=['railway']" in str(refused.value)
+    assert pg_databases(devstack) == before_dbs
+    assert pg_counts(devstack, "railway") == before_rows
+
+
+def test_restore_onto_an_existing_database_without_confirm_refuses(devstack, good_set, targets):
+    pg, _ = targets
+    with psycopg.connect(devstack.admin_dsn("postgres"), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{pg}"')
+    with psycopg.connect(devstack.admin_dsn(pg), autocommit=True) as conn:
+        conn.execute("CREATE TABLE keep_me (x int); INSERT INTO keep_me VALUES (1)")
+    with pytest.raises(RestoreError) as refused:
+        run_restore(backup_id=good_set.backup_id, postgres_target=pg, confirm=["railway"])
+    assert "already exists" in str(refused.value)
+    assert pg_counts(devstack, pg) == {"public.keep_me": 1}
+
+
+def test_restore_with_confirm_replaces_and_keeps_the_old_database(devstack, good_set, targets):
+    pg, _ = targets
+    with psycopg.connect(devstack.admin_dsn("postgres"), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{pg}"')
+    with psycopg.connect(devstack.admin_dsn(pg), autocommit=True) as conn:
+        conn.execute("CREATE TABLE keep_me (x int); INSERT INTO keep_me VALUES (1)")
+    summary = run_restore(backup_id=good_set.backup_id, postgres_target=pg, confirm=[pg])
+    (done,) = summary.restored
+    assert done.passed and done.previous is not None
+    assert pg_counts(devstack, pg) == good_set.postgres.table_rows
+    assert pg_counts(devstack, done.previous) == {"public.keep_me": 1}
+
+
+def test_no_secret_in_restore_logs_or_artifacts(devstack, stack, good_set, targets):
+    pg, _ = targets
+    run_restore(backup_id=good_set.backup_id, postgres_target=pg)
+    with pytest.raises(RestoreError):
+        run_restore(backup_id=good_set.backup_id, postgres_target="railway")
+    texts = run_texts(flow_runs_of("restore"), [f"restore-{STACK}"])
+    assert any("Next steps" in t for t in texts)
+    scan_for_secrets(stack, texts)

@@ -296,7 +296,8 @@ def verdict(stack: str, outcomes: Sequence[CheckOutcome]) -> Verdict:
 def _cell(text: str | None) -> str:
     if not text:
         return ""
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", "<br>")
+    escaped = text.replace("\\", "\\\\").replace("|", "\\|")
+    return "<br>".join(escaped.splitlines())  # every line break, \x85 and \u2028 included
 
 
 def render_report(

@@ -501,7 +501,12 @@ class Devstack:
     def litellm_config(self, master_key: str | None = None) -> str:
         """LiteLLM config with mock models; ``master_key=""`` makes an open proxy."""
         key = self.creds.litellm_master_key if master_key is None else master_key
-        general = f"  master_key: {key}\n" if key else "  {}\n"
+        # LiteLLM >= 1.10x refuses to start without a key unless told it is on purpose.
+        general = (
+            f"  master_key: {key}\n"
+            if key
+            else "  dangerously_permit_weak_or_unset_master_key: true\n"
+        )
         return (
             "model_list:\n"
             "  - model_name: canary\n"

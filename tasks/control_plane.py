@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from datetime import UTC, datetime, timedelta
 
@@ -45,7 +46,8 @@ def salt_variable_name(stack: Stack) -> str:
 
 
 def report_key(stack_document: str) -> str:
-    return f"deploy-verify-{stack_document}"
+    """Artifact keys take lowercase letters, digits and dashes only."""
+    return "deploy-verify-" + re.sub(r"[^a-z0-9-]+", "-", stack_document.lower()).strip("-")
 
 
 @task(name="check-master-key", cache_policy=NO_CACHE, persist_result=False)

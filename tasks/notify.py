@@ -114,7 +114,10 @@ def service_line(entry: dict[str, str]) -> str:
 
 
 def group_title(stack: str, services: list[dict[str, str]]) -> str:
-    """One line naming what changed, roots first: ``prod: postgres unhealthy, 2 impacted``."""
+    """One line naming what changed, roots first: ``postgres unhealthy; 2 impacted``.
+
+    The stack is not repeated: channels prefix the subject with ``[<stack>]``.
+    """
     roots = [e for e in services if not e.get("impacted_by")]
     impacted = len(services) - len(roots)
     bad = [e for e in roots if e.get("kind") != "recovery"]
@@ -130,7 +133,7 @@ def group_title(stack: str, services: list[dict[str, str]]) -> str:
         parts.append(f"{impacted} impacted")
     if roots and all(e.get("kind") == "reminder" for e in roots):
         parts.insert(0, "reminder")
-    return f"{stack}: " + "; ".join(parts or ["health"])
+    return "; ".join(parts or [f"health of {stack}"])
 
 
 class ChannelResult(BaseModel):

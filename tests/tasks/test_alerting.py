@@ -188,7 +188,7 @@ def test_dependency_down_is_one_page_listing_the_impacted_services() -> None:
     alert = group_notices("prod", decision, link="http://ui/runs/flow-run/1")
     assert alert is not None
     assert alert.severity == "critical"
-    assert alert.title == "prod: postgres unhealthy; 3 impacted"
+    assert alert.title == "postgres unhealthy; 3 impacted"
     postgres = alert.services[0]
     assert postgres["service"] == "postgres"
     assert postgres["impacts"] == "langfuse-web, langfuse-worker, litellm-readiness"

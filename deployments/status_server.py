@@ -1,0 +1,238 @@
+"""``/health`` (JSON) and ``/metrics`` (Prometheus text) on the worker service's port.
+
+The original monitor served both from its own process; here the sweeps run as flow
+runs, so this small server reads what they publish (the Prefect Variable
+``health-status-<stack>``, see ``tasks/health_state.py``) through the Prefect API and
+serves it. It runs next to the worker in the worker service::
+
+    python -m deployments.status_server --port $PORT --stacks production,staging
+
+(``--port`` defaults to ``$OPS_HEALTH_PORT`` or ``$PORT``, ``--stacks`` to
+``$OPS_HEALTH_STACKS`` or ``$STACK_NAME``). ``/health`` answers 200 while this server
+and the API work, so a platform health check does not restart the worker because a
+database is down; ``/health?strict=1`` answers 503 when any stack is unhealthy or its
+latest sweep is older than ``--stale-after`` seconds (the monitor itself stopped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+from prefect.client.orchestration import get_client
+from pydantic import ValidationError
+
+from tasks.health_state import HealthStatusDoc, status_variable
+
+STATUS_VALUE: dict[str, int] = {"healthy": 0, "degraded": 1, "unhealthy": 2}
+CACHE_S = 5.0
+
+
+class StatusReader:
+    """Reads the published status of each stack, at most once per ``CACHE_S``."""
+
+    def __init__(self, stacks: Sequence[str]) -> None:
+        self.stacks = list(stacks)
+        self._lock = threading.Lock()
+        self._read_at = 0.0
+        self._docs: dict[str, HealthStatusDoc | None] = {}
+        self._error: str | None = None
+
+    def read(self) -> tuple[dict[str, HealthStatusDoc | None], str | None]:
+        with self._lock:
+            if time.monotonic() - self._read_at > CACHE_S:
+                self._refresh()
+            return dict(self._docs), self._error
+
+    def _refresh(self) -> None:
+        docs: dict[str, HealthStatusDoc | None] = {}
+        try:
+            with get_client(sync_client=True) as client:
+                for stack in self.stacks:
+                    variable = client.read_variable_by_name(status_variable(stack))
+                    docs[stack] = (
+                        HealthStatusDoc.model_validate(variable.value)
+                        if variable is not None and variable.value
+                        else None
+                    )
+            self._error = None
+        except (httpx.HTTPError, OSError, ValidationError) as exc:
+            # Serve the last known status, and say the API is not answering.
+            self._error = f"Prefect API: {type(exc).__name__}"
+            docs = self._docs
+        self._docs = docs
+        self._read_at = time.monotonic()
+
+
+def health_body(
+    docs: dict[str, HealthStatusDoc | None], error: str | None, stale_after_s: float
+) -> tuple[dict[str, object], bool]:
+    """The /health document, and whether a strict check should fail."""
+    now = datetime.now(UTC)
+    stacks: dict[str, object] = {}
+    worst = "healthy"
+    failing = error is not None
+    for stack, doc in docs.items():
+        if doc is None:
+            stacks[stack] = {"overall": "unknown", "note": "no sweep published yet"}
+            failing = True
+            continue
+        age = (now - doc.checked_at).total_seconds()
+        stale = age > stale_after_s
+        failing = failing or stale or doc.overall == "unhealthy"
+        if STATUS_VALUE[doc.overall] > STATUS_VALUE[worst]:
+            worst = doc.overall
+        stacks[stack] = {
+            "overall": doc.overall,
+            "checked_at": doc.checked_at.isoformat(),
+            "age_s": round(age, 1),
+            "stale": stale,
+            "services": {
+                s.service: {
+                    "status": s.status,
+                    "reason": s.reason,
+                    "latency_ms": s.latency_ms,
+                    "since": s.since.isoformat() if s.since else None,
+                    "alerting": s.alerting,
+                }
+                for s in doc.services
+            },
+        }
+    body: dict[str, object] = {
+        "status": worst if docs and all(docs.values()) else "unknown",
+        "stacks": stacks,
+    }
+    if error:
+        body["error"] = error
+    return body, failing
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
+
+
+def metrics_text(docs: dict[str, HealthStatusDoc | None]) -> str:
+    """Prometheus exposition format (text 0.0.4)."""
+    families: list[tuple[str, str, str, list[str]]] = [
+        ("ops_health_status", "gauge", "Service status: 0 healthy, 1 degraded, 2 unhealthy.", []),
+        ("ops_health_up", "gauge", "1 when the service is healthy.", []),
+        ("ops_health_check_latency_seconds", "gauge", "Latency of the latest check.", []),
+        ("ops_health_alerting", "gauge", "1 while an incident is open for the service.", []),
+        ("ops_health_last_sweep_timestamp_seconds", "gauge", "End of the latest sweep.", []),
+        ("ops_health_sweeps_total", "counter", "Sweeps run for the stack.", []),
+        ("ops_health_notifications_sent_total", "counter", "Messages delivered.", []),
+        (
+            "ops_health_notification_failures_total",
+            "counter",
+            "Channel deliveries that failed.",
+            [],
+        ),
+    ]
+    rows = {name: lines for name, _, _, lines in families}
+    for stack, doc in docs.items():
+        if doc is None:
+            continue
+        st = _label(stack)
+        for s in doc.services:
+            labels = f'stack="{st}",service="{_label(s.service)}"'
+            rows["ops_health_status"].append(
+                f"ops_health_status{{{labels}}} {STATUS_VALUE[s.status]}"
+            )
+            rows["ops_health_up"].append(f"ops_health_up{{{labels}}} {int(s.status == 'healthy')}")
+            rows["ops_health_check_latency_seconds"].append(
+                f"ops_health_check_latency_seconds{{{labels}}} {s.latency_ms / 1000:.4f}"
+            )
+            rows["ops_health_alerting"].append(f"ops_health_alerting{{{labels}}} {int(s.alerting)}")
+        label = f'stack="{st}"'
+        rows["ops_health_last_sweep_timestamp_seconds"].append(
+            f"ops_health_last_sweep_timestamp_seconds{{{label}}} {doc.checked_at.timestamp():.3f}"
+        )
+        rows["ops_health_sweeps_total"].append(f"ops_health_sweeps_total{{{label}}} {doc.sweeps}")
+        rows["ops_health_notifications_sent_total"].append(
+            f"ops_health_notifications_sent_total{{{label}}} {doc.notifications_sent}"
+        )
+        rows["ops_health_notification_failures_total"].append(
+            f"ops_health_notification_failures_total{{{label}}} {doc.channel_failures}"
+        )
+    out: list[str] = []
+    for name, kind, help_text, lines in families:
+        out += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *lines]
+    return "\n".join(out) + "\n"
+
+
+def make_handler(reader: StatusReader, stale_after_s: float) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "ops-status"
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass  # a scrape every few seconds is not news
+
+        def _send(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            url = urlsplit(self.path)
+            docs, error = reader.read()
+            if url.path == "/health":
+                body, failing = health_body(docs, error, stale_after_s)
+                strict = parse_qs(url.query).get("strict", ["0"])[0] not in ("0", "")
+                code = 503 if strict and failing else 200
+                self._send(code, json.dumps(body).encode(), "application/json")
+            elif url.path == "/metrics":
+                self._send(
+                    200, metrics_text(docs).encode(), "text/plain; version=0.0.4; charset=utf-8"
+                )
+            else:
+                self._send(404, b'{"error": "try /health or /metrics"}', "application/json")
+
+    return Handler
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="status_server", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("OPS_HEALTH_PORT") or os.environ.get("PORT") or 8080),
+    )
+    parser.add_argument("--host", default=os.environ.get("OPS_HEALTH_HOST", "0.0.0.0"))
+    parser.add_argument(
+        "--stacks",
+        default=os.environ.get("OPS_HEALTH_STACKS") or os.environ.get("STACK_NAME", "production"),
+        help="comma-separated stack names",
+    )
+    parser.add_argument("--stale-after", type=float, default=180.0, help="seconds")
+    args = parser.parse_args(argv)
+    stacks = [s.strip() for s in args.stacks.split(",") if s.strip()]
+    reader = StatusReader(stacks)
+    server = ThreadingHTTPServer((args.host, args.port), make_handler(reader, args.stale_after))
+    server.daemon_threads = True
+    signal.signal(
+        signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start()
+    )
+    print(f"/health and /metrics for {', '.join(stacks)} on {args.host}:{args.port}", flush=True)
+    try:
+        server.serve_forever(poll_interval=0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

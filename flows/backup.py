@@ -115,7 +115,7 @@ def backup(stack: str = "production", config: BackupConfig | None = None) -> Bac
     logger = get_run_logger()
     ops = Stack.load_stack(stack)
     databases = config.clickhouse_databases or [ops.clickhouse_database]
-    with one_backup_at_a_time(stack, config.lock_timeout_s):
+    with one_backup_at_a_time(ops.stack_name, config.lock_timeout_s):
         logger.info("== Backup set")
         backup_id = start_backup_set(ops)
         versions = check_pg_dump_version(ops, config.pg_dump_path)

@@ -45,7 +45,7 @@ from tasks.retention import (
     UploadRecord,
     plan_retention,
 )
-from tasks.retry import retry_transient
+from tasks.retry import RUN_CACHE, retry_transient
 from tasks.storage import (
     MultipartUpload,
     abort_multipart_upload,
@@ -96,7 +96,7 @@ def one_backup_at_a_time(stack: str, wait_s: float) -> Iterator[None]:
 # ---- the set --------------------------------------------------------------------------
 
 
-@task(name="start-backup-set", persist_result=True)
+@task(name="start-backup-set", persist_result=True, cache_policy=RUN_CACHE)
 def start_backup_set(stack: Stack) -> str:
     """A new backup id. Persisted, so a retried flow run keeps writing the same set."""
     backup_id = new_backup_id()
@@ -122,6 +122,7 @@ def read_expected_dump_size(stack: Stack) -> int:
 @task(
     name="write-manifest",
     persist_result=True,
+    cache_policy=RUN_CACHE,
     retries=2,
     retry_delay_seconds=[5, 30],
     retry_condition_fn=retry_transient,

@@ -28,6 +28,7 @@ from pydantic import BaseModel
 from blocks.stack import Stack
 from tasks.errors import ClickHouseBackupError
 from tasks.manifest import ClickHouseBackup, StoredObject, clickhouse_prefix
+from tasks.retry import RUN_CACHE
 from tasks.storage import delete_objects, list_prefix, read_object
 
 CONNECT_TIMEOUT_S = 10
@@ -141,7 +142,7 @@ def _wait(
         time.sleep(poll_s)
 
 
-@task(name="backup-clickhouse", retries=0, persist_result=True)
+@task(name="backup-clickhouse", retries=0, persist_result=True, cache_policy=RUN_CACHE)
 def backup_clickhouse(
     stack: Stack, backup_id: str, database: str, timeout_s: float, poll_s: float = 1.0
 ) -> ClickHouseBackupOutcome:

@@ -53,7 +53,7 @@ from pydantic import BaseModel, Field
 from blocks.stack import Stack
 from tasks.errors import PostgresDumpError, ToolVersionError
 from tasks.manifest import PostgresDump, postgres_dump_key
-from tasks.retry import retry_transient
+from tasks.retry import RUN_CACHE, retry_transient
 from tasks.storage import s3_client, storage_error
 
 CONNECT_TIMEOUT_S = 10
@@ -149,6 +149,7 @@ def pg_error(stack: Stack, action: str, exc: BaseException) -> PostgresDumpError
     retry_delay_seconds=[5, 20],
     retry_condition_fn=retry_transient,
     persist_result=True,
+    cache_policy=RUN_CACHE,
 )
 def check_pg_dump_version(stack: Stack, pg_dump_path: str | None = None) -> PgVersions:
     """Compare pg_dump's major version with the server's; refuse an older pg_dump."""
@@ -209,8 +210,8 @@ def count_rows(conn: psycopg.Connection[TupleRow]) -> dict[str, int]:
 class DumpHooks:
     """Callbacks into a running dump, for tests and diagnostics.
 
-    ``after_snapshot(snapshot_id)`` runs once the snapshot is exported and counted,
-    before pg_dump starts; ``on_bytes(total)`` runs each time the stream hands bytes
+    ``after_snapshot(snapshot_id)`` runs once the snapshot is exported, before the
+    rows are counted and pg_dump starts; ``on_bytes(total)`` runs each time the stream hands bytes
     to the uploader. Both run in the dumping thread.
     """
 
@@ -353,7 +354,7 @@ def _drain(stream: IO[bytes], tail: deque[bytes]) -> None:
         tail.append(line)
 
 
-@task(name="dump-postgres", retries=0, persist_result=True)
+@task(name="dump-postgres", retries=0, persist_result=True, cache_policy=RUN_CACHE)
 def dump_postgres(
     stack: Stack,
     backup_id: str,
@@ -380,6 +381,8 @@ def dump_postgres(
     ) as conn:
         try:
             snapshot_id = export_snapshot(conn)
+            if _hooks.after_snapshot is not None:
+                _hooks.after_snapshot(snapshot_id)
             counts = count_rows(conn)
         except psycopg.Error as exc:
             raise pg_error(stack, "snapshot export or row count", exc) from None
@@ -389,8 +392,6 @@ def dump_postgres(
             len(counts),
             sum(counts.values()),
         )
-        if _hooks.after_snapshot is not None:
-            _hooks.after_snapshot(snapshot_id)
         size, sha256 = _stream_dump(
             stack, versions, snapshot_id, key, part_size, upload_threads, timeout_s,
             expected_bytes,

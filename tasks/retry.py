@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from prefect.cache_policies import INPUTS, RUN_ID, TASK_SOURCE
+
 from tasks.errors import (
     IntegrityError,
     RetentionError,
@@ -39,3 +41,11 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     except BaseException as exc:  # the task's own exception, re-raised by result()
         return is_transient(exc)
     return False
+
+
+# A retried flow run (UI "Retry", `prefect flow-run retry`, same flow-run id) reuses
+# the persisted result of every task that completed before: the key is the run id,
+# the task's code and its inputs. The stack block is left out of the key: fixing a
+# setting in the block (a wrong endpoint that made the run fail) must not redo a
+# finished dump. Progress hints are left out too.
+RUN_CACHE = (INPUTS - "stack" - "expected_bytes") + TASK_SOURCE + RUN_ID

@@ -1,0 +1,506 @@
+"""backup against the devstack: round trip, snapshot consistency, faults, pruning, secrets.
+
+Every run here is a real flow run on the devstack's Prefect server. Faults are made
+deterministic with the dump's hooks (``tasks.postgres.dump_hooks``): a service is
+stopped from inside the stream once a given number of bytes has passed, or rows are
+written from another connection right after the snapshot is exported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from minio import Minio
+from psycopg import sql
+
+from blocks.stack import Stack
+from devstack.core import PROJECT, Devstack
+from devstack.seed import clickhouse_client
+from flows.backup import BackupConfig, BackupSummary, backup
+from tasks.backup import one_backup_at_a_time
+from tasks.manifest import BackupManifest, manifest_key, new_backup_id, set_id_of_key
+from tasks.postgres import dump_hooks
+from tasks.retention import RetentionPolicy
+from tasks.storage import list_backup_sets
+
+STACK = "devstack"
+BUCKET = "backups"
+MIB = 1024 * 1024
+SPEND_LOGS = 'public."LiteLLM_SpendLogs"'
+
+
+# ---- helpers -----------------------------------------------------------------------------
+
+
+def run(stack: str = STACK, **config: Any) -> Any:
+    """One backup flow run; its final state (never raises)."""
+    return backup(stack=stack, config=BackupConfig(**config), return_state=True)
+
+
+def summary_of(state: Any) -> BackupSummary:
+    assert state.is_completed(), state.message
+    result: BackupSummary = state.result()
+    return result
+
+
+def manifest_of(s3: Minio, backup_id: str) -> BackupManifest:
+    response = s3.get_object(BUCKET, manifest_key(STACK, backup_id))
+    try:
+        return BackupManifest.from_json(response.read())
+    finally:
+        response.close()
+        response.release_conn()
+
+
+def bucket_keys(s3: Minio) -> set[str]:
+    return {o.object_name for o in s3.list_objects(BUCKET, recursive=True) if o.object_name}
+
+
+def new_set_ids(before: set[str], after: set[str]) -> set[str]:
+    return {i for key in after - before if (i := set_id_of_key(STACK, key)) is not None}
+
+
+def assert_failed_cleanly(state: Any, s3: Minio, before: set[str], cause: str) -> None:
+    """Failed, naming the cause; no manifest for the run's set; nothing deleted."""
+    assert state.is_failed()
+    assert cause in (state.message or "")
+    after = bucket_keys(s3)
+    assert before <= after, f"objects were deleted: {sorted(before - after)[:5]}"
+    for backup_id in new_set_ids(before, after):
+        assert manifest_key(STACK, backup_id) not in after
+
+
+def wait_for_alert(receiver: Any, needle: str) -> dict[str, Any]:
+    """The alert about the failure (the on_failure hook posts before the run returns)."""
+    alerts = [a for a in receiver.received("/custom") if needle in str(a["json"])]
+    assert alerts, f"no alert naming {needle!r}: {receiver.received('/custom')}"
+    return alerts[0]
+
+
+def run_id(state: Any) -> uuid.UUID:
+    return state.state_details.flow_run_id  # type: ignore[no-any-return]
+
+
+def texts_of_runs(flow_run_ids: list[uuid.UUID]) -> list[str]:
+    """Every log line and artifact of the runs, read back from the Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    texts: list[str] = []
+    with get_client(sync_client=True) as client:
+        offset = 0
+        while True:
+            page = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=flow_run_ids)),
+                limit=200,
+                offset=offset,
+            )
+            texts += [log.message for log in page]
+            offset += len(page)
+            if len(page) < 200:
+                break
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=flow_run_ids))
+        )
+        texts += [f"{a.key} {a.description} {a.data}" for a in artifacts]
+    return texts
+
+
+def assert_no_secrets(stack: Stack, states: list[Any], receiver: Any) -> None:
+    """Neither the S3 secret nor the Postgres password (nor any other secret) leaked."""
+    texts = texts_of_runs([run_id(s) for s in states])
+    texts += [f"{a['body']} {a['json']}" for a in receiver.received("")]
+    texts += [str(s.message) for s in states]
+    assert len(texts) > 10  # the scan read something
+    secrets = stack.secret_values()
+    password = psycopg.conninfo.conninfo_to_dict(stack.postgres_dsn.get_secret_value())["password"]
+    assert stack.s3_secret_key.get_secret_value() in secrets and password
+    for text in texts:
+        for secret in [*secrets, str(password)]:
+            assert secret not in text
+
+
+def fingerprint(dsn: str, table: str) -> tuple[int, str]:
+    """(rows, digest of every row's text) of a schema-qualified table."""
+    schema, _, name = table.partition(".")
+    query = sql.SQL(
+        "SELECT count(*), coalesce(md5(string_agg(md5(t::text), '' ORDER BY md5(t::text))), '') "
+        "FROM {} t"
+    ).format(sql.Identifier(schema, name))
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(query).fetchone()
+    assert row is not None
+    return int(row[0]), str(row[1])
+
+
+@pytest.fixture(scope="module")
+def s3(devstack: Devstack) -> Minio:
+    client: Minio = devstack.minio_client()
+    return client
+
+
+@pytest.fixture
+def scratch_db(devstack: Devstack) -> Iterator[str]:
+    name = f"backup_rt_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(devstack.admin_dsn("postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield name
+    with psycopg.connect(devstack.admin_dsn("postgres"), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+def pg_restore_stream(devstack: Devstack, s3: Minio, key: str, database: str) -> str:
+    """Stream the dump from S3 into pg_restore (archive order, one process); its sha256."""
+    env = {**os.environ, "PGPASSWORD": devstack.creds.postgres_password}
+    argv = ["pg_restore", "--no-owner", "--no-privileges", "--exit-on-error", "-h", "127.0.0.1",
+            "-p", str(devstack.ports["postgres"]), "-U", "postgres", "-d", database]  # fmt: skip
+    digest = hashlib.sha256()
+    process = subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    response = s3.get_object(BUCKET, key)
+    try:
+        assert process.stdin is not None
+        for chunk in response.stream(1 * MIB):
+            digest.update(chunk)
+            process.stdin.write(chunk)
+    finally:
+        response.close()
+        response.release_conn()
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr.decode()[-2000:]
+    return digest.hexdigest()
+
+
+def restore_clickhouse_counts(
+    devstack: Devstack, stack: Stack, manifest: BackupManifest
+) -> dict[str, dict[str, int]]:
+    """RESTORE ... AS a scratch database from each backup; row counts per table."""
+    client = clickhouse_client(devstack)
+    counts: dict[str, dict[str, int]] = {}
+    try:
+        for ch in manifest.clickhouse:
+            scratch = f"backup_rt_{uuid.uuid4().hex[:8]}"
+            url = f"{stack.clickhouse_s3}/{BUCKET}/{ch.s3_prefix}"
+            secret = stack.s3_secret_key.get_secret_value()
+            client.command(
+                f"RESTORE DATABASE {ch.database} AS {scratch} FROM S3('{url}', "
+                f"'{stack.s3_access_key}', '{secret}')"
+            )
+            try:
+                counts[ch.database] = {
+                    table: int(client.command(f"SELECT count() FROM {scratch}.`{table}`"))
+                    for table in ch.table_rows
+                }
+            finally:
+                client.command(f"DROP DATABASE IF EXISTS {scratch} SYNC")
+    finally:
+        client.close()
+    return counts
+
+
+# ---- round trip --------------------------------------------------------------------------
+
+
+def test_round_trip_restores_every_table_and_clickhouse_counts(
+    devstack: Devstack, stack: Stack, s3: Minio, scratch_db: str, receiver: Any
+) -> None:
+    state = run()
+    result = summary_of(state)
+    manifest = manifest_of(s3, result.backup_id)
+
+    # The manifest describes the set: objects, sizes, checksums, versions, counts.
+    assert manifest.stack == STACK and manifest.backup_id == result.backup_id
+    assert manifest.tool_versions["pg_dump"] and manifest.tool_versions["postgres"]
+    assert {o.kind for o in manifest.objects} == {"postgres-dump", "clickhouse-backup"}
+    for obj in manifest.objects:
+        assert s3.stat_object(BUCKET, obj.key).size == obj.size
+    tables = manifest.postgres.table_rows
+    for table in ["public.LiteLLM_SpendLogs", "public.LiteLLM_ProxyModelTable",
+                  "public.LiteLLM_VerificationToken", "langfuse.users", "langfuse.prompts"]:  # fmt: skip
+        assert table in tables
+    assert tables["public.LiteLLM_SpendLogs"] >= 100_000
+
+    # pg_restore of the streamed dump: every table has exactly the rows of the snapshot.
+    sha = pg_restore_stream(devstack, s3, manifest.postgres.dump_key, scratch_db)
+    assert sha == manifest.postgres.dump_sha256
+    source, restored = devstack.admin_dsn("railway"), devstack.admin_dsn(scratch_db)
+    for table, rows in tables.items():
+        restored_print = fingerprint(restored, table)
+        assert restored_print[0] == rows, table
+        assert restored_print == fingerprint(source, table), table  # jsonb, bytea, arrays too
+
+    # ClickHouse RESTORE ... AS gives the recorded counts.
+    restored_ch = restore_clickhouse_counts(devstack, stack, manifest)
+    for ch in manifest.clickhouse:
+        assert ch.status == "BACKUP_CREATED"
+        assert restored_ch[ch.database] == ch.table_rows
+        assert sum(ch.table_rows.values()) > 0
+
+    # The report and the progress artifacts exist; the set is the newest complete one.
+    texts = texts_of_runs([run_id(state)])
+    assert any(t.startswith(f"backup-report-{STACK} ") and result.backup_id in t for t in texts)
+    assert any("pg_dump of railway" in t and " 100" in t for t in texts)
+    complete = [s for s in list_backup_sets(stack) if s.complete]
+    assert complete[-1].backup_id == result.backup_id
+    assert_no_secrets(stack, [state], receiver)
+
+
+def test_rows_written_during_the_dump_are_not_in_it(
+    devstack: Devstack, stack: Stack, s3: Minio, scratch_db: str, receiver: Any
+) -> None:
+    source = devstack.admin_dsn("railway")
+    written: list[str] = []
+
+    def write_rows(snapshot_id: str) -> None:
+        # Another connection commits rows after the snapshot is exported, before
+        # the rows are counted and before pg_dump starts.
+        with psycopg.connect(source) as conn:
+            conn.execute(
+                f'INSERT INTO {SPEND_LOGS} (request_id, call_type, "startTime", "endTime") '
+                "SELECT 'during-dump-' || g, 'acompletion', now(), now() "
+                "FROM generate_series(1, 25) g"
+            )
+        written.append(snapshot_id)
+
+    before = fingerprint(source, "public.LiteLLM_SpendLogs")[0]
+    try:
+        with dump_hooks(after_snapshot=write_rows):
+            state = run()
+        manifest = manifest_of(s3, summary_of(state).backup_id)
+        assert written == [manifest.postgres.snapshot_id]
+        assert fingerprint(source, "public.LiteLLM_SpendLogs")[0] == before + 25
+        assert manifest.postgres.table_rows["public.LiteLLM_SpendLogs"] == before
+        pg_restore_stream(devstack, s3, manifest.postgres.dump_key, scratch_db)
+        with psycopg.connect(devstack.admin_dsn(scratch_db)) as conn:
+            row = conn.execute(
+                f"SELECT count(*), count(*) FILTER (WHERE request_id LIKE 'during-dump-%') "
+                f"FROM {SPEND_LOGS}"
+            ).fetchone()
+        assert row == (before, 0)
+    finally:
+        with psycopg.connect(source) as conn:
+            conn.execute(f"DELETE FROM {SPEND_LOGS} WHERE request_id LIKE 'during-dump-%'")
+    assert_no_secrets(stack, [state], receiver)
+
+
+# ---- faults ------------------------------------------------------------------------------
+
+
+def test_postgres_stopped_mid_dump_fails_alerts_and_the_next_run_succeeds(
+    devstack: Devstack, stack: Stack, s3: Minio, receiver: Any
+) -> None:
+    run()  # at least one complete set exists before the fault
+    before = bucket_keys(s3)
+    stopped_at: list[int] = []
+
+    def stop_postgres(streamed: int) -> None:
+        if not stopped_at:
+            stopped_at.append(streamed)
+            devstack.stop_service("postgres")
+
+    try:
+        with dump_hooks(on_bytes=stop_postgres):
+            failed = run(part_size_mb=5)
+    finally:
+        devstack.start_service("postgres")
+    assert stopped_at and stopped_at[0] < 14 * MIB  # stopped with most of the dump to come
+    assert_failed_cleanly(failed, s3, before, "pg_dump exited with code")
+    alert = wait_for_alert(receiver, "pg_dump exited with code")
+    assert "backup failed on devstack" in str(alert["json"])
+    # No dump object: the multipart upload was aborted, not completed half-way.
+    for backup_id in new_set_ids(before, bucket_keys(s3)):
+        assert not any(k.startswith(f"{STACK}/{backup_id}/postgres/") for k in bucket_keys(s3))
+
+    summary_of(recovered := run())
+    assert_no_secrets(stack, [failed, recovered], receiver)
+
+
+def test_s3_stopped_mid_upload_fails_alerts_and_the_next_run_succeeds(
+    devstack: Devstack, stack: Stack, s3: Minio, receiver: Any
+) -> None:
+    run()
+    before = bucket_keys(s3)
+    stopped_at: list[int] = []
+
+    def stop_s3(streamed: int) -> None:
+        # After the first part went up, while the second is being filled.
+        if streamed > 5 * MIB and not stopped_at:
+            stopped_at.append(streamed)
+            devstack.stop_service("s3")
+
+    try:
+        with dump_hooks(on_bytes=stop_s3):
+            failed = run(part_size_mb=5, upload_threads=1)
+    finally:
+        devstack.start_service("s3")
+    assert stopped_at
+    assert_failed_cleanly(failed, s3, before, "S3 upload of")
+    wait_for_alert(receiver, "S3 upload of")
+    summary_of(recovered := run())
+    assert_no_secrets(stack, [failed, recovered], receiver)
+
+
+@pytest.fixture
+def clickhouse_fault_stack(devstack: Devstack) -> Iterator[str]:
+    """A stack document whose ClickHouse-side S3 endpoint answers every request 501."""
+    name = "devstack-chfault"
+    broken = Stack.load_stack(STACK)
+    broken.clickhouse_s3_endpoint = devstack.receiver_url
+    broken.save(name, overwrite=True)
+    yield name
+
+
+def test_a_failed_clickhouse_backup_fails_alerts_and_the_next_run_succeeds(
+    devstack: Devstack, stack: Stack, s3: Minio, receiver: Any, clickhouse_fault_stack: str
+) -> None:
+    run()
+    before = bucket_keys(s3)
+    failed = run(stack=clickhouse_fault_stack)
+    assert_failed_cleanly(failed, s3, before, "BACKUP_FAILED")
+    alert = wait_for_alert(receiver, "BACKUP_FAILED")
+    assert "ClickHouse" in str(alert["json"])
+    summary_of(recovered := run())
+    assert_no_secrets(stack, [failed, recovered], receiver)
+
+
+def test_a_retried_run_does_not_redo_the_finished_dump(
+    devstack: Devstack, stack: Stack, s3: Minio, receiver: Any
+) -> None:
+    devstack.stop_service("clickhouse")
+    try:
+        failed = run()
+    finally:
+        devstack.start_service("clickhouse")
+    assert failed.is_failed() and "ClickHouse" in (failed.message or "")
+    sets = [s for s in list_backup_sets(stack) if not s.complete]
+    backup_id = sets[-1].backup_id
+    dump_key = f"{STACK}/{backup_id}/postgres/railway.dump"
+    dumped = s3.stat_object(BUCKET, dump_key)
+
+    prefect = Path(sys.executable).parent / "prefect"
+    done = subprocess.run(
+        [str(prefect), "flow-run", "retry", str(run_id(failed)), "--entrypoint",
+         "flows/backup.py:backup"],
+        env=devstack.client_env(), cwd=PROJECT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+    manifest = manifest_of(s3, backup_id)  # the same set, now complete
+    assert manifest.postgres.dump_key == dump_key
+    again = s3.stat_object(BUCKET, dump_key)
+    assert (again.etag, again.last_modified) == (dumped.etag, dumped.last_modified)
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(run_id(failed))
+        task_runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id(failed)]))
+        )
+    assert flow_run.state is not None and flow_run.state.is_completed()
+    dump_states = sorted(
+        t.state.name for t in task_runs if t.name.startswith("dump-postgres") and t.state
+    )
+    assert dump_states == ["Cached", "Completed"]
+    assert_no_secrets(stack, [failed], receiver)
+
+
+def test_one_backup_per_stack_at_a_time(devstack: Devstack, s3: Minio, receiver: Any) -> None:
+    before = bucket_keys(s3)
+    with one_backup_at_a_time(STACK, wait_s=5):
+        blocked = run(lock_timeout_s=1)
+    assert blocked.is_failed()
+    assert "another backup of devstack" in (blocked.message or "")
+    assert bucket_keys(s3) == before  # it did nothing at all
+    wait_for_alert(receiver, "another backup of devstack")
+
+
+# ---- retention against the real bucket ------------------------------------------------------
+
+
+FOREIGN = {
+    "devstack/README.txt": b"hand-placed notes",
+    "devstack/2025-01-01/dump.sql.gz": b"an old manual dump",
+    "devstack-old/20200101T000000Z-aaaaaa/manifest.json": b"{}",
+    "other/20200101T000000Z-aaaaaa/postgres/railway.dump": b"another stack",
+    "backup-2020-01-01.sql.gz": b"the original daemon's file",
+}
+
+
+def plant(s3: Minio, key: str, data: bytes) -> None:
+    import io
+
+    s3.put_object(BUCKET, key, io.BytesIO(data), len(data))
+
+
+def old_complete_set(s3: Minio, template: BackupManifest, days_ago: int) -> str:
+    """A complete set from ``days_ago`` days back: a copy of a real manifest, re-dated."""
+    from datetime import UTC, datetime, timedelta
+
+    started = datetime.now(UTC) - timedelta(days=days_ago)
+    backup_id = new_backup_id(started)
+    manifest = template.model_copy(
+        update={"backup_id": backup_id, "started_at": started, "finished_at": started}
+    )
+    plant(s3, f"{STACK}/{backup_id}/postgres/railway.dump", b"old dump")
+    plant(s3, manifest_key(STACK, backup_id), manifest.to_json())
+    return backup_id
+
+
+def test_prune_keeps_policy_sets_and_never_touches_foreign_objects(
+    devstack: Devstack, stack: Stack, s3: Minio, receiver: Any
+) -> None:
+    template = manifest_of(s3, summary_of(run()).backup_id)
+    for key, data in FOREIGN.items():
+        plant(s3, key, data)
+    old = [old_complete_set(s3, template, days) for days in (400, 200, 100, 50, 20)]
+    # A set without manifest from long ago, whose objects were just written: the
+    # grace period counts from its last activity, so it may still be in flight.
+    stale_id = new_backup_id(template.started_at.replace(year=2020))
+    plant(s3, f"{STACK}/{stale_id}/postgres/railway.dump", b"partial")
+    policy = {"keep_last": 1, "keep_within_days": 0, "keep_daily": 1, "keep_weekly": 0,
+              "keep_monthly": 2, "min_keep": 2}  # fmt: skip
+
+    # Dry run: the plan says what would go; nothing goes.
+    before = bucket_keys(s3)
+    dry = summary_of(dry_state := run(retention=RetentionPolicy(**policy), dry_run=True))
+    assert set(old) & set(dry.would_delete_sets) and dry.deleted_sets == []
+    assert before <= bucket_keys(s3)
+
+    real = summary_of(real_state := run(retention=RetentionPolicy(**policy)))
+    after = bucket_keys(s3)
+    assert set(FOREIGN) <= after  # someone else's objects survive
+    assert real.deleted_sets and set(real.deleted_sets) <= set(dry.would_delete_sets) | {
+        dry.backup_id
+    }
+    for backup_id in real.deleted_sets:
+        assert not any(k.startswith(f"{STACK}/{backup_id}/") for k in after)
+    assert manifest_key(STACK, real.backup_id) in after  # the newest complete set
+    assert f"{STACK}/{stale_id}/postgres/railway.dump" in after  # incomplete, within grace
+    complete = [s.backup_id for s in list_backup_sets(stack) if s.complete]
+    assert len(complete) >= 2
+    # The plan artifact lists every set with a reason.
+    texts = texts_of_runs([run_id(real_state)])
+    plan = next(t for t in texts if t.startswith(f"backup-retention-{STACK} "))
+    assert "DELETE" in plan and "newest complete set" in plan and stale_id in plan
+    assert_no_secrets(stack, [dry_state, real_state], receiver)
+    for key in FOREIGN:
+        s3.remove_object(BUCKET, key)
+    s3.remove_object(BUCKET, f"{STACK}/{stale_id}/postgres/railway.dump")

@@ -110,13 +110,13 @@ def restore_drill(
     checks: list[Check] = [found.check]
     timings = []
     manifest = found.manifest
+    ch_backups = manifest.clickhouse if manifest and config.clickhouse else []
     names = ScratchNames(
         stack=ops.stack_name,
         server_block=config.drill_server_block,
         postgres=scratch_database_name(ops.stack_name, started, secrets.token_hex(3)),
         clickhouse=[
-            scratch_database_name(ops.stack_name, started, secrets.token_hex(3))
-            for _ in (manifest.clickhouse if manifest and config.clickhouse else [])
+            scratch_database_name(ops.stack_name, started, secrets.token_hex(3)) for _ in ch_backups
         ],
     )
     if manifest is not None:
@@ -134,7 +134,7 @@ def restore_drill(
                 timings += [pg.timing] if pg.timing else []
             elif config.postgres:
                 checks.append(skipped("postgres-restore", "postgres", "dump failed verification"))
-            for backup, target in zip(manifest.clickhouse, names.clickhouse, strict=True):
+            for backup, target in zip(ch_backups, names.clickhouse, strict=True):
                 if not verified.clickhouse_ok(backup.database):
                     checks.append(
                         skipped(f"clickhouse-restore[{backup.database}]", "clickhouse",

@@ -50,10 +50,11 @@ def check_litellm_auth(stack: Stack, timeout_s: float) -> Finding:
     return judge_unauthenticated(response.status_code, stack.litellm_url)
 
 
-class _ModelList(BaseModel):
-    class _Model(BaseModel):
-        id: str
+class _Model(BaseModel):
+    id: str
 
+
+class _ModelList(BaseModel):
     data: list[_Model]
 
 

@@ -447,7 +447,7 @@ def judge_unauthenticated(status_code: int, url: str) -> Finding:
 def judge_models(
     status_code: int, models: Sequence[str], canary_model: str, detail: str = ""
 ) -> Finding:
-    if status_code in (401, 403) or 400 <= status_code < 500:
+    if 400 <= status_code < 500:
         return Finding.failed(
             f"LiteLLM refused the stack's master key (HTTP {status_code}"
             + (f": {detail}" if detail else "")
@@ -455,7 +455,7 @@ def judge_models(
             "make LITELLM_MASTER_KEY on the prefect-worker service (and so the stack block) the "
             "same as on the litellm service, then rebuild the stack block and run again",
         )
-    if status_code >= 500 or status_code < 200 or status_code >= 300:
+    if not 200 <= status_code < 300:
         return Finding.failed(
             f"listing models answered HTTP {status_code}" + (f": {detail}" if detail else ""),
             "read the litellm service's logs; its model configuration may not load",

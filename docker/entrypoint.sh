@@ -29,14 +29,10 @@ case "$role" in
     # Railway restarts the service, with the reason in the deploy logs.
     python -m deployments.bootstrap --stack "$stack" --work-pool "$pool" --deploy
 
-    # HOOK: the status server (/health JSON, /metrics Prometheus text) that serves the
-    # health sweep's latest results on OPS_HEALTH_PORT (Railway's healthcheck path).
-    status_module="${OPS_STATUS_MODULE:-tasks.status_server}"
-    if python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$status_module') is None)" 2>/dev/null; then
-      python -m "$status_module" --stack "$stack" --port "${OPS_HEALTH_PORT:-${PORT:-8080}}" &
-    else
-      echo "entrypoint: status server module $status_module not found; /health is not served" >&2
-    fi
+    # The status server: /health (JSON) and /metrics (Prometheus text) from the health
+    # sweep's latest status, on Railway's healthcheck port.
+    python -m deployments.status_server --stacks "$stack" \
+      --port "${OPS_HEALTH_PORT:-${PORT:-8080}}" &
 
     # A new container is a new deploy: verify the stack once. Queued now, picked up by
     # the worker below; a failure to queue is not a reason to stay down.

@@ -91,6 +91,7 @@ def test_the_worker_bootstraps_then_verifies_then_works() -> None:
     worker = text[text.index("  worker)") : text.index("  *)")]
     order = [
         worker.index("python -m deployments.bootstrap"),
+        worker.index("python -m deployments.status_server"),
         worker.index('prefect deployment run "deploy-verify/$stack"'),
         worker.index("exec prefect worker start --pool"),
     ]

@@ -68,7 +68,9 @@ class RestoreConfig(BaseModel):
         default=False, description="Verify the set and show the plan; restore nothing."
     )
     postgres_mode: PostgresMode = Field(
-        default="stream", description="'stream' (no disk) or 'download' then pg_restore --jobs."
+        default="download",
+        description="'download' then pg_restore --jobs (faster; disk the size of the dump), "
+        "or 'stream' (no disk).",
     )
     jobs: int = Field(default=2, ge=1, le=16, description="pg_restore --jobs in download mode.")
     work_dir: str | None = Field(default=None, description="Temp folder for download mode.")

@@ -65,9 +65,10 @@ class RestoreDrillConfig(BaseModel):
         "of a separate server to restore onto; empty = the stack's own server.",
     )
     postgres_mode: PostgresMode = Field(
-        default="stream",
-        description="'stream': S3 -> sha256 -> pg_restore, no disk (measured fastest, see "
-        "README); 'download': to a temporary file, then pg_restore --jobs.",
+        default="download",
+        description="'download': to a temporary file (sha256 checked first), then pg_restore "
+        "--jobs (measured fastest, see README; needs free disk the size of the dump); "
+        "'stream': S3 -> sha256 -> single pg_restore, no disk.",
     )
     jobs: int = Field(default=2, ge=1, le=16, description="pg_restore --jobs in download mode.")
     work_dir: str | None = Field(

@@ -205,10 +205,10 @@ def test_drill_defaults_to_the_newest_complete_set(devstack, stack, good_set, cl
     assert newest is not None and report.backup_id == newest.backup_id
 
 
-def test_drill_in_download_mode_passes_too(devstack, good_set, clean):
-    report = drill(good_set.backup_id, postgres_mode="download", jobs=2)
+def test_drill_in_stream_mode_passes_too(devstack, good_set, clean):
+    report = drill(good_set.backup_id, postgres_mode="stream")
     assert report.passed, report.failure_message()
-    assert report.postgres_mode == "download"
+    assert report.postgres_mode == "stream"
 
 
 def test_one_flipped_byte_in_the_dump_fails_the_drill(devstack, good_set, clean):
@@ -219,7 +219,7 @@ def test_one_flipped_byte_in_the_dump_fails_the_drill(devstack, good_set, clean)
         return data[:middle] + bytes([data[middle] ^ 0x01]) + data[middle + 1 :]
 
     rewrite_object(devstack, copied.bucket, copied.postgres.dump_key, flip)
-    message = failed_drill(backup_id)
+    message = failed_drill(backup_id, postgres_mode="stream")
     assert "postgres-dump-checksum failed: sha256 mismatch" in message
 
 
@@ -283,27 +283,44 @@ def test_a_failed_drill_alerts_the_stacks_channels(devstack, stack, good_set, re
     ), alerts
 
 
-def test_a_killed_drill_leaves_a_scratch_database_that_the_next_drill_drops(
-    devstack, good_set, clean
-):
+def start_drill_process(devstack: Devstack, backup_id: str) -> subprocess.Popen[bytes]:
+    """A drill in its own process, returned once its Postgres scratch database exists."""
     code = (
         "from flows.restore_drill import restore_drill, RestoreDrillConfig\n"
-        f"restore_drill(stack={STACK!r}, config=RestoreDrillConfig(backup_id={good_set.backup_id!r}))\n"
+        f"restore_drill(stack={STACK!r}, config=RestoreDrillConfig(backup_id={backup_id!r}))\n"
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", code], cwd=PROJECT, env=devstack.client_env(),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not pg_scratch(devstack):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            pytest.fail("the drill ended (or hung) before its scratch database appeared")
+    return proc
+
+
+def test_a_cancelled_drill_drops_its_scratch_databases_on_the_way_out(devstack, good_set, clean):
+    proc = start_drill_process(devstack, good_set.backup_id)
     try:
-        deadline = time.monotonic() + 120
-        while not pg_scratch(devstack):
-            assert proc.poll() is None, "the drill ended before its scratch database appeared"
-            assert time.monotonic() < deadline, "no scratch database appeared"
-        os.killpg(proc.pid, signal.SIGKILL)
+        proc.send_signal(signal.SIGTERM)  # what the worker sends when a run is cancelled
+        proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+            proc.wait()
+    assert proc.returncode != 0  # it did not run to completion
+    assert_nothing_left(devstack)
+
+
+def test_a_killed_drill_leaves_a_scratch_database_that_the_next_drill_drops(
+    devstack, good_set, clean
+):
+    proc = start_drill_process(devstack, good_set.backup_id)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
     left = pg_scratch(devstack)
     assert len(left) == 1 and left[0].startswith(f"drill_{STACK}_")
 

@@ -94,7 +94,8 @@ def main() -> int:
                     results.setdefault(f"drill postgres ({mode})", []).append(time.monotonic() - t0)
                 t0 = time.monotonic()
                 restore_drill(
-                    stack="devstack", config=RestoreDrillConfig(backup_id=manifest.backup_id)
+                    stack="devstack",
+                    config=RestoreDrillConfig(backup_id=manifest.backup_id, postgres_mode="stream"),
                 )
                 results.setdefault("full drill (stream, + ClickHouse)", []).append(
                     time.monotonic() - t0

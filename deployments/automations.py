@@ -144,14 +144,21 @@ class AutomationResult:
 
 
 def _comparable(automation: AutomationCore) -> dict[str, object]:
-    return automation.model_dump(mode="json", exclude={"owner_resource"})
+    """The automation as JSON, with its event sets in a stable order."""
+    data = automation.model_dump(mode="json", exclude={"owner_resource"})
+    trigger = data["trigger"]
+    for key in ("expect", "after", "for_each"):
+        if isinstance(trigger.get(key), list):
+            trigger[key] = sorted(trigger[key])
+    return data
 
 
 async def apply_automation(client: PrefectClient, wanted: AutomationCore) -> AutomationResult:
     """Create ``wanted``, or bring the automation of the same name in line with it.
 
     Duplicates of the name (an automation created twice by hand) are removed, so the
-    server ends with exactly one.
+    server ends with exactly one. Whether it is enabled is the operator's choice
+    (``prefect automation pause``) and is kept.
     """
     existing = await client.read_automations_by_name(wanted.name)
     if not existing:
@@ -160,6 +167,8 @@ async def apply_automation(client: PrefectClient, wanted: AutomationCore) -> Aut
     keep, *extra = existing
     for duplicate in extra:
         await client.delete_automation(duplicate.id)
+    # Paused by an operator (maintenance) stays paused across worker restarts.
+    wanted = wanted.model_copy(update={"enabled": keep.enabled})
     current = AutomationCore.model_validate(keep.model_dump(exclude={"id"}))
     if _comparable(current) == _comparable(wanted) and not extra:
         return AutomationResult(wanted.name, "unchanged", keep.id)

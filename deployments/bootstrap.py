@@ -14,7 +14,8 @@ In order, each step create-or-update by name, so running it twice changes nothin
    (see :mod:`deployments.channels`);
 5. the stack block document named after the stack (``Stack.from_env``), its routes
    from those channels and ``NOTIFICATION_ROUTES``; with neither set, the routes of
-   an existing document (added in the UI) are kept;
+   an existing document (added in the UI) are kept; the backup and Langfuse buckets
+   (a fresh MinIO has none);
 6. the automations: failure -> notify, and the watcher of the health sweeps
    (see :mod:`deployments.automations`);
 7. with ``--deploy``: ``prefect deploy --all`` with ``STACK_NAME`` and every ``OPS_*``
@@ -267,6 +268,36 @@ async def apply_automations(
         )
 
 
+def ensure_buckets(stack: Stack, report: BootstrapReport) -> None:
+    """The backup bucket and Langfuse's bucket exist (a fresh MinIO has none).
+
+    Storage that does not answer is a warning, not a failed bootstrap: the health
+    sweep reports it, and the next start creates what is missing.
+    """
+    from minio.error import S3Error
+    from urllib3.exceptions import HTTPError
+
+    from tasks.storage import s3_client
+
+    client = s3_client(stack)
+    for bucket in dict.fromkeys((stack.backup_bucket, stack.langfuse_bucket)):
+        try:
+            if client.bucket_exists(bucket):
+                outcome: Outcome = "unchanged"
+            else:
+                client.make_bucket(bucket)
+                outcome = "created"
+        except (S3Error, HTTPError, OSError) as exc:
+            report.warnings.append(
+                stack.scrub(
+                    f"bucket {bucket}: not checked, S3 at {stack.s3_endpoint} "
+                    f"answered {type(exc).__name__}: {exc}"
+                )[:300]
+            )
+            continue
+        report.steps.append(StepResult(kind="bucket", name=bucket, outcome=outcome))
+
+
 def run_deploy(
     env: Mapping[str, str], settings: ControlPlaneSettings, stack: Stack | None
 ) -> StepResult:
@@ -320,6 +351,7 @@ async def bootstrap(
         report.steps.extend(await save_channels(channels))
         stack, step = await save_stack(env, settings.stack, channels)
         report.steps.append(step)
+        await asyncio.to_thread(ensure_buckets, stack, report)
         await apply_automations(client, stack, settings.watcher_window, report)
     if deploy:
         report.steps.append(await asyncio.to_thread(run_deploy, env, settings, stack))

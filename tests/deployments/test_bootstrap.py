@@ -152,3 +152,40 @@ def test_a_stack_environment_with_problems_fails_with_every_problem_and_no_secre
     err = capsys.readouterr().err
     assert "LITELLM_MASTER_KEY" in err and "CLICKHOUSE_URL" in err
     assert stack_env["LITELLM_MASTER_KEY"] not in err
+
+
+def test_a_missing_backup_bucket_is_created_once(
+    stack_env: dict[str, str], stack_name: str, devstack: Devstack
+) -> None:
+    bucket = f"{stack_name}-backups"
+    env = {**stack_env, "BACKUP_BUCKET": bucket}
+    client = devstack.minio_client()
+    try:
+        first = _run(env, stack_name)
+        assert ("bucket", bucket, "created") in [(s.kind, s.name, s.outcome) for s in first.steps]
+        assert client.bucket_exists(bucket)
+        second = _run(env, stack_name)
+        assert ("bucket", bucket, "unchanged") in [
+            (s.kind, s.name, s.outcome) for s in second.steps
+        ]
+    finally:
+        if client.bucket_exists(bucket):
+            client.remove_bucket(bucket)
+
+
+def test_an_automation_paused_by_an_operator_stays_paused(
+    stack_env: dict[str, str], stack_name: str, devstack: Devstack
+) -> None:
+    env = {**stack_env, "ALERT_WEBHOOK_URL": f"{devstack.receiver_url}/bootstrap-test"}
+    _run(env, stack_name)
+
+    async def pause_watcher() -> None:
+        async with get_client() as client:
+            (watcher,) = await client.read_automations_by_name(watcher_name(stack_name))
+            await client.pause_automation(watcher.id)
+
+    asyncio.run(pause_watcher())
+    report = _run(env, stack_name)
+    assert report.changed() == []
+    enabled = {a.name: a.enabled for a in asyncio.run(_automations(stack_name))}
+    assert enabled == {failure_name(stack_name): True, watcher_name(stack_name): False}

@@ -158,9 +158,13 @@ def bench_postgres(stack: Devstack, size_gb: float, runs: int, label: str) -> di
     save_stack(stack, database, name)
     try:
         dump_to_null(stack, database)  # warm the cache for everyone alike
-        baseline = median_time(lambda: dump_to_null(stack, database), runs)
-        flows = [flow_run(stack, name) for _ in range(runs)]
-        original = median_time(lambda: original_approach(stack, database), runs)
+        # Interleaved, so a busy neighbour on the machine slows all three alike.
+        baselines, flows, originals = [], [], []
+        for _ in range(runs):
+            baselines.append(median_time(lambda: dump_to_null(stack, database), 1))
+            flows.append(flow_run(stack, name))
+            originals.append(median_time(lambda: original_approach(stack, database), 1))
+        baseline, original = statistics.median(baselines), statistics.median(originals)
     finally:
         drop_database(stack, database)
         remove_prefix(stack, f"{name}/")

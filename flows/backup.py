@@ -47,10 +47,11 @@ class BackupConfig(BaseModel):
         "database (clickhouse_database in the stack block).",
     )
     part_size_mb: int = Field(
-        default=16,
+        default=8,
         ge=5,
         le=512,
-        description="S3 multipart part size; memory use is about (upload_threads + 2) parts.",
+        description="S3 multipart part size; memory use is a few parts per upload thread. "
+        "Raised automatically so a dump 4x the previous one fits S3's 10,000 parts.",
     )
     upload_threads: int = Field(
         default=2, ge=1, le=8, description="Parts uploaded in parallel while pg_dump runs."

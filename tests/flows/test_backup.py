@@ -504,3 +504,18 @@ def test_prune_keeps_policy_sets_and_never_touches_foreign_objects(
     for key in FOREIGN:
         s3.remove_object(BUCKET, key)
     s3.remove_object(BUCKET, f"{STACK}/{stale_id}/postgres/railway.dump")
+
+
+def test_an_older_pg_dump_is_refused_before_anything_is_written(
+    devstack: Devstack, stack: Stack, s3: Minio, receiver: Any, tmp_path: Path
+) -> None:
+    fake = tmp_path / "pg_dump"
+    fake.write_text("#!/bin/sh\necho 'pg_dump (PostgreSQL) 9.6.24'\n")
+    fake.chmod(0o755)
+    before = bucket_keys(s3)
+    refused = run(pg_dump_path=str(fake))
+    assert refused.is_failed()
+    assert "pg_dump 9.6 is older than the PostgreSQL 15" in (refused.message or "")
+    assert bucket_keys(s3) == before
+    wait_for_alert(receiver, "is older than the PostgreSQL")
+    assert_no_secrets(stack, [refused], receiver)

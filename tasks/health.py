@@ -42,6 +42,8 @@ import urllib3
 from clickhouse_connect.driver.exceptions import ClickHouseError
 from minio import Minio
 from minio.error import S3Error
+from prefect import task
+from prefect.logging import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import AuthenticationError, RedisError
 from urllib3.exceptions import HTTPError
@@ -455,3 +457,25 @@ async def run_checks(
             *(run_check(name, CHECKS[name], stack, timeout_s, th) for name in wanted)
         )
     )
+
+
+@task(name="check-services", persist_result=False, timeout_seconds=30)
+async def check_services(
+    stack: Stack,
+    timeout_s: float,
+    services: list[str] | None,
+    thresholds: HealthThresholds,
+) -> list[CheckResult]:
+    """Every check at once, each bounded by ``timeout_s``; logs the bad ones."""
+    results = await run_checks(stack, timeout_s, services, thresholds)
+    logger = get_run_logger()
+    for result in results:
+        if result.status != "healthy":
+            logger.warning(
+                "%s %s (%.0f ms): %s",
+                result.service,
+                result.status,
+                result.latency_ms,
+                result.reason,
+            )
+    return results

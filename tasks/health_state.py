@@ -22,12 +22,12 @@ from prefect import task
 from prefect.events import emit_event
 from prefect.logging import get_run_logger
 from prefect.variables import Variable
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from blocks.stack import Stack
 from tasks.alerting import MAX_REASON, Silence, StackState, StatusChange, worst_status
 from tasks.errors import StackConfigError
-from tasks.health import CheckResult, HealthStatus, HealthThresholds, run_checks
+from tasks.health import CheckResult, HealthStatus
 
 MAX_VARIABLE_CHARS = 5000
 _SILENCES = TypeAdapter(list[Silence])
@@ -78,9 +78,17 @@ def sweep_lateness_s() -> float:
     return max(0.0, (datetime.now(UTC) - scheduled).total_seconds())
 
 
-@task(name="load-stack", persist_result=False, retries=1, retry_delay_seconds=1)
-async def load_stack(name: str) -> Stack:
-    """The stack's block document, or an error that says how to create it."""
+class SweepInputs(BaseModel):
+    """What a sweep starts from: the stack, the previous state, the active silences."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    stack: Stack
+    state: StackState
+    silences: list[Silence]
+
+
+async def _load_stack(name: str) -> Stack:
     try:
         stack: Stack = await Stack.aload(name)
     except ValueError as exc:
@@ -91,41 +99,22 @@ async def load_stack(name: str) -> Stack:
     return stack
 
 
-@task(name="check-services", persist_result=False, timeout_seconds=30)
-async def check_services(
-    stack: Stack,
-    timeout_s: float,
-    services: list[str] | None,
-    thresholds: HealthThresholds,
-) -> list[CheckResult]:
-    """Every check at once, each bounded by ``timeout_s``; logs the bad ones."""
-    results = await run_checks(stack, timeout_s, services, thresholds)
+# One task for the three reads: every task run is rows and events in the Prefect
+# database, 1,440 times a day per stack.
+@task(name="load-sweep-inputs", persist_result=False, retries=1, retry_delay_seconds=1)
+async def load_sweep_inputs(name: str) -> SweepInputs:
+    """The stack block, the alert state the previous sweep left, the active silences."""
     logger = get_run_logger()
-    for result in results:
-        if result.status != "healthy":
-            logger.warning(
-                "%s %s (%.0f ms): %s",
-                result.service,
-                result.status,
-                result.latency_ms,
-                result.reason,
-            )
-    return results
-
-
-@task(name="load-health-state", persist_result=False, retries=1, retry_delay_seconds=1)
-async def load_health_inputs(stack: str) -> tuple[StackState, list[Silence]]:
-    """The alert state the previous sweep left, and the active silences."""
-    logger = get_run_logger()
-    raw_state = await Variable.aget(state_variable(stack))
+    stack = await _load_stack(name)
+    raw_state = await Variable.aget(state_variable(name))
     try:
         state = StackState.model_validate(raw_state) if raw_state else StackState()
     except ValidationError:
         # A state we cannot read (hand-edited, older format) restarts the count; that
         # delays an alert by at most alert_after sweeps, it never loses a silence.
-        logger.warning("alert state of %s unreadable: starting a fresh count", stack)
+        logger.warning("alert state of %s unreadable: starting a fresh count", name)
         state = StackState()
-    raw_silences = await Variable.aget(silences_variable(stack))
+    raw_silences = await Variable.aget(silences_variable(name))
     silences: list[Silence] = []
     if raw_silences:
         try:
@@ -133,7 +122,7 @@ async def load_health_inputs(stack: str) -> tuple[StackState, list[Silence]]:
         except ValidationError as exc:
             logger.error(
                 "variable %s is not a list of {service, until, reason}: %s; no silence applies",
-                silences_variable(stack),
+                silences_variable(name),
                 exc.errors(include_input=False)[0]["msg"],
             )
     now = datetime.now(UTC)
@@ -145,7 +134,7 @@ async def load_health_inputs(stack: str) -> tuple[StackState, list[Silence]]:
             silence.service or "the whole stack",
             silence.reason or "no reason given",
         )
-    return state, active
+    return SweepInputs(stack=stack, state=state, silences=active)
 
 
 def status_doc(stack: str, state: StackState, results: list[CheckResult]) -> HealthStatusDoc:

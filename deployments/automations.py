@@ -1,9 +1,13 @@
 """The two automations of a stack, created or updated by name on the Prefect server.
 
-- ``ops-failure/<stack>``: any run of one of our deployments of the stack that ends
-  Failed, Crashed or TimedOut (a timeout is its own state, not Failed) notifies every
-  channel of the stack, with the run's state message and a link to it. It covers what a
-  flow's own ``on_failure`` hook cannot see: a crashed process, a killed worker.
+- ``ops-failure/<stack>``: a run of one of our deployments of the stack that ends
+  Crashed notifies every channel of the stack, with a link to the run. Crashed is what
+  flow code cannot report itself: a killed process, a dead worker, a pod evicted. Failed
+  and TimedOut runs are reported by the flow's own ``on_failure`` hook
+  (``tasks.notify.alert_on_failure``), which knows the cause; letting the automation
+  fire on them too would send every failure twice. ``health-sweep`` is left out: a
+  sweep that crashes every minute would page every minute, and the watcher below
+  already says, once per window, that no sweep completes.
 - ``ops-watcher/<stack>``: who watches the watcher. A proactive trigger expects a
   Completed ``health-sweep`` run of the stack within the window (5 minutes by default);
   when none arrives, the sweeps have stopped (worker down, schedule paused, sweep
@@ -27,9 +31,9 @@ from prefect.client.orchestration import PrefectClient
 
 from deployments.settings import FLOWS, HEALTH_SWEEP_FLOW
 
-FAILURE_EVENTS = frozenset(
-    {"prefect.flow-run.Failed", "prefect.flow-run.Crashed", "prefect.flow-run.TimedOut"}
-)
+FAILURE_EVENTS = frozenset({"prefect.flow-run.Crashed"})
+# Flows whose crashes page; health-sweep is covered by the watcher instead.
+FAILURE_FLOWS = sorted(set(FLOWS) - {HEALTH_SWEEP_FLOW})
 
 # Jinja, rendered by the server with the run that triggered the automation.
 FAILURE_SUBJECT = "{{ flow.name }} run {{ flow_run.name }} ended {{ flow_run.state.name }}"
@@ -73,19 +77,20 @@ def _notify(block_ids: list[UUID], subject: str, body: str) -> list[SendNotifica
 
 
 def failure_automation(stack: str, block_ids: list[UUID]) -> AutomationCore:
-    """Failed, Crashed or TimedOut runs of our deployments of ``stack`` notify."""
+    """Crashed runs of our deployments of ``stack`` (but health-sweep) notify."""
     return AutomationCore(
         name=failure_name(stack),
         description=(
-            f"A run of an ops deployment of stack {stack!r} ended Failed, Crashed or "
-            "TimedOut: notify the stack's channels with a link to the run. "
+            f"A run of an ops deployment of stack {stack!r} crashed (its process or "
+            "worker died): notify the stack's channels with a link to the run. Failed "
+            "runs alert from the flow itself, with the cause. "
             "Managed by `python -m deployments.bootstrap`; edits here are overwritten."
         ),
         tags=["ops", f"stack:{stack}"],
         trigger=EventTrigger(
             match={"prefect.resource.id": "prefect.flow-run.*"},
             match_related=[
-                {"prefect.resource.role": "flow", "prefect.resource.name": sorted(FLOWS)},
+                {"prefect.resource.role": "flow", "prefect.resource.name": FAILURE_FLOWS},
                 {"prefect.resource.role": "deployment", "prefect.resource.name": stack},
             ],
             expect=set(FAILURE_EVENTS),

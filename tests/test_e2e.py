@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -204,13 +206,16 @@ def test_a_failed_backup_retried_completes_without_redoing_finished_tasks(
         name.startswith("backup-clickhouse") and state == "Failed" for name, state in first.items()
     )
 
-    # the failure automation tells the stack's channel, with a link to the run
+    # the flow's own hook tells the stack's channel what broke, with a link to the run;
+    # the failure automation (crashes only) stays quiet, so it is said once
     alert = wait_for(
-        lambda: messages(receiver, f"[{STACK_NAME}] backup run {failed.name} ended Failed"),
+        lambda: messages(receiver, f"[{STACK_NAME}] backup failed on {STACK_NAME}"),
         120,
-        "the failure automation's notification",
+        "the failed backup's alert",
     )
+    assert "ClickHouse" in alert[0]["json"]["text"]
     assert f"/runs/flow-run/{failed.id}" in alert[0]["json"]["text"]
+    assert messages(receiver, f"[{STACK_NAME}] backup run {failed.name} ended") == []
 
     done = prefect_cli(control_plane, "flow-run", "retry", str(failed.id))
     assert done.returncode == 0, done.stdout + done.stderr
@@ -227,6 +232,54 @@ def test_a_failed_backup_retried_completes_without_redoing_finished_tasks(
     assert len(by_task["dump-postgres"]) == 2
     assert by_task["backup-clickhouse"] == ["Failed", "Completed"]
     assert by_task["start-backup-set"][1:] == ["Cached"]
+
+
+def _process_of(flow_run_id: UUID) -> int | None:
+    """PID of the process the worker started for ``flow_run_id`` (it carries the id)."""
+    needle = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if needle in (proc / "environ").read_bytes().split(b"\0"):
+                return int(proc.name)
+        except OSError:
+            continue
+    return None
+
+
+def test_a_crashed_run_is_reported_by_the_failure_automation(
+    control_plane: Devstack, receiver
+) -> None:  # type: ignore[no-untyped-def]
+    import httpx
+
+    langfuse = control_plane.url("langfuse")
+    # A hanging Langfuse keeps deploy-verify running (its probes wait for their
+    # timeouts), so the run is certainly alive when its process is killed.
+    httpx.post(f"{langfuse}/__standin/fault", json={"mode": "hang"}, timeout=5).raise_for_status()
+    try:
+        done = prefect_cli(control_plane, "deployment", "run", f"deploy-verify/{STACK_NAME}")
+        match = UUID_RE.search(done.stdout)
+        assert match, done.stdout + done.stderr
+        run_id = UUID(match[1])
+        pid = wait_for(
+            lambda: read_flow_run(run_id).state_name == "Running" and _process_of(run_id),
+            300,
+            "the deploy-verify run to be running in its own process",
+        )
+        os.kill(pid, signal.SIGKILL)
+        crashed = wait_final(run_id, timeout=300)
+    finally:
+        httpx.post(f"{langfuse}/__standin/fault", json={"mode": "ok"}, timeout=5)
+    assert crashed.state is not None and crashed.state.name == "Crashed"
+    alert = wait_for(
+        lambda: messages(
+            receiver, f"[{STACK_NAME}] deploy-verify run {crashed.name} ended Crashed"
+        ),
+        120,
+        "the failure automation's notification",
+    )
+    assert f"/runs/flow-run/{run_id}" in alert[0]["json"]["text"]
 
 
 def test_the_watcher_fires_when_the_sweeps_stop(control_plane: Devstack, receiver) -> None:  # type: ignore[no-untyped-def]

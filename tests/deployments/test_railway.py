@@ -193,3 +193,24 @@ def test_every_alert_channel_variable_is_offered_to_the_worker(template: Templat
     worker = template.services[WORKER_SERVICE].env
     for name in CHANNEL_VARIABLES:
         assert name in worker and worker[name].default is None, name
+
+
+def test_every_literal_prefect_setting_in_the_template_is_accepted_by_prefect(
+    template: Template, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A value Prefect rejects (a retention as plain seconds where it wants an ISO
+    duration) would stop prefect-server at start on Railway, not here."""
+    from prefect.settings.models.root import Settings
+
+    checked = 0
+    for service in template.services.values():
+        for name, variable in service.env.items():
+            value = variable.default
+            if not name.startswith("PREFECT_") or not value or "${{" in value:
+                continue
+            monkeypatch.setenv(name, value)
+            checked += 1
+        Settings()  # raises a ValidationError naming the variable
+        for name in list(service.env):
+            monkeypatch.delenv(name, raising=False)
+    assert checked >= 5

@@ -180,9 +180,19 @@ def list_backup_sets(stack: Stack) -> list[BackupSetInfo]:
 
 
 def newest_complete_manifest(stack: Stack) -> BackupManifest | None:
-    """The manifest of the newest complete backup set, or None when there is none."""
-    complete = [s.manifest for s in list_backup_sets(stack) if s.manifest is not None]
-    return complete[-1] if complete else None
+    """The manifest of the newest complete backup set, or None when there is none.
+
+    Reads manifests newest first and stops at the first that parses.
+    """
+    client = s3_client(stack)
+    sets = group_backup_sets(stack.stack_name, list_stack_objects(stack, client))
+    for backup_id in sorted(sets, reverse=True):
+        key = f"{set_prefix(stack.stack_name, backup_id)}{MANIFEST_NAME}"
+        if any(entry.key == key for entry in sets[backup_id]):
+            manifest, _problem = _read_manifest(stack, backup_id, client)
+            if manifest is not None:
+                return manifest
+    return None
 
 
 # ---- writes, deletes and multipart uploads ---------------------------------------------

@@ -361,10 +361,14 @@ def test_s3_stopped_mid_upload_fails_alerts_and_the_next_run_succeeds(
 def clickhouse_fault_stack(devstack: Devstack) -> Iterator[str]:
     """A stack document whose ClickHouse-side S3 endpoint answers every request 501."""
     name = "devstack-chfault"
-    broken = Stack.load_stack(STACK)
-    broken.clickhouse_s3_endpoint = devstack.receiver_url
+    # A new block (not the loaded one, whose save would overwrite the devstack document).
+    broken = Stack.from_env(
+        {**devstack.env(), "CLICKHOUSE_S3_ENDPOINT": devstack.receiver_url}, stack_name=STACK
+    )
+    broken.notifications = Stack.load_stack(STACK).notifications
     broken.save(name, overwrite=True)
     yield name
+    assert Stack.load_stack(STACK).clickhouse_s3_endpoint is None  # the real one untouched
 
 
 def test_a_failed_clickhouse_backup_fails_alerts_and_the_next_run_succeeds(

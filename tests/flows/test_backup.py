@@ -14,6 +14,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from tasks.backup import one_backup_at_a_time
 from tasks.manifest import BackupManifest, manifest_key, new_backup_id, set_id_of_key
 from tasks.postgres import dump_hooks
 from tasks.retention import RetentionPolicy
-from tasks.storage import list_backup_sets
+from tasks.storage import list_backup_sets, list_multipart_uploads
 
 STACK = "devstack"
 BUCKET = "backups"
@@ -308,6 +309,7 @@ def test_postgres_stopped_mid_dump_fails_alerts_and_the_next_run_succeeds(
 ) -> None:
     run()  # at least one complete set exists before the fault
     before = bucket_keys(s3)
+    run_started = new_backup_id(datetime.now(UTC) - timedelta(seconds=1))[:16]
     stopped_at: list[int] = []
 
     def stop_postgres(streamed: int) -> None:
@@ -327,6 +329,8 @@ def test_postgres_stopped_mid_dump_fails_alerts_and_the_next_run_succeeds(
     # No dump object: the multipart upload was aborted, not completed half-way.
     for backup_id in new_set_ids(before, bucket_keys(s3)):
         assert not any(k.startswith(f"{STACK}/{backup_id}/postgres/") for k in bucket_keys(s3))
+    unfinished = [set_id_of_key(STACK, u.key) or "" for u in list_multipart_uploads(stack)]
+    assert not [i for i in unfinished if i[:16] >= run_started]  # none from the failed run
 
     summary_of(recovered := run())
     assert_no_secrets(stack, [failed, recovered], receiver)
@@ -340,8 +344,8 @@ def test_s3_stopped_mid_upload_fails_alerts_and_the_next_run_succeeds(
     stopped_at: list[int] = []
 
     def stop_s3(streamed: int) -> None:
-        # After the first part went up, while the second is being filled.
-        if streamed > 5 * MIB and not stopped_at:
+        # One upload thread, 5 MiB parts: the first part went up, the second is full.
+        if streamed > 10 * MIB and not stopped_at:
             stopped_at.append(streamed)
             devstack.stop_service("s3")
 
@@ -353,7 +357,16 @@ def test_s3_stopped_mid_upload_fails_alerts_and_the_next_run_succeeds(
     assert stopped_at
     assert_failed_cleanly(failed, s3, before, "S3 upload of")
     wait_for_alert(receiver, "S3 upload of")
+    # The upload could not be aborted while S3 was down: it is left unfinished, and
+    # retention reports it (kept until its grace period ends).
+    failed_set = new_backup_id(datetime.now(UTC))[:8]  # today's sets
+    left = [u for u in list_multipart_uploads(stack) if u.upload_id in (failed.message or "")]
+    assert len(left) == 1 and left[0].key.startswith(f"{STACK}/{failed_set}")
     summary_of(recovered := run())
+    plan = next(
+        t for t in texts_of_runs([run_id(recovered)]) if t.startswith(f"backup-retention-{STACK} ")
+    )
+    assert f"upload {left[0].key}" in plan and "younger than 24 h" in plan
     assert_no_secrets(stack, [failed, recovered], receiver)
 
 
@@ -456,8 +469,6 @@ def plant(s3: Minio, key: str, data: bytes) -> None:
 
 def old_complete_set(s3: Minio, template: BackupManifest, days_ago: int) -> str:
     """A complete set from ``days_ago`` days back: a copy of a real manifest, re-dated."""
-    from datetime import UTC, datetime, timedelta
-
     started = datetime.now(UTC) - timedelta(days=days_ago)
     backup_id = new_backup_id(started)
     manifest = template.model_copy(

@@ -11,7 +11,8 @@ time with ``prefect deployment run backup/<stack>``.
 
 Blocks: the stack's ``llm-stack`` document (named by ``stack``) and the notification
 blocks its routes name. A failure ends the run Failed with what broke, alerts through
-those blocks, writes no manifest and prunes nothing. A retried run (same flow-run id)
+those blocks (a crashed run is reported by the stack's failure automation), writes no
+manifest and prunes nothing. A retried run (same flow-run id)
 skips the parts that completed (persisted results).
 """
 
@@ -107,7 +108,6 @@ class BackupSummary(BaseModel):
     name="backup",
     flow_run_name="backup-{stack}",
     on_failure=[alert_on_failure],
-    on_crashed=[alert_on_failure],
     persist_result=True,
 )
 def backup(stack: str = "production", config: BackupConfig | None = None) -> BackupSummary:

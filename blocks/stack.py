@@ -16,10 +16,11 @@ On Railway the document is built from the service's environment by the bootstrap
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, Literal
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import quote, quote_plus, unquote, urlsplit, urlunsplit
 
 from prefect.blocks.core import Block
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -131,6 +132,41 @@ def redact_url(url: str) -> str:
         host = f"[{host}]"
     netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+MIN_SECRET_CHARS = 4
+
+
+def secret_forms(values: Iterable[str]) -> list[str]:
+    """``values`` and every escaped form each takes in logs, SQL, URLs and JSON.
+
+    Forms: as is; in a single-quoted SQL string (backslash and quote escaped, as
+    ``tasks.clickhouse.quote_string`` writes it); URL-encoded (``quote`` and
+    ``quote_plus``); JSON-escaped. Values shorter than 4 characters are left out: they
+    would scrub ordinary words.
+    """
+    forms: list[str] = []
+    for value in values:
+        if len(value) < MIN_SECRET_CHARS:
+            continue
+        for form in (
+            value,
+            value.replace("\\", "\\\\").replace("'", "\\'"),
+            quote(value, safe=""),
+            quote_plus(value, safe=""),
+            json.dumps(value)[1:-1],
+        ):
+            if form not in forms:
+                forms.append(form)
+    return forms
+
+
+def scrub_values(text: str, values: Iterable[str]) -> str:
+    """``text`` with each of ``values`` replaced by ``***``, longest first."""
+    for value in sorted(set(values), key=len, reverse=True):
+        if value:
+            text = text.replace(value, "***")
+    return text
 
 
 def _check_base_url(value: str, schemes: tuple[str, ...], allow_path: bool = False) -> str:
@@ -341,7 +377,12 @@ class Stack(Block):
     # ---- secrets --------------------------------------------------------------------
 
     def secret_values(self) -> list[str]:
-        """Every secret value (and the Postgres password alone), for scrubbing and scans."""
+        """Every secret value (and the Postgres password alone), for scrubbing and scans.
+
+        Each value comes with the forms it takes inside other texts: quoted in a SQL
+        string (``'`` and ``\\`` escaped, as ClickHouse statements carry the S3 key),
+        URL-encoded, JSON-escaped.
+        """
         found: list[str] = []
         for field in self.SECRET_FIELDS:
             value = getattr(self, field)
@@ -350,13 +391,11 @@ class Stack(Block):
         password = urlsplit(self.postgres_dsn.get_secret_value()).password
         if password:
             found.extend({password, unquote(password)})
-        return [v for v in found if len(v) >= 4]
+        return secret_forms(found)
 
     def scrub(self, text: str) -> str:
-        """``text`` with every secret value replaced by ``***``."""
-        for value in sorted(self.secret_values(), key=len, reverse=True):
-            text = text.replace(value, "***")
-        return text
+        """``text`` with every secret value (in any of its escaped forms) replaced by ``***``."""
+        return scrub_values(text, self.secret_values())
 
     def salt_fingerprint(self, salt: str) -> str | None:
         """A salted hash of the LiteLLM salt key: proves it unchanged without storing it."""

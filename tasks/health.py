@@ -38,9 +38,7 @@ import clickhouse_connect
 import httpx
 import psycopg
 import redis.asyncio as aioredis
-import urllib3
 from clickhouse_connect.driver.exceptions import ClickHouseError
-from minio import Minio
 from minio.error import S3Error
 from prefect import task
 from prefect.logging import get_run_logger
@@ -50,7 +48,7 @@ from urllib3.exceptions import HTTPError
 
 from blocks.stack import Stack
 from tasks.errors import StorageError
-from tasks.storage import newest_complete_manifest
+from tasks.storage import newest_complete_manifest, s3_client
 
 HealthStatus = Literal["healthy", "degraded", "unhealthy"]
 STATUS_RANK: dict[str, int] = {"healthy": 0, "degraded": 1, "unhealthy": 2}
@@ -333,24 +331,8 @@ def redis_verdict(
 # ---- object storage and backups ---------------------------------------------------------
 
 
-def minio_client(stack: Stack, timeout_s: float) -> Any:
-    """A minio client whose sockets give up after ``timeout_s`` and never retry."""
-    http = urllib3.PoolManager(
-        timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s),
-        retries=urllib3.Retry(total=0, redirect=False),
-    )
-    return Minio(
-        stack.s3_host,
-        access_key=stack.s3_access_key,
-        secret_key=stack.s3_secret_key.get_secret_value(),
-        secure=stack.s3_secure,
-        region=stack.s3_region,
-        http_client=http,
-    )
-
-
 async def check_object_storage(stack: Stack, timeout_s: float, th: HealthThresholds) -> Verdict:
-    client = minio_client(stack, timeout_s)
+    client = s3_client(stack, timeout_s=timeout_s, retries=0)
     try:
         exists = await _in_thread(lambda: client.bucket_exists(stack.backup_bucket))
     except S3Error as exc:
@@ -366,7 +348,9 @@ async def check_object_storage(stack: Stack, timeout_s: float, th: HealthThresho
 
 async def check_backup_freshness(stack: Stack, timeout_s: float, th: HealthThresholds) -> Verdict:
     try:
-        manifest = await _in_thread(lambda: newest_complete_manifest(stack))
+        # Sockets give up after timeout_s and never retry: a probe answers in time.
+        client = s3_client(stack, timeout_s=timeout_s, retries=0)
+        manifest = await _in_thread(lambda: newest_complete_manifest(stack, client))
     except StorageError as exc:
         return Verdict("unhealthy", "cannot list backup sets: " + _first_line(str(exc)))
     return freshness_verdict(

@@ -26,6 +26,7 @@ from psycopg import sql
 
 from blocks.stack import Stack
 from tasks.health import SERVICES, run_checks
+from tasks.storage import s3_client
 from tasks.verify import (
     BucketProbe,
     Finding,
@@ -160,21 +161,6 @@ def check_redis_persistence(
     return judge_redis(str(appendonly), str(policy), expected_policy, require_aof)
 
 
-def s3_client(stack: Stack, timeout_s: float) -> Minio:
-    http = urllib3.PoolManager(
-        timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s),
-        retries=urllib3.Retry(total=1, backoff_factor=0.2),
-    )
-    return Minio(
-        stack.s3_host,
-        access_key=stack.s3_access_key,
-        secret_key=stack.s3_secret_key.get_secret_value(),
-        secure=stack.s3_secure,
-        region=stack.s3_region,
-        http_client=http,
-    )
-
-
 def _probe_bucket(client: Minio, stack: Stack, bucket: str, role: str, key: str) -> BucketProbe:
     try:
         if not client.bucket_exists(bucket):
@@ -201,7 +187,7 @@ def _probe_bucket(client: Minio, stack: Stack, bucket: str, role: str, key: str)
 @task(name="check-s3-buckets", cache_policy=NO_CACHE, persist_result=False)
 def check_s3_buckets(stack: Stack, canary_name: str, timeout_s: float) -> Finding:
     """Both buckets exist, and a canary object can be written, read and deleted in each."""
-    client = s3_client(stack, timeout_s)
+    client = s3_client(stack, timeout_s=timeout_s, retries=1)
     key = f"{CANARY_PREFIX}/{canary_name}.txt"
     probes = [
         _probe_bucket(client, stack, stack.langfuse_bucket, "Langfuse events", key),

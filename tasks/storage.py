@@ -5,8 +5,13 @@ SeaweedFS in the devstack). Every error is re-raised as :class:`StorageError` wi
 the operation, bucket and key, scrubbed of secret values.
 
 Read side, shared by every flow that needs "the last good backup":
-:func:`list_backup_sets` and :func:`newest_complete_manifest`. A set is complete only
-when its ``manifest.json`` exists and parses, never because objects exist.
+:func:`list_backup_sets` (every set with its objects, for retention) and
+:func:`newest_complete_manifest` (cheap: set prefixes from one non-recursive listing,
+then manifests newest first; the health sweep asks it every minute). A set is complete
+only when its ``manifest.json`` exists and parses, never because objects exist.
+
+:func:`s3_client` is the one place an S3 client is built, with the caller's timeout
+and retries.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from tasks.manifest import (
     MANIFEST_NAME,
     BackupManifest,
     backup_id_time,
+    is_backup_id,
+    manifest_key,
     set_id_of_key,
     set_prefix,
     stack_prefix,
@@ -35,14 +42,28 @@ from tasks.manifest import (
 # instead of hanging a task that a Prefect timeout cannot interrupt.
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 120.0
+RETRY_STATUSES = (500, 502, 503, 504)
 
 
-def s3_client(stack: Stack) -> Minio:
-    """A minio client for the stack's S3 endpoint, with socket timeouts and few retries."""
+def s3_client(stack: Stack, timeout_s: float = READ_TIMEOUT_S, retries: int = 2) -> Minio:
+    """A minio client for the stack's S3 endpoint: the one place S3 clients are built.
+
+    ``timeout_s`` bounds the wait between bytes (and the connect, at most
+    :data:`CONNECT_TIMEOUT_S`); ``retries`` retries connection errors and 5xx answers
+    with a short backoff. Probes that must answer within seconds pass a small timeout
+    and ``retries=0``; backups keep the defaults.
+    """
+    retry = urllib3.Retry(
+        total=retries,
+        backoff_factor=0.2,
+        status_forcelist=RETRY_STATUSES if retries > 0 else None,
+        # The last 5xx answer reaches minio, which turns it into an S3Error with a code.
+        raise_on_status=False,
+    )
     http = urllib3.PoolManager(
-        timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S),
+        timeout=urllib3.Timeout(connect=min(CONNECT_TIMEOUT_S, timeout_s), read=timeout_s),
         maxsize=10,
-        retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+        retries=retry,
     )
     return Minio(
         stack.s3_host,
@@ -118,12 +139,57 @@ def read_object(stack: Stack, key: str, client: Minio | None = None) -> bytes:
         raise storage_error(stack, f"read of {stack.backup_bucket}/{key}", exc) from None
 
 
+_MISSING = ("NoSuchKey", "NoSuchObject", "ResourceNotFound")
+
+
+def read_optional_object(stack: Stack, key: str, client: Minio | None = None) -> bytes | None:
+    """A whole (small) object, or None when it does not exist (one GET either way)."""
+    client = client or s3_client(stack)
+    try:
+        response = client.get_object(stack.backup_bucket, key)
+    except S3Error as exc:
+        if exc.code in _MISSING:
+            return None
+        raise storage_error(stack, f"read of {stack.backup_bucket}/{key}", exc) from None
+    except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+        raise storage_error(stack, f"read of {stack.backup_bucket}/{key}", exc) from None
+    try:
+        return bytes(response.read())
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise storage_error(stack, f"read of {stack.backup_bucket}/{key}", exc) from None
+    finally:
+        response.close()
+        response.release_conn()
+
+
+def list_set_ids(stack: Stack, client: Minio | None = None) -> list[str]:
+    """The backup ids under ``<stack>/``, oldest first, from one non-recursive listing.
+
+    S3 answers with the set prefixes only (delimiter ``/``), never with the thousands
+    of objects inside them, so this costs one request per 1,000 sets.
+    """
+    client = client or s3_client(stack)
+    prefix = stack_prefix(stack.stack_name)
+    try:
+        names = [
+            obj.object_name
+            for obj in client.list_objects(stack.backup_bucket, prefix=prefix, recursive=False)
+            if obj.object_name is not None and obj.is_dir
+        ]
+    except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+        raise storage_error(stack, f"listing of {stack.backup_bucket}/{prefix}", exc) from None
+    ids = (name[len(prefix) :].rstrip("/") for name in names if name.startswith(prefix))
+    return sorted(backup_id for backup_id in ids if is_backup_id(backup_id))
+
+
 def _read_manifest(
     stack: Stack, backup_id: str, client: Minio
 ) -> tuple[BackupManifest | None, str | None]:
-    key = f"{set_prefix(stack.stack_name, backup_id)}{MANIFEST_NAME}"
+    raw = read_optional_object(stack, manifest_key(stack.stack_name, backup_id), client)
+    if raw is None:
+        return None, "no manifest.json"
     try:
-        manifest = BackupManifest.from_json(read_object(stack, key, client))
+        manifest = BackupManifest.from_json(raw)
     except ValidationError as exc:
         return None, f"manifest.json does not parse ({exc.error_count()} error(s))"
     if manifest.backup_id != backup_id or manifest.stack != stack.stack_name:
@@ -159,6 +225,7 @@ def list_backup_sets(stack: Stack) -> list[BackupSetInfo]:
         has_manifest = any(
             e.key.endswith(f"/{MANIFEST_NAME}") and e.key.count("/") == 2 for e in entries
         )
+        # Only sets whose listing shows a manifest cost a GET.
         manifest, problem = (
             _read_manifest(stack, backup_id, client) if has_manifest else (None, "no manifest.json")
         )
@@ -179,19 +246,19 @@ def list_backup_sets(stack: Stack) -> list[BackupSetInfo]:
     return sets
 
 
-def newest_complete_manifest(stack: Stack) -> BackupManifest | None:
+def newest_complete_manifest(stack: Stack, client: Minio | None = None) -> BackupManifest | None:
     """The manifest of the newest complete backup set, or None when there is none.
 
-    Reads manifests newest first and stops at the first that parses.
+    One non-recursive listing for the set ids, then manifests newest first (backup ids
+    sort by time), stopping at the first that parses: usually two requests, at most
+    one more per set, whatever the number of objects in the sets. Pass a ``client``
+    with a short timeout for probes.
     """
-    client = s3_client(stack)
-    sets = group_backup_sets(stack.stack_name, list_stack_objects(stack, client))
-    for backup_id in sorted(sets, reverse=True):
-        key = f"{set_prefix(stack.stack_name, backup_id)}{MANIFEST_NAME}"
-        if any(entry.key == key for entry in sets[backup_id]):
-            manifest, _problem = _read_manifest(stack, backup_id, client)
-            if manifest is not None:
-                return manifest
+    client = client or s3_client(stack)
+    for backup_id in reversed(list_set_ids(stack, client)):
+        manifest, _problem = _read_manifest(stack, backup_id, client)
+        if manifest is not None:
+            return manifest
     return None
 
 
@@ -230,7 +297,7 @@ def object_size(stack: Stack, key: str) -> int | None:
     try:
         return client.stat_object(stack.backup_bucket, key).size
     except S3Error as exc:
-        if exc.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
+        if exc.code in _MISSING:
             return None
         raise storage_error(stack, f"stat of {stack.backup_bucket}/{key}", exc) from None
     except _ERRORS as exc:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from urllib.parse import quote, quote_plus
 
 import pytest
 
-from blocks.stack import NotificationRoute, Stack, redact_url
+from blocks.stack import NotificationRoute, Stack, redact_url, scrub_values, secret_forms
+from tasks.clickhouse import quote_string
 from tasks.errors import StackConfigError
 
 SECRETS = {
@@ -153,6 +156,29 @@ def test_scrub_removes_secret_values_from_any_text() -> None:
     for secret in SECRET_VALUES:
         assert secret not in scrubbed
     assert scrubbed.count("***") == 3
+
+
+def test_scrub_removes_the_escaped_forms_of_a_secret() -> None:
+    """A secret quoted into a ClickHouse statement, a URL or JSON is still removed."""
+    tricky = "s3-Se'cr\\et/+ Key"
+    stack = Stack.from_env(good_env() | {"MINIO_ROOT_PASSWORD": tricky})
+    forms = [
+        quote_string(tricky)[1:-1],  # inside S3('http://s3/b', 'minio', '<here>')
+        quote(tricky, safe=""),
+        quote_plus(tricky),
+        json.dumps(tricky)[1:-1],
+        tricky,
+    ]
+    assert len(set(forms)) == 5
+    for form in forms:
+        assert stack.scrub(f"S3('http://s3/b', 'minio', '{form}') failed") == (
+            "S3('http://s3/b', 'minio', '***') failed"
+        )
+
+
+def test_scrub_values_replaces_the_longest_value_first() -> None:
+    assert scrub_values("token abcdef and abc123", ["abc123", "abcdef"]) == "token *** and ***"
+    assert secret_forms(["abc"]) == []  # too short to scrub safely
 
 
 def test_redact_url_keeps_everything_but_the_password() -> None:

@@ -368,11 +368,15 @@ class Stack(Block):
         try:
             return cls.load(name)  # type: ignore[return-value]
         except ValueError as exc:
-            raise StackConfigError(
-                f"no stack block named {name!r} ({exc}). Create it with "
-                f"`python -m deployments.bootstrap --stack {name}` from the stack's "
-                "environment, or in the UI under Blocks -> LLM Stack."
-            ) from None
+            raise _missing_stack(name, exc) from None
+
+    @classmethod
+    async def aload_stack(cls, name: str) -> Stack:
+        """:meth:`load_stack` for async code."""
+        try:
+            return await cls.aload(name)
+        except ValueError as exc:
+            raise _missing_stack(name, exc) from None
 
     # ---- secrets --------------------------------------------------------------------
 
@@ -449,6 +453,14 @@ class Stack(Block):
             f"  alerts      {', '.join(r.block for r in self.notifications) or 'none'}",
         ]
         return "\n".join(lines)
+
+
+def _missing_stack(name: str, exc: ValueError) -> StackConfigError:
+    return StackConfigError(
+        f"no stack block named {name!r} ({exc}). Create it with "
+        f"`python -m deployments.bootstrap --stack {name}` from the stack's "
+        "environment, or in the UI under Blocks -> LLM Stack."
+    )
 
 
 def _parse_routes(raw: str, problems: list[str]) -> list[NotificationRoute]:

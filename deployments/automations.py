@@ -1,4 +1,4 @@
-"""The two automations of a stack, created or updated by name on the Prefect server.
+"""The three automations of a stack, created or updated by name on the Prefect server.
 
 - ``ops-failure/<stack>``: a run of one of our deployments of the stack that ends
   Crashed notifies every channel of the stack, with a link to the run. Crashed is what
@@ -12,11 +12,17 @@
   Completed ``health-sweep`` run of the stack within the window (5 minutes by default);
   when none arrives, the sweeps have stopped (worker down, schedule paused, sweep
   broken) and the stack's channels hear about it once per window.
+- ``ops-undeliverable/<stack>``: a failed run whose own alert reached no channel (the
+  stack block did not load, every channel refused, no route takes critical alerts)
+  emits ``ops.alert.undeliverable`` from its ``on_failure`` hook
+  (``tasks.notify.report_undeliverable``); the server notifies the channels it can
+  reach, so a failure is never silent.
 
-Both run inside ``prefect server start``, so they only use built-in notification blocks
+All run inside ``prefect server start``, so they only use built-in notification blocks
 (the server cannot import ours): routes of the stack block whose type is not built in
 are left out with a warning. Scope is by related resources: the flow (one of ours) and
-the deployment (named after the stack).
+the deployment (named after the stack); for undeliverable alerts, the stack resource
+``ops.stack.<stack>`` of the event.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from prefect.client.orchestration import PrefectClient
 from deployments.settings import FLOWS, HEALTH_SWEEP_FLOW
 
 FAILURE_EVENTS = frozenset({"prefect.flow-run.Crashed"})
+# Emitted by tasks.notify.report_undeliverable (kept equal to its UNDELIVERABLE_EVENT).
+UNDELIVERABLE_EVENT = "ops.alert.undeliverable"
 # Flows whose crashes page; health-sweep is covered by the watcher instead.
 FAILURE_FLOWS = sorted(set(FLOWS) - {HEALTH_SWEEP_FLOW})
 
@@ -43,6 +51,13 @@ FAILURE_BODY = (
     "Run: {{ flow_run|ui_url }}\n"
     "Retry it from the run's page (Retry) or with `prefect flow-run retry <run-id>`; "
     "tasks that had completed are not run again."
+)
+UNDELIVERABLE_SUBJECT = "[{stack}] a failed run could not alert: {{{{ event.payload.source }}}}"
+UNDELIVERABLE_BODY = (
+    "{{{{ event.payload.reason }}}}\n"
+    "The flow's own alert reached no channel of stack {stack}: check the stack block "
+    "{stack!r} (Blocks -> LLM Stack), its notification routes and the channels' "
+    "block documents, then the run's logs."
 )
 WATCHER_SUBJECT = "[{stack}] no health sweep completed in {window}"
 WATCHER_BODY = (
@@ -59,6 +74,15 @@ def failure_name(stack: str) -> str:
 
 def watcher_name(stack: str) -> str:
     return f"ops-watcher/{stack}"
+
+
+def undeliverable_name(stack: str) -> str:
+    return f"ops-undeliverable/{stack}"
+
+
+def automation_names(stack: str) -> list[str]:
+    """Every automation the bootstrap manages for ``stack``."""
+    return [failure_name(stack), watcher_name(stack), undeliverable_name(stack)]
 
 
 def _window_text(window: timedelta) -> str:
@@ -102,6 +126,31 @@ def failure_automation(stack: str, block_ids: list[UUID]) -> AutomationCore:
             block_ids,
             f"[{stack}] {FAILURE_SUBJECT}",
             FAILURE_BODY,
+        ),
+    )
+
+
+def undeliverable_automation(stack: str, block_ids: list[UUID]) -> AutomationCore:
+    """A failed run of ``stack`` whose alert reached no channel notifies from the server."""
+    return AutomationCore(
+        name=undeliverable_name(stack),
+        description=(
+            f"A failed run of stack {stack!r} could not deliver its own alert (stack block "
+            "missing, every channel refused): notify the stack's channels from the server. "
+            "Managed by `python -m deployments.bootstrap`; edits here are overwritten."
+        ),
+        tags=["ops", f"stack:{stack}"],
+        trigger=EventTrigger(
+            match={"prefect.resource.id": f"ops.stack.{stack}"},
+            expect={UNDELIVERABLE_EVENT},
+            posture=Posture.Reactive,
+            threshold=1,
+            within=timedelta(0),
+        ),
+        actions=_notify(
+            block_ids,
+            UNDELIVERABLE_SUBJECT.format(stack=stack),
+            UNDELIVERABLE_BODY.format(stack=stack),
         ),
     )
 

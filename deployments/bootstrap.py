@@ -16,7 +16,8 @@ In order, each step create-or-update by name, so running it twice changes nothin
    from those channels and ``NOTIFICATION_ROUTES``; with neither set, the routes of
    an existing document (added in the UI) are kept; the backup and Langfuse buckets
    (a fresh MinIO has none);
-6. the automations: failure -> notify, and the watcher of the health sweeps
+6. the automations: failure -> notify, the watcher of the health sweeps, and
+   undeliverable alerts -> notify
    (see :mod:`deployments.automations`);
 7. with ``--deploy``: ``prefect deploy --all`` with ``STACK_NAME`` and every ``OPS_*``
    schedule variable filled (defaults in :mod:`deployments.settings`).
@@ -51,7 +52,12 @@ from pydantic import BaseModel, Field, ValidationError
 
 import blocks
 from blocks.stack import NotificationRoute, Stack
-from deployments.automations import apply_automation, failure_automation, watcher_automation
+from deployments.automations import (
+    apply_automation,
+    failure_automation,
+    undeliverable_automation,
+    watcher_automation,
+)
 from deployments.channels import ChannelDocument, channels_from_env, is_builtin
 from deployments.settings import PREFECT_FILE, ControlPlaneSettings, deploy_env
 from tasks.errors import ControlPlaneError, StackConfigError
@@ -256,6 +262,7 @@ async def apply_automations(
     for wanted in (
         failure_automation(stack.stack_name, ids),
         watcher_automation(stack.stack_name, ids, window, stack.ui_url),
+        undeliverable_automation(stack.stack_name, ids),
     ):
         result = await apply_automation(client, wanted)
         report.steps.append(

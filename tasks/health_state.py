@@ -26,7 +26,6 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from blocks.stack import Stack
 from tasks.alerting import MAX_REASON, Silence, StackState, StatusChange, worst_status
-from tasks.errors import StackConfigError
 from tasks.health import CheckResult, HealthStatus
 
 MAX_VARIABLE_CHARS = 5000
@@ -88,24 +87,13 @@ class SweepInputs(BaseModel):
     silences: list[Silence]
 
 
-async def _load_stack(name: str) -> Stack:
-    try:
-        stack: Stack = await Stack.aload(name)
-    except ValueError as exc:
-        raise StackConfigError(
-            f"no stack block named {name!r} ({exc}). Create it with "
-            f"`python -m deployments.bootstrap --stack {name}`."
-        ) from None
-    return stack
-
-
 # One task for the three reads: every task run is rows and events in the Prefect
 # database, 1,440 times a day per stack.
 @task(name="load-sweep-inputs", persist_result=False, retries=1, retry_delay_seconds=1)
 async def load_sweep_inputs(name: str) -> SweepInputs:
     """The stack block, the alert state the previous sweep left, the active silences."""
     logger = get_run_logger()
-    stack = await _load_stack(name)
+    stack = await Stack.aload_stack(name)
     raw_state = await Variable.aget(state_variable(name))
     try:
         state = StackState.model_validate(raw_state) if raw_state else StackState()

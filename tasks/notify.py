@@ -16,18 +16,28 @@ structured alert instead of flat text.
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import time
+from collections.abc import Mapping
+from contextvars import ContextVar
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from prefect import task
 from prefect.blocks.core import Block
+from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 from pydantic import BaseModel, Field
 
-from blocks.stack import SEVERITY_RANK, Severity, Stack
+from blocks.stack import SEVERITY_RANK, Severity, Stack, scrub_values, secret_forms
 
 SEND_TIMEOUT_S = 10.0
+# Emitted when a failed run's alert reached no channel; the stack's
+# ``ops-undeliverable/<stack>`` automation notifies from the server instead.
+UNDELIVERABLE_EVENT = "ops.alert.undeliverable"
 
 
 class Alert(BaseModel):
@@ -154,19 +164,108 @@ class DeliveryReport(BaseModel):
         return cls(sent=0, failed=0, results=[])
 
 
+# scheme://[user[:password]@]host[:port] and whatever follows, up to a space or quote.
+_URL_RE = re.compile(
+    r"(?P<base>[A-Za-z][A-Za-z0-9+.-]*://)(?:[^/\s'\"<>?#@]*@)?"
+    r"(?P<host>[^/\s'\"<>?#]+)(?P<rest>[^\s'\"<>]*)"
+)
+
+
+def redact_urls(text: str) -> str:
+    """Every URL in ``text`` cut to ``scheme://host[:port]/***``.
+
+    Webhook URLs carry their token in the path or the query (Slack, Teams, Discord,
+    custom receivers), and HTTP errors quote the URL they failed on.
+    """
+
+    def cut(match: re.Match[str]) -> str:
+        rest = match.group("rest")
+        return match.group("base") + match.group("host") + ("/***" if rest.strip("/") else rest)
+
+    return _URL_RE.sub(cut, text)
+
+
+def block_secret_values(block: object) -> list[str]:
+    """The secrets of a loaded channel block, in every escaped form.
+
+    Values of ``SecretStr``/``SecretDict`` fields, and the password, path and query of
+    every URL the block holds (secret or not: a webhook URL is a credential).
+    """
+    found: list[str] = []
+
+    def visit(value: object, secret: bool) -> None:
+        if hasattr(value, "get_secret_value"):
+            visit(value.get_secret_value(), True)
+        elif isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                visit(getattr(value, name, None), secret)
+        elif isinstance(value, Mapping):
+            for item in value.values():
+                visit(item, secret)
+        elif isinstance(value, list | tuple | set):
+            for item in value:
+                visit(item, secret)
+        elif isinstance(value, str):
+            if secret:
+                found.append(value)
+            if "://" in value:
+                try:
+                    parts = urlsplit(value)
+                    password = parts.password
+                except ValueError:
+                    return
+                tail = parts.path + (f"?{parts.query}" if parts.query else "")
+                found.extend(v for v in (password, tail, parts.query) if v and v.strip("/"))
+
+    visit(block, False)
+    return secret_forms(found)
+
+
+def scrub_channel_error(stack: Stack, block: object | None, text: str) -> str:
+    """An error text of one channel, safe to log and return: no stack secret, no
+    secret of the channel's block, no URL beyond its host."""
+    extra = block_secret_values(block) if block is not None else []
+    return scrub_values(stack.scrub(redact_urls(text)), extra)
+
+
+# The secrets of the channel being sent to, for the HTTP client's own request logs
+# ("HTTP Request: POST https://hooks.slack.com/services/T/B/<token>"). A context
+# variable: each concurrent send runs in its own task, so each sees its own block.
+_CHANNEL_SECRETS: ContextVar[tuple[str, ...] | None] = ContextVar(
+    "ops_notify_channel_secrets", default=None
+)
+
+
+class _ChannelLogFilter(logging.Filter):
+    """Scrubs HTTP client records emitted while a channel is being sent to."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        values = _CHANNEL_SECRETS.get()
+        if values is not None:
+            record.msg = scrub_values(redact_urls(record.getMessage()), values)
+            record.args = None
+        return True
+
+
+_LOG_FILTER = _ChannelLogFilter()
+for _name in ("httpx", "httpcore"):
+    if not any(isinstance(f, _ChannelLogFilter) for f in logging.getLogger(_name).filters):
+        logging.getLogger(_name).addFilter(_LOG_FILTER)
+
+
 def _logger() -> Any:
     try:
         return get_run_logger()
     except MissingContextError:
-        import logging
-
         return logging.getLogger("ops.notify")
 
 
 async def _send_one(block_slug: str, alert: Alert, stack: Stack) -> ChannelResult:
     started = time.monotonic()
+    block: Any = None
     try:
-        block: Any = await Block.aload(block_slug)
+        block = await Block.aload(block_slug)
+        _CHANNEL_SECRETS.set(tuple(block_secret_values(block)))
         async with asyncio.timeout(SEND_TIMEOUT_S):
             if hasattr(block, "send_alert"):
                 await block.send_alert(alert)
@@ -179,7 +278,7 @@ async def _send_one(block_slug: str, alert: Alert, stack: Stack) -> ChannelResul
                         await block.notify(alert.text(), subject)
         return ChannelResult(block=block_slug, ok=True, seconds=time.monotonic() - started)
     except Exception as exc:  # one channel never fails the others
-        message = stack.scrub(f"{type(exc).__name__}: {exc}")[:500]
+        message = scrub_channel_error(stack, block, f"{type(exc).__name__}: {exc}")[:500]
         return ChannelResult(
             block=block_slug, ok=False, error=message, seconds=time.monotonic() - started
         )
@@ -218,7 +317,8 @@ async def deliver(stack: Stack, alert: Alert) -> DeliveryReport:
     return DeliveryReport(sent=len(results) - failed, failed=failed, results=list(results))
 
 
-@task(name="send-alert", retries=0)
+# Never cached (two equal alerts are two messages) and nothing worth persisting.
+@task(name="send-alert", retries=0, cache_policy=NO_CACHE, persist_result=False)
 async def send_alert(stack: Stack, alert: Alert) -> DeliveryReport:
     """Route one alert to the stack's channels; never raises for a failing channel."""
     return await deliver(stack, alert)
@@ -231,11 +331,42 @@ def run_link(stack: Stack, flow_run_id: object) -> str | None:
     return f"{stack.ui_url.rstrip('/')}/runs/flow-run/{flow_run_id}"
 
 
+def report_undeliverable(
+    stack_name: str, source: str, reason: str, flow_run_id: object | None = None
+) -> None:
+    """Emit :data:`UNDELIVERABLE_EVENT` for ``stack_name``: an alert reached nobody.
+
+    The stack's ``ops-undeliverable/<stack>`` automation (see
+    :mod:`deployments.automations`) turns it into a notification sent by the server.
+    ``reason`` must be scrubbed already; the payload never carries the alert body.
+    """
+    related = []
+    if flow_run_id is not None:
+        related.append(
+            {
+                "prefect.resource.id": f"prefect.flow-run.{flow_run_id}",
+                "prefect.resource.role": "flow-run",
+            }
+        )
+    emit_event(
+        event=UNDELIVERABLE_EVENT,
+        resource={
+            "prefect.resource.id": f"ops.stack.{stack_name}",
+            "prefect.resource.name": stack_name,
+            "ops.stack": stack_name,
+        },
+        related=related,
+        payload={"source": source, "reason": reason[:500]},
+    )
+
+
 def alert_on_failure(flow: Any, flow_run: Any, state: Any) -> None:
     """Flow ``on_failure`` hook: tell the stack's channels what broke, with the cause.
 
     The stack is the run's ``stack`` parameter; the message is the state's message
-    (our errors say what broke and what to do), scrubbed of secret values.
+    (our errors say what broke and what to do), scrubbed of secret values. When the
+    stack block does not load, or no channel took the alert, the hook emits
+    :data:`UNDELIVERABLE_EVENT` so the server's automation tells someone instead.
     """
     from prefect.utilities.asyncutils import run_coro_as_sync
 
@@ -245,6 +376,13 @@ def alert_on_failure(flow: Any, flow_run: Any, state: Any) -> None:
         stack = Stack.load_stack(stack_name)
     except Exception as exc:
         logger.error("cannot alert: stack block %r did not load: %s", stack_name, exc)
+        report_undeliverable(
+            stack_name,
+            flow.name,
+            f"run {flow_run.name!r} of {flow.name} ended {state.name}, and its alert was not "
+            f"sent: stack block {stack_name!r} did not load ({type(exc).__name__})",
+            flow_run.id,
+        )
         return
     alert = Alert(
         stack=stack_name,
@@ -255,4 +393,14 @@ def alert_on_failure(flow: Any, flow_run: Any, state: Any) -> None:
         dedup_key=f"{stack_name}/{flow.name}/failure",
         link=run_link(stack, flow_run.id),
     )
-    run_coro_as_sync(deliver(stack, alert))
+    report: DeliveryReport | None = run_coro_as_sync(deliver(stack, alert))
+    if report is None or report.sent == 0:
+        failures = "; ".join(
+            f"{r.block}: {r.error}" for r in (report.results if report else []) if not r.ok
+        )
+        reason = (
+            f"run {flow_run.name!r} of {flow.name} ended {state.name}, and its alert reached "
+            f"no channel: {failures or 'no notification route takes critical alerts'}"
+        )
+        logger.error("%s", reason)
+        report_undeliverable(stack_name, flow.name, stack.scrub(reason), flow_run.id)

@@ -30,7 +30,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun, TaskRun
 
-from deployments.automations import failure_name, watcher_name
+from deployments.automations import automation_names
 from deployments.settings import FLOWS
 from devstack.core import PROJECT, STACK_NAME, Devstack
 from devstack.demo import bootstrap_env, run_bootstrap
@@ -51,7 +51,7 @@ def _bootstrap(devstack: Devstack) -> subprocess.CompletedProcess[str]:
 
 async def _cleanup() -> None:
     async with get_client() as client:
-        for name in (failure_name(STACK_NAME), watcher_name(STACK_NAME)):
+        for name in automation_names(STACK_NAME):
             for automation in await client.read_automations_by_name(name):
                 await client.delete_automation(automation.id)
         for flow in FLOWS:
@@ -151,7 +151,7 @@ def test_bootstrap_and_deploy_twice_are_harmless(control_plane: Devstack) -> Non
             for flow in FLOWS:
                 deployment = await client.read_deployment_by_name(f"{flow}/{STACK_NAME}")
                 found[flow] = (deployment.id, sorted(s.id for s in deployment.schedules))
-            for name in (failure_name(STACK_NAME), watcher_name(STACK_NAME)):
+            for name in automation_names(STACK_NAME):
                 found[name] = [a.id for a in await client.read_automations_by_name(name)]
             return found
 
@@ -176,7 +176,7 @@ def test_every_deployment_runs_to_completion_through_the_worker(control_plane: D
         "backup": run_deployment_cli(control_plane, "backup"),
         "restore-drill": run_deployment_cli(control_plane, "restore-drill"),
         "restore": run_deployment_cli(
-            control_plane, "restore", {"config": {"postgres_target": target}}
+            control_plane, "restore", {"config": {"postgres_target": target, "dry_run": False}}
         ),
         "deploy-verify": run_deployment_cli(control_plane, "deploy-verify"),
     }

@@ -5,24 +5,33 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
+from uuid import uuid4
 
 import pytest
 from prefect.blocks.core import Block
 from prefect.client.orchestration import get_client
 
 from blocks.stack import NotificationRoute, Stack
-from deployments.automations import failure_name, watcher_name
+from deployments.automations import (
+    automation_names,
+    failure_name,
+    undeliverable_name,
+    watcher_name,
+)
 from deployments.bootstrap import BootstrapReport, bootstrap, main
 from deployments.settings import ControlPlaneSettings
 from devstack.core import Devstack
+from tasks.notify import report_undeliverable
 
 
 async def _automations(stack: str) -> list:
     async with get_client() as client:
         found = []
-        for name in (failure_name(stack), watcher_name(stack)):
+        for name in automation_names(stack):
             found.extend(await client.read_automations_by_name(name))
         return found
 
@@ -67,8 +76,9 @@ def test_bootstrap_twice_changes_nothing_the_second_time(
     assert [(s.kind, s.name, s.outcome) for s in second.steps if s.kind == "automation"] == [
         ("automation", failure_name(stack_name), "unchanged"),
         ("automation", watcher_name(stack_name), "unchanged"),
+        ("automation", undeliverable_name(stack_name), "unchanged"),
     ]
-    assert len(asyncio.run(_automations(stack_name))) == 2
+    assert len(asyncio.run(_automations(stack_name))) == 3
 
 
 def test_channels_and_routes_come_from_the_variables_that_are_set(
@@ -138,7 +148,28 @@ def test_automations_notify_the_channels_with_the_configured_window(
         window=60,
     )
     assert [s.outcome for s in report.steps if s.name == watcher_name(stack_name)] == ["updated"]
-    assert len(asyncio.run(_automations(stack_name))) == 2
+    assert len(asyncio.run(_automations(stack_name))) == 3
+
+
+def test_an_undeliverable_alert_reaches_the_channels_through_the_server(
+    stack_env: dict[str, str], stack_name: str, devstack: Devstack, receiver: Any
+) -> None:
+    """A failed run whose own alert reached nobody is still reported, by the server."""
+    path = f"/undeliverable-{stack_name}"
+    _run({**stack_env, "ALERT_WEBHOOK_URL": f"{devstack.receiver_url}{path}"}, stack_name)
+    report_undeliverable(
+        stack_name, "backup", "run 'brave-fox' of backup ended Failed: no channel", uuid4()
+    )
+    deadline = time.monotonic() + 60
+    received: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and not received:
+        received = receiver.received(path)
+        time.sleep(0.5)
+    assert received, "the undeliverable automation sent nothing"
+    title = str(received[0]["json"]["title"])
+    text = str(received[0]["json"]["text"])
+    assert title == f"[{stack_name}] a failed run could not alert: backup"
+    assert "run 'brave-fox' of backup ended Failed" in text
 
 
 def test_a_stack_environment_with_problems_fails_with_every_problem_and_no_secret(
@@ -188,4 +219,8 @@ def test_an_automation_paused_by_an_operator_stays_paused(
     report = _run(env, stack_name)
     assert report.changed() == []
     enabled = {a.name: a.enabled for a in asyncio.run(_automations(stack_name))}
-    assert enabled == {failure_name(stack_name): True, watcher_name(stack_name): False}
+    assert enabled == {
+        failure_name(stack_name): True,
+        watcher_name(stack_name): False,
+        undeliverable_name(stack_name): True,
+    }

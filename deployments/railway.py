@@ -10,7 +10,13 @@ published. What is checked:
 - every secret is generated (``generate = "secret"`` or ``${{secret(...)}}``), taken
   from another service, or left for the user to enter; never a literal default;
 - the worker receives every variable the stack block is built from;
-- only the expected services are public.
+- only the expected services are public;
+- a start command that reads variables runs in a shell (Railway runs it in exec form)
+  and reads only variables its service defines;
+- Langfuse's services share one ``DATABASE_URL`` naming their own schema
+  (``?schema=langfuse``), never LiteLLM's ``public``;
+- the litellm service's image carries a config with the model deploy-verify calls
+  (a ``mock_response`` canary) and the Langfuse success callback.
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
+import yaml
 from pydantic import BaseModel, Field
 
 from blocks.stack import ENV_FIELDS
@@ -189,12 +197,103 @@ def check_public(template: Template, expected: frozenset[str] = EXPECTED_PUBLIC)
     return problems
 
 
+_SHELL_VARIABLE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def check_start_commands(template: Template) -> list[str]:
+    problems = []
+    for service in template.services.values():
+        command = service.start_command or ""
+        used = _SHELL_VARIABLE.findall(command)
+        if not used:
+            continue
+        if not command.startswith("/bin/sh -c "):
+            problems.append(
+                f"{service.name}: the start command reads ${used[0]} but Railway runs it in "
+                'exec form, without expansion: wrap it in /bin/sh -c "exec ..."'
+            )
+        for name in used:
+            if name not in service.env and name not in RAILWAY_PROVIDED:
+                problems.append(f"{service.name}: the start command reads unset ${name}")
+    return problems
+
+
+LANGFUSE_SERVICES = ("langfuse-web", "langfuse-worker")
+
+
+def langfuse_schema(template: Template) -> str | None:
+    """The Postgres schema Langfuse's ``DATABASE_URL`` names (Prisma's ``?schema=``)."""
+    service = template.services.get(LANGFUSE_SERVICES[0])
+    variable = service.env.get("DATABASE_URL") if service else None
+    query = urlsplit((variable.default or "") if variable else "").query
+    return parse_qs(query).get("schema", [None])[0]
+
+
+def check_langfuse_database(template: Template) -> list[str]:
+    urls = {
+        name: (template.services[name].env.get("DATABASE_URL") or Variable(name="DATABASE_URL"))
+        for name in LANGFUSE_SERVICES
+        if name in template.services
+    }
+    values = {(v.default, v.reference) for v in urls.values()}
+    problems = []
+    if len(values) > 1:
+        problems.append(f"{' and '.join(urls)} have different DATABASE_URLs")
+    schema = langfuse_schema(template)
+    if schema in (None, "public"):
+        problems.append(
+            f"{LANGFUSE_SERVICES[0]}.DATABASE_URL names no schema of Langfuse's own: end it "
+            "with ?schema=langfuse, or Langfuse's tables and _prisma_migrations land in "
+            "LiteLLM's public schema"
+        )
+    return problems
+
+
+def litellm_config_path(template: Template) -> Path | None:
+    """The config file the litellm service's Dockerfile copies into its image."""
+    service = template.services.get("litellm")
+    if service is None or not service.dockerfile:
+        return None
+    dockerfile = PROJECT_DIR / service.dockerfile
+    if not dockerfile.is_file():
+        return None
+    for line in dockerfile.read_text().splitlines():
+        words = line.split()
+        if len(words) == 3 and words[0] == "COPY" and words[1].endswith((".yaml", ".yml")):
+            return PROJECT_DIR / words[1]
+    return None
+
+
+def check_litellm_config(template: Template, canary_model: str = "canary") -> list[str]:
+    path = litellm_config_path(template)
+    if path is None or not path.is_file():
+        return [
+            "litellm: no config file built into its image (a Dockerfile with COPY "
+            "<config>.yaml): deploy-verify needs the canary model and the Langfuse callback"
+        ]
+    config = yaml.safe_load(path.read_text()) or {}
+    problems = []
+    canary = [m for m in config.get("model_list") or [] if m.get("model_name") == canary_model]
+    if not canary or "mock_response" not in (canary[0].get("litellm_params") or {}):
+        problems.append(
+            f"litellm: {path.name} has no model {canary_model!r} with a mock_response "
+            "(deploy-verify's canary, which must spend no tokens)"
+        )
+    callbacks = (config.get("litellm_settings") or {}).get("success_callback") or []
+    if "langfuse" not in callbacks:
+        problems.append(f"litellm: {path.name} does not send traces to Langfuse")
+    return problems
+
+
 def check_template(template: Template) -> list[str]:
     return (
         check_references(template)
         + check_secrets(template)
         + check_worker_env(template)
         + check_public(template)
+        + check_start_commands(template)
+        + check_langfuse_database(template)
+        + check_litellm_config(template)
     )
 
 

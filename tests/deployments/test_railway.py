@@ -13,11 +13,15 @@ from deployments.railway import (
     RAILWAY_PROVIDED,
     WORKER_SERVICE,
     Template,
+    check_langfuse_database,
+    check_litellm_config,
     check_public,
     check_references,
     check_secrets,
+    check_start_commands,
     check_template,
     check_worker_env,
+    langfuse_schema,
     load_template,
     parse_template,
     references,
@@ -214,3 +218,70 @@ def test_every_literal_prefect_setting_in_the_template_is_accepted_by_prefect(
         for name in list(service.env):
             monkeypatch.delenv(name, raising=False)
     assert checked >= 5
+
+
+def test_redis_is_the_official_image_with_a_password_aof_and_noeviction(
+    template: Template,
+) -> None:
+    redis = template.services["redis"]
+    assert redis.image == "redis:7.2"
+    command = redis.start_command or ""
+    assert command.startswith('/bin/sh -c "exec docker-entrypoint.sh redis-server ')
+    assert "--requirepass $REDIS_PASSWORD" in command
+    assert "--appendonly yes" in command
+    assert "--maxmemory $REDIS_MAXMEMORY" in command
+    assert "--maxmemory-policy $REDIS_MAXMEMORY_POLICY" in command
+    assert redis.env["REDIS_MAXMEMORY"].default == "256mb"
+    assert redis.env["REDIS_MAXMEMORY_POLICY"].default == "noeviction"
+    # the AOF is written where the volume is mounted
+    assert "--dir /data" in command and redis.volume == "/data"
+    # no leftovers of the Bitnami image's variables
+    assert not {"ALLOW_EMPTY_PASSWORD", "REDIS_AOF_ENABLED", "REDIS_APPENDONLY"} & set(redis.env)
+
+
+def test_a_start_command_reading_variables_outside_a_shell_is_reported(raw: dict) -> None:
+    redis = next(s for s in raw["services"] if s["name"] == "redis")
+    redis["redis"]["deploy"]["startCommand"] = "redis-server --requirepass $REDIS_PASWORD"
+    assert check_start_commands(parse_template(raw)) == [
+        "redis: the start command reads $REDIS_PASWORD but Railway runs it in exec form, "
+        'without expansion: wrap it in /bin/sh -c "exec ..."',
+        "redis: the start command reads unset $REDIS_PASWORD",
+    ]
+
+
+def test_langfuse_keeps_its_tables_in_the_schema_the_required_lists_name(
+    template: Template,
+) -> None:
+    from flows.deploy_verify import DEFAULT_POSTGRES_TABLES
+    from tasks.restore import REQUIRED_POSTGRES_TABLES
+
+    assert langfuse_schema(template) == "langfuse"
+    for name in ("langfuse-web", "langfuse-worker"):
+        url = template.services[name].env["DATABASE_URL"].default
+        assert url == "${{postgres.DATABASE_URL}}?schema=langfuse", name
+    # LiteLLM keeps public; every other schema the checks require is Langfuse's
+    for tables in (DEFAULT_POSTGRES_TABLES, REQUIRED_POSTGRES_TABLES):
+        schemas = {table.partition(".")[0] for table in tables}
+        assert schemas == {"public", "langfuse"}
+    assert template.services["litellm"].env["DATABASE_URL"].reference == "postgres.DATABASE_URL"
+
+
+def test_langfuse_in_litellms_public_schema_is_reported(raw: dict) -> None:
+    for name in ("langfuse-web", "langfuse-worker"):
+        service = next(s for s in raw["services"] if s["name"] == name)
+        service[name]["env"]["DATABASE_URL"] = {"reference": "postgres.DATABASE_URL"}
+    (problem,) = check_langfuse_database(parse_template(raw))
+    assert "names no schema of Langfuse's own" in problem
+
+
+def test_litellm_on_railway_has_the_canary_and_the_langfuse_callback(
+    template: Template,
+) -> None:
+    from flows.deploy_verify import DeployVerifyConfig
+
+    assert template.services["litellm"].dockerfile == "railway/litellm/Dockerfile"
+    assert check_litellm_config(template, DeployVerifyConfig().canary_model) == []
+    assert check_litellm_config(template, "no-such-model") == [
+        "litellm: config.yaml has no model 'no-such-model' with a mock_response "
+        "(deploy-verify's canary, which must spend no tokens)"
+    ]

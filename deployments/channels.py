@@ -1,9 +1,14 @@
 """Notification block documents built from the environment, one per channel that is set.
 
-Each channel is a *built-in* Prefect notification block, so both our flows and the
-server's automations (which can only load blocks the server process can import) use
-the same document. A variable that is not set creates nothing; a channel's route in
-the stack block takes the severities its ``min_severity`` allows:
+Chat channels and Opsgenie are *built-in* Prefect notification blocks, so both our
+flows and the server's automations (which can only load blocks the server process can
+import) use the same document. PagerDuty is our own ``PagerDutyEvents`` block
+(``blocks/pagerduty.py``): Prefect's built-in ``PagerDutyWebHook`` can only trigger,
+so every incident it opened would stay open; ours triggers with a dedup key per stack
+and service and resolves it on recovery. The server cannot load it, so the automations
+(crashed runs, missing sweeps) reach the chat channels and Opsgenie, not the pager.
+A variable that is not set creates nothing; a channel's route in the stack block takes
+the severities its ``min_severity`` allows:
 
 =========================  ==========================  ============  =================
 variable                   block document              block type    default severity
@@ -12,9 +17,12 @@ variable                   block document              block type    default sev
 ``DISCORD_WEBHOOK_URL``    ``<stack>-discord``         discord-webhook     warning
 ``TEAMS_WEBHOOK_URL``      ``<stack>-teams``           ms-teams-webhook    warning
 ``ALERT_WEBHOOK_URL``      ``<stack>-webhook``         custom-webhook      warning
-``PAGERDUTY_ROUTING_KEY``  ``<stack>-pagerduty``       pager-duty-webhook  critical
+``PAGERDUTY_ROUTING_KEY``  ``<stack>-pagerduty``       pagerduty-events    critical
 ``OPSGENIE_API_KEY``       ``<stack>-opsgenie``        opsgenie-webhook    critical
 =========================  ==========================  ============  =================
+
+``PAGERDUTY_EVENTS_URL`` points the pager at another Events API v2 endpoint (EU
+accounts: ``https://events.eu.pagerduty.com/v2/enqueue``).
 
 ``<CHANNEL>_MIN_SEVERITY`` (``SLACK_MIN_SEVERITY=info``, ``PAGERDUTY_MIN_SEVERITY=...``)
 overrides the default severity of one channel.
@@ -33,11 +41,11 @@ from prefect.blocks.notifications import (
     DiscordWebhook,
     MicrosoftTeamsWebhook,
     OpsgenieWebhook,
-    PagerDutyWebHook,
     SlackWebhook,
 )
 from pydantic import SecretStr, ValidationError
 
+from blocks.pagerduty import PagerDutyEvents
 from blocks.stack import NotificationRoute, Severity
 from tasks.errors import StackConfigError
 
@@ -90,16 +98,10 @@ def _webhook(env: Mapping[str, str]) -> NotificationBlock:
 
 
 def _pagerduty(env: Mapping[str, str]) -> NotificationBlock:
-    key = env["PAGERDUTY_ROUTING_KEY"]
-    # The Events API v2 authenticates by routing key alone; Prefect's block also wants
-    # a REST API key, which the events endpoint ignores. Use one if given.
-    api_key = env.get("PAGERDUTY_API_KEY") or key
-    return PagerDutyWebHook(
-        integration_key=SecretStr(key),
-        api_key=SecretStr(api_key),
-        notify_type="failure",
-        source="litellm-langfuse-ops",
-        component="prefect",
+    events_url = env.get("PAGERDUTY_EVENTS_URL", "").strip()
+    return PagerDutyEvents(
+        routing_key=SecretStr(env["PAGERDUTY_ROUTING_KEY"].strip()),
+        **({"events_url": events_url} if events_url else {}),
     )
 
 
@@ -143,7 +145,7 @@ CHANNELS: tuple[Channel, ...] = (
     Channel("discord", "DISCORD_WEBHOOK_URL", "discord-webhook", "warning", _discord),
     Channel("teams", "TEAMS_WEBHOOK_URL", "ms-teams-webhook", "warning", _teams),
     Channel("webhook", "ALERT_WEBHOOK_URL", "custom-webhook", "warning", _webhook),
-    Channel("pagerduty", "PAGERDUTY_ROUTING_KEY", "pager-duty-webhook", "critical", _pagerduty),
+    Channel("pagerduty", "PAGERDUTY_ROUTING_KEY", "pagerduty-events", "critical", _pagerduty),
     Channel("opsgenie", "OPSGENIE_API_KEY", "opsgenie-webhook", "critical", _opsgenie),
 )
 CHANNEL_VARIABLES: tuple[str, ...] = tuple(channel.variable for channel in CHANNELS)
@@ -190,3 +192,8 @@ def channels_from_env(env: Mapping[str, str], stack: str) -> list[ChannelDocumen
 def is_builtin(route: NotificationRoute) -> bool:
     """Whether the server can load this route's block for an automation."""
     return route.block.split("/", 1)[0] in BUILTIN_NOTIFICATION_TYPES
+
+
+def is_our_pager(route: NotificationRoute) -> bool:
+    """A route to our PagerDutyEvents block: flows page through it, automations cannot."""
+    return route.block.split("/", 1)[0] == PagerDutyEvents.get_block_type_slug()

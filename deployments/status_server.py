@@ -8,10 +8,12 @@ serves it. It runs next to the worker in the worker service::
     python -m deployments.status_server --port $PORT --stacks production,staging
 
 (``--port`` defaults to ``$OPS_HEALTH_PORT`` or ``$PORT``, ``--stacks`` to
-``$OPS_HEALTH_STACKS`` or ``$STACK_NAME``). ``/health`` answers 200 while this server
-and the API work, so a platform health check does not restart the worker because a
-database is down; ``/health?strict=1`` answers 503 when any stack is unhealthy or its
-latest sweep is older than ``--stale-after`` seconds (the monitor itself stopped).
+``$OPS_HEALTH_STACKS`` or ``$STACK_NAME``). It starts before the worker's bootstrap:
+``/health`` answers 200 (``"status": "starting"`` until the Prefect API first answers)
+while this server runs, so a platform health check does not restart the worker because
+the API is still starting or a database is down; ``/health?strict=1`` answers 503
+while starting, when any stack is unhealthy or its latest sweep is older than
+``--stale-after`` seconds (the monitor itself stopped).
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,23 +37,52 @@ from tasks.health_state import HealthStatusDoc, status_variable
 
 STATUS_VALUE: dict[str, int] = {"healthy": 0, "degraded": 1, "unhealthy": 2}
 CACHE_S = 5.0
+FIRST_READ_WAIT_S = 2.0
 
 
 class StatusReader:
-    """Reads the published status of each stack, at most once per ``CACHE_S``."""
+    """Reads the published status of each stack every ``CACHE_S``, in its own thread.
 
-    def __init__(self, stacks: Sequence[str]) -> None:
+    A request never waits on the Prefect API: it gets the latest read. The server starts
+    before the worker's bootstrap, while the API may still be starting (or retried by
+    the client for a minute); until the first read has finished a request waits at most
+    ``FIRST_READ_WAIT_S`` and then gets a ``starting`` answer (200 unless strict).
+    """
+
+    def __init__(self, stacks: Sequence[str], interval_s: float = CACHE_S) -> None:
         self.stacks = list(stacks)
+        self.interval_s = interval_s
         self._lock = threading.Lock()
-        self._read_at = 0.0
         self._docs: dict[str, HealthStatusDoc | None] = {}
-        self._error: str | None = None
+        self._error: str | None = "starting: the Prefect API has not answered yet"
+        self._first = threading.Event()  # the first read has finished, well or not
+        self._answered = False  # the API has answered once
+        self._stop = threading.Event()
 
-    def read(self) -> tuple[dict[str, HealthStatusDoc | None], str | None]:
+    def start(self) -> None:
+        threading.Thread(target=self._loop, name="status-reader", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def read(
+        self, wait_s: float = FIRST_READ_WAIT_S
+    ) -> tuple[dict[str, HealthStatusDoc | None], str | None, bool]:
+        """The latest status per stack, the API's error if any, and whether still starting
+        (the API has not answered yet)."""
+        self._first.wait(wait_s)
         with self._lock:
-            if time.monotonic() - self._read_at > CACHE_S:
+            return dict(self._docs), self._error, not self._answered
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
                 self._refresh()
-            return dict(self._docs), self._error
+            except Exception as exc:  # the thread must outlive any one failed read
+                with self._lock:
+                    self._error = f"status reader: {type(exc).__name__}"
+            self._first.set()
+            self._stop.wait(self.interval_s)
 
     def _refresh(self) -> None:
         docs: dict[str, HealthStatusDoc | None] = {}
@@ -65,23 +95,28 @@ class StatusReader:
                         if variable is not None and variable.value
                         else None
                     )
-            self._error = None
         except (httpx.HTTPError, OSError, ValidationError) as exc:
             # Serve the last known status, and say the API is not answering.
-            self._error = f"Prefect API: {type(exc).__name__}"
-            docs = self._docs
-        self._docs = docs
-        self._read_at = time.monotonic()
+            with self._lock:
+                self._error = f"Prefect API: {type(exc).__name__}"
+            return
+        with self._lock:
+            self._docs = docs
+            self._error = None
+            self._answered = True
 
 
 def health_body(
-    docs: dict[str, HealthStatusDoc | None], error: str | None, stale_after_s: float
+    docs: dict[str, HealthStatusDoc | None],
+    error: str | None,
+    stale_after_s: float,
+    starting: bool = False,
 ) -> tuple[dict[str, object], bool]:
     """The /health document, and whether a strict check should fail."""
     now = datetime.now(UTC)
     stacks: dict[str, object] = {}
     worst = "healthy"
-    failing = error is not None
+    failing = error is not None or starting
     for stack, doc in docs.items():
         if doc is None:
             stacks[stack] = {"overall": "unknown", "note": "no sweep published yet"}
@@ -108,10 +143,8 @@ def health_body(
                 for s in doc.services
             },
         }
-    body: dict[str, object] = {
-        "status": worst if docs and all(docs.values()) else "unknown",
-        "stacks": stacks,
-    }
+    status = worst if docs and all(docs.values()) else "unknown"
+    body: dict[str, object] = {"status": "starting" if starting else status, "stacks": stacks}
     if error:
         body["error"] = error
     return body, failing
@@ -186,9 +219,9 @@ def make_handler(reader: StatusReader, stale_after_s: float) -> type[BaseHTTPReq
 
         def do_GET(self) -> None:
             url = urlsplit(self.path)
-            docs, error = reader.read()
+            docs, error, starting = reader.read()
             if url.path == "/health":
-                body, failing = health_body(docs, error, stale_after_s)
+                body, failing = health_body(docs, error, stale_after_s, starting)
                 strict = parse_qs(url.query).get("strict", ["0"])[0] not in ("0", "")
                 code = 503 if strict and failing else 200
                 self._send(code, json.dumps(body).encode(), "application/json")
@@ -219,6 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stacks = [s.strip() for s in args.stacks.split(",") if s.strip()]
     reader = StatusReader(stacks)
+    reader.start()
     server = ThreadingHTTPServer((args.host, args.port), make_handler(reader, args.stale_after))
     server.daemon_threads = True
     signal.signal(
@@ -230,6 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        reader.stop()
         server.server_close()
     return 0
 

@@ -5,8 +5,17 @@ from __future__ import annotations
 import pytest
 from prefect.blocks.notifications import DiscordWebhook
 
-from deployments.channels import CHANNEL_VARIABLES, CHANNELS, channels_from_env, is_builtin
+from blocks.pagerduty import PagerDutyEvents
+from blocks.stack import NotificationRoute
+from deployments.channels import (
+    CHANNEL_VARIABLES,
+    CHANNELS,
+    channels_from_env,
+    is_builtin,
+    is_our_pager,
+)
 from tasks.errors import StackConfigError
+from tasks.notify import Alert, part_for_route
 
 ALL_SET = {
     "SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T000/B000/XXXX",
@@ -28,16 +37,18 @@ def test_only_the_channels_that_are_set() -> None:
     documents = channels_from_env(env, "production")
     assert [(d.name, d.route.block, d.route.min_severity) for d in documents] == [
         ("production-slack", "slack-webhook/production-slack", "warning"),
-        ("production-pagerduty", "pager-duty-webhook/production-pagerduty", "critical"),
+        ("production-pagerduty", "pagerduty-events/production-pagerduty", "critical"),
     ]
 
 
-def test_every_channel_builds_a_builtin_block_of_its_declared_type() -> None:
+def test_every_channel_builds_a_block_of_its_declared_type() -> None:
     documents = channels_from_env(ALL_SET, "staging")
     assert len(documents) == len(CHANNELS) == 6
     for document in documents:
         assert type(document.block).get_block_type_slug() == document.channel.block_type
-        assert is_builtin(document.route)
+        # the pager is our own block (it resolves); every other channel is built-in
+        assert is_builtin(document.route) == (document.channel.key != "pagerduty")
+        assert is_our_pager(document.route) == (document.channel.key == "pagerduty")
     chat = {d.channel.key for d in documents if d.route.min_severity == "warning"}
     pager = {d.channel.key for d in documents if d.route.min_severity == "critical"}
     assert chat == {"slack", "discord", "teams", "webhook"}
@@ -75,3 +86,45 @@ def test_a_route_to_one_of_our_own_blocks_is_not_builtin() -> None:
 
     assert not is_builtin(NotificationRoute(block="slack-block-kit/ops"))
     assert is_builtin(NotificationRoute(block="custom-webhook/ops"))
+
+
+def test_the_pager_routing_key_and_endpoint_come_from_the_environment() -> None:
+    env = {"PAGERDUTY_ROUTING_KEY": " R0UT1NG ", "PAGERDUTY_EVENTS_URL": "https://eu.example/v2"}
+    (document,) = channels_from_env(env, "p")
+    assert isinstance(document.block, PagerDutyEvents)
+    assert document.block.routing_key.get_secret_value() == "R0UT1NG"
+    assert document.block.events_url == "https://eu.example/v2"
+    (default,) = channels_from_env({"PAGERDUTY_ROUTING_KEY": "k"}, "p")
+    assert isinstance(default.block, PagerDutyEvents)
+    assert default.block.events_url == "https://events.pagerduty.com/v2/enqueue"
+
+
+def _sweep(*kinds: str) -> Alert:
+    lines = [
+        {"service": f"svc-{i}", "kind": kind, "status": "unhealthy", "severity": "critical"}
+        for i, kind in enumerate(kinds)
+    ]
+    return Alert(stack="p", source="health-sweep", title="t", body="b", services=lines)
+
+
+@pytest.mark.parametrize("block", ["pager-duty-webhook/old-pager", "opsgenie-webhook/genie"])
+def test_a_trigger_only_pager_never_gets_reminders_or_recoveries(block: str) -> None:
+    route = NotificationRoute(block=block, min_severity="critical")
+    assert part_for_route(_sweep("reminder"), route) is None
+    assert part_for_route(_sweep("recovery", "reminder"), route) is None
+    mixed = part_for_route(_sweep("alert", "recovery", "escalation", "reminder"), route)
+    assert mixed is not None
+    assert [(e["service"], e["kind"]) for e in mixed.services] == [
+        ("svc-0", "alert"),
+        ("svc-2", "escalation"),
+    ]
+    plain = Alert(stack="p", source="backup", title="t", body="b", kind="recovery")
+    assert part_for_route(plain, route) is None
+    assert part_for_route(plain.model_copy(update={"kind": "alert"}), route) is not None
+
+
+@pytest.mark.parametrize("block", ["pagerduty-events/pager", "custom-webhook/chat"])
+def test_a_resolving_pager_and_chat_channels_get_every_line(block: str) -> None:
+    route = NotificationRoute(block=block, min_severity="critical")
+    alert = _sweep("alert", "recovery", "reminder")
+    assert part_for_route(alert, route) == alert

@@ -51,7 +51,7 @@ def test_python_is_pinned_to_a_patch_release_of_the_projects_python(steps) -> No
     )
 
 
-def test_pg_dump_is_at_least_as_new_as_railways_postgres(steps) -> None:
+def test_the_postgres_client_major_equals_railways_postgres(steps) -> None:
     postgres_image = load_template().services["postgres"].image or ""
     server_major = int(postgres_image.rsplit(":", 1)[1].split(".")[0])
     runs = " ".join(rest for keyword, rest in steps if keyword == "RUN")
@@ -59,7 +59,8 @@ def test_pg_dump_is_at_least_as_new_as_railways_postgres(steps) -> None:
     installed = re.findall(r"postgresql-client-(\$\{PG_CLIENT_MAJOR\}|\d+)", runs)
     assert installed, "no postgresql-client-N package installed"
     majors = [int(args["PG_CLIENT_MAJOR"]) if m.startswith("$") else int(m) for m in installed]
-    assert min(majors) >= server_major >= 16
+    # equal, not newer: pg_restore 17 sends settings a PostgreSQL 16 server rejects
+    assert majors == [server_major] and server_major >= 16
     # from the PostgreSQL project's repository: Debian bookworm itself ships 15
     assert "apt.postgresql.org/pub/repos/apt bookworm-pgdg main" in runs
     assert "signed-by=" in runs
@@ -86,17 +87,21 @@ def test_the_entrypoint_is_the_one_railway_starts(steps) -> None:
     assert "PREFECT_RESULTS_PERSIST_BY_DEFAULT=true" in env
 
 
-def test_the_worker_bootstraps_then_verifies_then_works() -> None:
+def test_the_worker_serves_health_then_bootstraps_then_verifies_then_works() -> None:
     text = ENTRYPOINT.read_text()
     worker = text[text.index("  worker)") : text.index("  *)")]
+    # /health listens before the bootstrap's wait for the API (Railway's healthcheck)
     order = [
-        worker.index("python -m deployments.bootstrap"),
         worker.index("python -m deployments.status_server"),
+        worker.index("python -m deployments.bootstrap"),
         worker.index('prefect deployment run "deploy-verify/$stack"'),
         worker.index("exec prefect worker start --pool"),
     ]
     assert order == sorted(order)
     assert "--deploy" in worker
+    # in the background, or the bootstrap would never run
+    status = worker[order[0] : order[1]]
+    assert status[: status.index("\n\n")].rstrip().endswith("&")
     server = text[text.index("  server)") : text.index("  worker)")]
     assert server.index("python -m deployments.server_db") < server.index(
         "exec prefect server start"

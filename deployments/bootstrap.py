@@ -58,7 +58,12 @@ from deployments.automations import (
     undeliverable_automation,
     watcher_automation,
 )
-from deployments.channels import ChannelDocument, channels_from_env, is_builtin
+from deployments.channels import (
+    ChannelDocument,
+    channels_from_env,
+    is_builtin,
+    is_our_pager,
+)
 from deployments.settings import PREFECT_FILE, ControlPlaneSettings, deploy_env
 from tasks.errors import ControlPlaneError, StackConfigError
 
@@ -249,6 +254,10 @@ async def apply_automations(
 ) -> None:
     server_routes = [route for route in stack.notifications if is_builtin(route)]
     for route in stack.notifications:
+        if is_our_pager(route):
+            # by design: crashed runs and missing sweeps reach the chat channels; the pager
+            # gets what flows send it, each incident resolved on recovery
+            continue
         if not is_builtin(route):
             report.warnings.append(
                 f"route {route.block} is not a built-in block type: the server cannot load it, "

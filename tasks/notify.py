@@ -32,7 +32,14 @@ from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 from pydantic import BaseModel, Field
 
-from blocks.stack import SEVERITY_RANK, Severity, Stack, scrub_values, secret_forms
+from blocks.stack import (
+    SEVERITY_RANK,
+    NotificationRoute,
+    Severity,
+    Stack,
+    scrub_values,
+    secret_forms,
+)
 
 SEND_TIMEOUT_S = 10.0
 # Emitted when a failed run's alert reached no channel; the stack's
@@ -92,6 +99,44 @@ class Alert(BaseModel):
                 ),
             }
         )
+
+
+# Built-in pagers can only trigger: a reminder would open a second incident and a
+# recovery one that says "recovered". They get alerts and escalations, nothing else;
+# the PagerDutyEvents block (blocks/pagerduty.py) resolves its incidents instead.
+TRIGGER_ONLY_PAGERS: frozenset[str] = frozenset({"pager-duty-webhook", "opsgenie-webhook"})
+FOLLOW_UPS: frozenset[str] = frozenset({"reminder", "recovery"})
+
+
+def without_follow_ups(alert: Alert) -> Alert | None:
+    """What a trigger-only pager receives of ``alert``: no reminder or recovery line."""
+    if not alert.services:
+        return None if alert.kind in FOLLOW_UPS else alert
+    kept = [entry for entry in alert.services if entry.get("kind", "alert") not in FOLLOW_UPS]
+    if not kept:
+        return None
+    if len(kept) == len(alert.services):
+        return alert
+    return alert.model_copy(
+        update={
+            "services": kept,
+            "title": group_title(alert.stack, kept),
+            "kind": "alert",
+            "severity": max(
+                (entry.get("severity", alert.severity) for entry in kept),
+                key=lambda s: SEVERITY_RANK[s],
+            ),
+        }
+    )
+
+
+def part_for_route(alert: Alert, route: NotificationRoute) -> Alert | None:
+    """The part of ``alert`` one route receives: its severities; for a trigger-only
+    pager no follow-ups."""
+    part = alert.for_route(route.min_severity)
+    if part is not None and route.block.split("/", 1)[0] in TRIGGER_ONLY_PAGERS:
+        return without_follow_ups(part)
+    return part
 
 
 KIND_WORDS: dict[str, str] = {
@@ -296,7 +341,7 @@ async def deliver(stack: Stack, alert: Alert) -> DeliveryReport:
             ],
         }
     )
-    sends = [(route, alert.for_route(route.min_severity)) for route in stack.notifications]
+    sends = [(route, part_for_route(alert, route)) for route in stack.notifications]
     routed = [(route, part) for route, part in sends if part is not None]
     routes = [route for route, _ in routed]
     results = await asyncio.gather(*(_send_one(r.block, part, stack) for r, part in routed))

@@ -4,12 +4,16 @@
 #   docker/entrypoint.sh worker   bootstrap, status server, deploy-verify, process worker
 #   docker/entrypoint.sh server   create the "prefect" database if missing, prefect server
 #
-# Pinned: the Python patch release, PostgreSQL's client major (pg_dump refuses servers
-# newer than itself: Railway runs PostgreSQL 16, so 17 here), uv, and every Python
+# Pinned: the Python patch release, PostgreSQL's client major, uv, and every Python
 # package through uv.lock (`uv sync --frozen` fails rather than re-resolve).
+#
+# The client major EQUALS the server's (Railway runs PostgreSQL 16): pg_dump refuses
+# servers newer than itself, and a newer pg_restore writes settings an older server
+# rejects (pg_restore 17 sends `SET transaction_timeout`, unknown to 16, and the restore
+# aborts under --exit-on-error). Raise it together with the server's major.
 FROM python:3.11.11-slim-bookworm
 
-ARG PG_CLIENT_MAJOR=17
+ARG PG_CLIENT_MAJOR=16
 ENV DEBIAN_FRONTEND=noninteractive
 
 # PostgreSQL client tools from the PostgreSQL project's own apt repository (PGDG):

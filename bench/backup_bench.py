@@ -94,9 +94,9 @@ def pg_env(stack: Devstack) -> dict[str, str]:
 
 
 def pg_dump_bin() -> str:
-    from tasks.postgres import find_pg_dump
+    from tasks.postgres import installed_pg_tools
 
-    return find_pg_dump(None)
+    return installed_pg_tools("pg_dump")[max(installed_pg_tools("pg_dump"))]
 
 
 def dump_to_null(stack: Devstack, database: str) -> None:

@@ -145,13 +145,13 @@ def grow(dev: Devstack, size_mb: int) -> None:
 
 def local_restore(server: PgServer, path: Path, jobs: int) -> float:
     """pg_restore of a local file into a fresh database: the physical limit of a restore."""
-    from tasks.restore import create_pg_database, drop_pg_database, pg_tool
+    from tasks.restore import create_pg_database, drop_pg_database, restore_tool
 
     name = "bench_local_restore"
     drop_pg_database(server, name)
     create_pg_database(server, name)
     target, env = server.tool_target(name)
-    argv = [pg_tool("pg_restore"), "--dbname", target, "--no-owner", "--no-privileges",
+    argv = [restore_tool(server).path, "--dbname", target, "--no-owner", "--no-privileges",
             "--exit-on-error", "--jobs", str(jobs), str(path)]  # fmt: skip
     t0 = time.monotonic()
     subprocess.run(argv, env={**os.environ, **env}, check=True)

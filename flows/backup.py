@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 from blocks.stack import Stack
 from tasks.backup import (
     apply_prune,
+    ensure_backup_slot,
     one_backup_at_a_time,
     plan_prune,
     publish_report,
@@ -69,7 +70,8 @@ class BackupConfig(BaseModel):
     pg_dump_path: str | None = Field(
         default=None,
         max_length=500,
-        description="pg_dump to use; default: the newest installed (must be >= the server).",
+        description="pg_dump to use; default: the installed one of the server's major, else "
+        "the smallest newer one.",
     )
     lock_timeout_s: int = Field(
         default=60,
@@ -116,6 +118,7 @@ def backup(stack: str = "production", config: BackupConfig | None = None) -> Bac
     logger = get_run_logger()
     ops = Stack.load_stack(stack)
     databases = config.clickhouse_databases or [ops.clickhouse_database]
+    ensure_backup_slot(ops.stack_name)
     with one_backup_at_a_time(ops.stack_name, config.lock_timeout_s):
         logger.info("== Backup set")
         backup_id = start_backup_set(ops)

@@ -2,10 +2,12 @@
 
 Run on demand only (deployment ``restore/<stack>``, no schedule). Restores the chosen set
 (default: the newest complete one) into named target databases: Postgres, ClickHouse,
-or both. The set is verified first, exactly as the drill does (same code): manifest,
-objects, the dump's sha256 while it is read, row counts against the manifest. Each
-engine is restored into a staging database first and renamed into place only when
-every check passed, so a failed restore leaves the target as it was.
+or both. ``dry_run`` is on by default: set it false to write anything. The set is
+verified first, exactly as the drill does (same code): manifest, objects, the dump's
+sha256 while it is read, row counts against the manifest. Each engine is restored into
+a staging database first; only when every engine passed all its checks are they
+renamed into place, so a failed restore leaves every target as it
+was (and a failed rename keeps the verified staging database and names what moved).
 
 Safety: a target that exists, or is the live database the applications use, is
 replaced only when ``confirm`` repeats its exact name; the replaced database is kept,
@@ -31,11 +33,14 @@ from tasks.restore import (
     REQUIRED_POSTGRES_TABLES,
     PostgresMode,
     RestoredTarget,
+    StagedRestore,
+    drop_staging,
     load_backup_manifest,
     plan_restore_targets,
     publish_restore_report,
-    restore_clickhouse_target,
-    restore_postgres_target,
+    stage_clickhouse_restore,
+    stage_postgres_restore,
+    swap_into_place,
     verify_set_objects,
 )
 
@@ -65,7 +70,8 @@ class RestoreConfig(BaseModel):
         "(the old one is kept, renamed).",
     )
     dry_run: bool = Field(
-        default=False, description="Verify the set and show the plan; restore nothing."
+        default=True,
+        description="Verify the set and show the plan; restore nothing. Set false to restore.",
     )
     postgres_mode: PostgresMode = Field(
         default="download",
@@ -75,6 +81,10 @@ class RestoreConfig(BaseModel):
     jobs: int = Field(default=2, ge=1, le=16, description="pg_restore --jobs in download mode.")
     work_dir: str | None = Field(default=None, description="Temp folder for download mode.")
     restore_timeout_s: int = Field(default=4 * 3600, ge=60, le=24 * 3600)
+
+
+def as_unswapped(staged: list[StagedRestore]) -> list[RestoredTarget]:
+    return [RestoredTarget(engine=s.engine, target=s.target, checks=s.checks) for s in staged]
 
 
 class RestoreSummary(BaseModel):
@@ -125,38 +135,44 @@ def restore(stack: str = "production", config: RestoreConfig | None = None) -> R
             restored=[], steps_after=[],
         )  # fmt: skip
 
-    restored: list[RestoredTarget] = []
+    backup = manifest.clickhouse_for(ops.clickhouse_database) or (
+        manifest.clickhouse[0] if manifest.clickhouse else None
+    )
+    if config.clickhouse_target is not None and backup is None:
+        raise IntegrityError(f"set {manifest.backup_id} holds no ClickHouse backup")
+
+    staged: list[StagedRestore] = []
     for plan in plans:
-        logger.info("== restoring %s into %s", plan.engine, plan.target)
+        logger.info("== restoring %s into a staging database (for %s)", plan.engine, plan.target)
         if plan.engine == "postgres":
-            restored.append(
-                restore_postgres_target(
+            staged.append(
+                stage_postgres_restore(
                     ops, manifest, plan, config.postgres_mode, config.jobs,
                     config.restore_timeout_s, config.work_dir, list(REQUIRED_POSTGRES_TABLES),
                 )
             )  # fmt: skip
-            continue
-        backup = manifest.clickhouse_for(ops.clickhouse_database) or (
-            manifest.clickhouse[0] if manifest.clickhouse else None
-        )
-        if backup is None:
-            raise IntegrityError(f"set {manifest.backup_id} holds no ClickHouse backup")
-        restored.append(
-            restore_clickhouse_target(
-                ops, backup, plan, config.restore_timeout_s, list(REQUIRED_CLICKHOUSE_TABLES)
+        elif backup is not None:
+            staged.append(
+                stage_clickhouse_restore(
+                    ops, backup, plan, config.restore_timeout_s, list(REQUIRED_CLICKHOUSE_TABLES)
+                )
             )
-        )
 
     steps = operator_steps(
         ops.stack_name, "after", *targets, ops.postgres_database, ops.clickhouse_database
     )
-    publish_restore_report(ops, manifest.backup_id, restored, steps)
-    failures = [f"{r.engine} -> {r.target}" for r in restored if not r.passed]
+    failures = [f"{s.engine} -> {s.target}" for s in staged if not s.passed]
     if failures:
+        drop_staging(ops, staged)
+        publish_restore_report(ops, manifest.backup_id, as_unswapped(staged), steps)
         raise IntegrityError(
-            f"restore failed for {', '.join(failures)} (targets untouched); see the artifact "
-            f"restore-{ops.stack_name}"
+            f"restore failed for {', '.join(failures)}; nothing was swapped (every target "
+            f"untouched); see the artifact restore-{ops.stack_name}"
         )
+
+    logger.info("== every engine passed in staging: swapping into place")
+    restored = swap_into_place(ops, staged)
+    publish_restore_report(ops, manifest.backup_id, restored, steps)
     for step in steps:
         logger.warning("AFTER: %s", step)
     return RestoreSummary(

@@ -37,9 +37,9 @@ from tasks.restore import (
     PostgresMode,
     ScratchNames,
     check_no_scratch_left,
+    describe_drill_target,
     drop_orphan_scratch_databases,
     load_backup_manifest,
-    pg_server,
     publish_drill_report,
     restore_clickhouse,
     restore_postgres,
@@ -101,7 +101,7 @@ def restore_drill(
     logger = get_run_logger()
     ops = Stack.load_stack(stack)
     started = datetime.now(UTC)
-    server = pg_server(ops, config.drill_server_block)
+    drill_target = describe_drill_target(ops, config.drill_server_block)
 
     logger.info("== cleaning up after earlier drills")
     drop_orphan_scratch_databases(ops, config.drill_server_block, config.clickhouse)
@@ -157,7 +157,7 @@ def restore_drill(
         backup_id=manifest.backup_id if manifest else config.backup_id,
         started_at=started,
         finished_at=finished,
-        drill_target=server.redacted,
+        drill_target=drill_target,
         postgres_mode=config.postgres_mode,
         checks=checks,
         timings=timings,

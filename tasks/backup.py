@@ -65,15 +65,15 @@ def backup_slot_name(stack: str) -> str:
     return f"backup-{stack}"
 
 
-@contextlib.contextmanager
-def one_backup_at_a_time(stack: str, wait_s: float) -> Iterator[None]:
-    """Hold the global concurrency slot ``backup-<stack>`` (limit 1) for the block.
-
-    The deployment's own concurrency limit already keeps scheduled runs apart; this
-    slot also covers runs started another way (a second deployment, a direct call).
-    The limit is created on first use, and ``strict`` makes a missing limit an error
-    instead of a silent no-op. A holder that dies frees the slot when its lease ends.
-    """
+@task(
+    name="ensure-backup-slot",
+    retries=2,
+    retry_delay_seconds=[5, 20],
+    retry_condition_fn=retry_transient,
+    cache_policy=NO_CACHE,
+)
+def ensure_backup_slot(stack: str) -> str:
+    """Create the global concurrency limit ``backup-<stack>`` (limit 1) if it is missing."""
     name = backup_slot_name(stack)
     with get_client(sync_client=True) as client:
         try:
@@ -83,8 +83,29 @@ def one_backup_at_a_time(stack: str, wait_s: float) -> Iterator[None]:
                 client.create_global_concurrency_limit(
                     GlobalConcurrencyLimitCreate(name=name, limit=1)
                 )
+    return name
+
+
+@contextlib.contextmanager
+def one_backup_at_a_time(stack: str, wait_s: float) -> Iterator[None]:
+    """Hold the global concurrency slot ``backup-<stack>`` (limit 1) for the block.
+
+    The deployment's own concurrency limit already keeps scheduled runs apart; this
+    slot also covers runs started another way (a second deployment, a direct call).
+    The flow creates the limit first (:func:`ensure_backup_slot`), and ``strict`` makes
+    a missing limit an error instead of a silent no-op. A lease that cannot be renewed (the
+    Prefect server restarting during a long dump) does not cancel the backup; a holder
+    that dies frees the slot when its lease ends.
+    """
+    name = backup_slot_name(stack)
     try:
-        with concurrency(name, occupy=1, timeout_seconds=wait_s, strict=True):
+        with concurrency(
+            name,
+            occupy=1,
+            timeout_seconds=wait_s,
+            strict=True,
+            raise_on_lease_renewal_failure=False,
+        ):
             yield
     except TimeoutError:
         raise BackupError(

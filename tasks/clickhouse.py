@@ -9,13 +9,20 @@ row, reported as a failure.
 The statement carries the S3 access key and secret: it is built in one place, never
 logged, and every error text from the driver is scrubbed before it goes anywhere.
 There is no ``DELETE BACKUP``: removing a backup means deleting its S3 prefix, which
-retention does with the rest of the set.
+retention does with the rest of the set. A BACKUP that times out is KILLed (it would go
+on writing otherwise), and a retried run first stops any BACKUP of an earlier attempt
+still writing into the same prefix before it removes that attempt's files.
+
+This module also holds the one ClickHouse client factory, error mapper and ``S3(...)``
+clause builder that restore, health and deploy-verify use.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import clickhouse_connect
@@ -26,7 +33,7 @@ from prefect.logging import get_run_logger
 from pydantic import BaseModel
 
 from blocks.stack import Stack
-from tasks.errors import ClickHouseBackupError
+from tasks.errors import ClickHouseBackupError, OpsError
 from tasks.manifest import ClickHouseBackup, StoredObject, clickhouse_prefix
 from tasks.retry import RUN_CACHE
 from tasks.storage import delete_objects, list_prefix, read_object
@@ -36,6 +43,9 @@ QUERY_TIMEOUT_S = 120
 DONE = "BACKUP_CREATED"
 RUNNING = "CREATING_BACKUP"
 DESCRIPTOR = ".backup"
+STOP_WAIT_S = 60.0
+
+E = TypeVar("E", bound=OpsError)
 
 
 class ClickHouseBackupOutcome(BaseModel):
@@ -45,7 +55,16 @@ class ClickHouseBackupOutcome(BaseModel):
     descriptor: StoredObject
 
 
-def clickhouse_client(stack: Stack) -> Client:
+def clickhouse_client(
+    stack: Stack,
+    timeout_s: float = QUERY_TIMEOUT_S,
+    connect_timeout_s: float = CONNECT_TIMEOUT_S,
+    error: type[OpsError] = ClickHouseBackupError,
+) -> Client:
+    """The one way to reach the stack's ClickHouse (backup, restore, health, deploy-verify).
+
+    ``timeout_s`` bounds each query; a failed connect raises ``error`` (scrubbed).
+    """
     parts = urlsplit(stack.clickhouse_url)
     try:
         return clickhouse_connect.get_client(
@@ -54,22 +73,25 @@ def clickhouse_client(stack: Stack) -> Client:
             secure=parts.scheme == "https",
             username=stack.clickhouse_user,
             password=stack.clickhouse_password.get_secret_value(),
-            connect_timeout=CONNECT_TIMEOUT_S,
-            send_receive_timeout=QUERY_TIMEOUT_S,
+            connect_timeout=connect_timeout_s,
+            send_receive_timeout=timeout_s,
             autogenerate_session_id=False,
         )
     except (ClickHouseError, OSError) as exc:
-        raise ch_error(stack, "connect", exc) from None
+        raise ch_error(stack, "connect", exc, error) from None
 
 
-def ch_error(stack: Stack, action: str, exc: BaseException | str) -> ClickHouseBackupError:
-    """A ClickHouseBackupError naming the action, with the cause scrubbed and shortened."""
+def ch_error(
+    stack: Stack,
+    action: str,
+    exc: BaseException | str,
+    error: type[E] = ClickHouseBackupError,  # type: ignore[assignment]
+) -> E:
+    """An ``error`` naming the action, with the cause scrubbed and shortened."""
     text = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
     # ClickHouse appends a native stack trace to its messages: keep the first part.
     text = text.split("Stack trace")[0].strip().rstrip(",").strip()
-    return ClickHouseBackupError(
-        f"ClickHouse {action} failed on {stack.clickhouse_url}: {stack.scrub(text)[:800]}"
-    )
+    return error(f"ClickHouse {action} failed on {stack.clickhouse_url}: {stack.scrub(text)[:800]}")
 
 
 def quote_string(value: str) -> str:
@@ -80,13 +102,30 @@ def quote_identifier(name: str) -> str:
     return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
 
 
+def backup_url(stack: Stack, prefix: str) -> str:
+    """The S3 URL of a folder in the backup bucket, as ClickHouse reaches it."""
+    return f"{stack.clickhouse_s3.rstrip('/')}/{stack.backup_bucket}/{prefix}"
+
+
+def s3_clause(stack: Stack, prefix: str) -> str:
+    """``S3(url, key, secret)`` of a folder in the backup bucket. Holds a secret: never log it."""
+    url = backup_url(stack, prefix)
+    return (
+        f"S3({quote_string(url)}, {quote_string(stack.s3_access_key)}, "
+        f"{quote_string(stack.s3_secret_key.get_secret_value())})"
+    )
+
+
 def backup_statement(stack: Stack, database: str, prefix: str) -> str:
     """``BACKUP DATABASE db TO S3(url, key, secret) ASYNC``. Holds a secret: never log it."""
-    url = f"{stack.clickhouse_s3.rstrip('/')}/{stack.backup_bucket}/{prefix}"
+    return f"BACKUP DATABASE {quote_identifier(database)} TO {s3_clause(stack, prefix)} ASYNC"
+
+
+def restore_statement(stack: Stack, database: str, target: str, prefix: str) -> str:
+    """``RESTORE DATABASE db AS target FROM S3(...) ASYNC``. Holds a secret: never log it."""
     return (
-        f"BACKUP DATABASE {quote_identifier(database)} TO S3({quote_string(url)}, "
-        f"{quote_string(stack.s3_access_key)}, "
-        f"{quote_string(stack.s3_secret_key.get_secret_value())}) ASYNC"
+        f"RESTORE DATABASE {quote_identifier(database)} AS {quote_identifier(target)} "
+        f"FROM {s3_clause(stack, prefix)} ASYNC"
     )
 
 
@@ -134,12 +173,57 @@ def _wait(
                 error or "no error text",
             )
         if time.monotonic() >= deadline:
+            final = stop_backup(client, backup_id, STOP_WAIT_S, poll_s)
+            stopped = (
+                f"it was cancelled ({final})"
+                if final != RUNNING
+                else f"KILL did not stop it within {STOP_WAIT_S:.0f} s: it may still be writing"
+            )
             raise ClickHouseBackupError(
                 f"ClickHouse backup {backup_id} of {database!r} did not finish within "
-                f"{timeout_s:.0f} s (still {status}). Raise the backup config's "
+                f"{timeout_s:.0f} s; {stopped}. Raise the backup config's "
                 "clickhouse_timeout_s, or check ClickHouse's load and its access to S3."
             )
         time.sleep(poll_s)
+
+
+def running_backups(client: Client, stack: Stack, prefix: str) -> list[str]:
+    """Ids of backups still writing into ``prefix`` (an earlier, timed-out attempt)."""
+    result = client.query(
+        "SELECT id FROM system.backups WHERE status = {running:String} "
+        "AND position(name, {url:String}) > 0",
+        parameters={"running": RUNNING, "url": backup_url(stack, prefix)},
+    )
+    return [str(row[0]) for row in result.result_rows]
+
+
+def stop_backup(client: Client, backup_id: str, wait_s: float, poll_s: float) -> str:
+    """KILL a running BACKUP and wait for its final status (``RUNNING`` if it goes on)."""
+    with contextlib.suppress(ClickHouseError, OSError):
+        client.command(
+            "KILL QUERY WHERE query_id = {id:String} ASYNC", parameters={"id": backup_id}
+        )
+    deadline = time.monotonic() + wait_s
+    while True:
+        with contextlib.suppress(ClickHouseError, OSError):
+            state = backup_state(client, backup_id)
+            if state is None or state[0] != RUNNING:
+                return state[0] if state else "gone"
+        if time.monotonic() >= deadline:
+            return RUNNING
+        time.sleep(poll_s)
+
+
+def _stop_earlier_attempts(stack: Stack, client: Client, prefix: str, poll_s: float) -> None:
+    """An earlier attempt's BACKUP still writing into the prefix is stopped, or the run stops."""
+    for earlier in running_backups(client, stack, prefix):
+        get_run_logger().warning("ClickHouse: stopping backup %s of an earlier attempt", earlier)
+        if stop_backup(client, earlier, STOP_WAIT_S, poll_s) == RUNNING:
+            raise ClickHouseBackupError(
+                f"ClickHouse backup {earlier} of an earlier attempt is still writing into "
+                f"{prefix} and did not stop on KILL; wait for it to end (system.backups) "
+                "before running the backup again."
+            )
 
 
 @task(name="backup-clickhouse", retries=0, persist_result=True, cache_policy=RUN_CACHE)
@@ -154,12 +238,13 @@ def backup_clickhouse(
     logger = get_run_logger()
     prefix = clickhouse_prefix(stack.stack_name, backup_id, database)
     started = time.monotonic()
-    leftovers = [entry.key for entry in list_prefix(stack, prefix)]
-    if leftovers:
-        logger.info("ClickHouse: removing %d objects of an earlier attempt", len(leftovers))
-        delete_objects(stack, leftovers)
     client = clickhouse_client(stack)
     try:
+        _stop_earlier_attempts(stack, client, prefix, poll_s)
+        leftovers = [entry.key for entry in list_prefix(stack, prefix)]
+        if leftovers:
+            logger.info("ClickHouse: removing %d objects of an earlier attempt", len(leftovers))
+            delete_objects(stack, leftovers)
         version = str(client.server_version)
         rows_before = table_rows(client, database)
         logger.info(

@@ -337,6 +337,11 @@ def staging_database_name(now: datetime, token: str) -> str:
     return f"restore_{now.strftime(_STAMP_FORMAT)}_{token}"
 
 
+def is_staging_database(name: str) -> bool:
+    """True when ``name`` is a staging database of ``restore`` (``restore_<time>_<hex>``)."""
+    return re.fullmatch(r"restore_\d{14}_[0-9a-f]{6}", name) is not None
+
+
 def previous_database_name(target: str, now: datetime) -> str:
     """What a replaced database is renamed to: kept, never dropped by the restore."""
     return f"{target[: MAX_IDENTIFIER - 22]}_before_{now.strftime(_STAMP_FORMAT)}"

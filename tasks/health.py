@@ -31,10 +31,8 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple, TypeVar
-from urllib.parse import urlsplit
 
 import certifi
-import clickhouse_connect
 import httpx
 import psycopg
 import redis.asyncio as aioredis
@@ -47,7 +45,8 @@ from redis.exceptions import AuthenticationError, RedisError
 from urllib3.exceptions import HTTPError
 
 from blocks.stack import Stack
-from tasks.errors import StorageError
+from tasks.clickhouse import clickhouse_client
+from tasks.errors import OpsError, StorageError
 from tasks.storage import newest_complete_manifest, s3_client
 
 HealthStatus = Literal["healthy", "degraded", "unhealthy"]
@@ -235,17 +234,7 @@ async def check_clickhouse(stack: Stack, timeout_s: float, th: HealthThresholds)
         return bad
 
     def query() -> tuple[int, int]:
-        parts = urlsplit(stack.clickhouse_url)
-        client = clickhouse_connect.get_client(
-            host=parts.hostname,
-            port=parts.port or (8443 if parts.scheme == "https" else 8123),
-            interface=parts.scheme,
-            username=stack.clickhouse_user,
-            password=stack.clickhouse_password.get_secret_value(),
-            connect_timeout=timeout_s,
-            send_receive_timeout=timeout_s,
-            autogenerate_session_id=False,
-        )
+        client = clickhouse_client(stack, timeout_s, connect_timeout_s=timeout_s)
         try:
             client.command("SELECT 1")
             row = client.query("SELECT sum(free_space), sum(total_space) FROM system.disks")
@@ -256,7 +245,7 @@ async def check_clickhouse(stack: Stack, timeout_s: float, th: HealthThresholds)
 
     try:
         free, total = await _in_thread(query)
-    except ClickHouseError as exc:
+    except (ClickHouseError, OpsError) as exc:
         return Verdict("unhealthy", "query failed: " + _first_line(stack.scrub(str(exc))))
     return disk_verdict(free, total, th)
 

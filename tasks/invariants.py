@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from urllib.parse import urlsplit
 
-import clickhouse_connect
 import psycopg
 import redis
 import urllib3
@@ -25,6 +23,8 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 from psycopg import sql
 
 from blocks.stack import Stack
+from tasks.clickhouse import clickhouse_client
+from tasks.errors import OpsError
 from tasks.health import SERVICES, run_checks
 from tasks.storage import s3_client
 from tasks.verify import (
@@ -103,17 +103,8 @@ def check_postgres_schema(stack: Stack, tables: Sequence[str], timeout_s: float)
 @task(name="check-clickhouse-schema", cache_policy=NO_CACHE, persist_result=False)
 def check_clickhouse_schema(stack: Stack, tables: Sequence[str], timeout_s: float) -> Finding:
     """Langfuse's tables exist in its ClickHouse database."""
-    parts = urlsplit(stack.clickhouse_url)
     try:
-        client = clickhouse_connect.get_client(
-            host=parts.hostname or "",
-            port=parts.port or (8443 if parts.scheme == "https" else 8123),
-            secure=parts.scheme == "https",
-            username=stack.clickhouse_user,
-            password=stack.clickhouse_password.get_secret_value(),
-            connect_timeout=timeout_s,
-            send_receive_timeout=timeout_s,
-        )
+        client = clickhouse_client(stack, timeout_s, connect_timeout_s=timeout_s)
         try:
             result = client.query(
                 "SELECT name FROM system.tables WHERE database = {db:String}",
@@ -122,7 +113,7 @@ def check_clickhouse_schema(stack: Stack, tables: Sequence[str], timeout_s: floa
             present = [str(row[0]) for row in result.result_rows]
         finally:
             client.close()
-    except (ClickHouseError, OSError) as exc:
+    except (ClickHouseError, OSError, OpsError) as exc:
         return Finding.failed(
             f"could not list tables on {stack.clickhouse_url}: {_error(stack, exc)}",
             "check CLICKHOUSE_URL, CLICKHOUSE_USER and CLICKHOUSE_PASSWORD",

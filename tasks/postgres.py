@@ -15,8 +15,10 @@ How a dump stays consistent without a temp file:
    failed half-way can never complete the upload: the multipart upload is aborted
    and no object appears.
 
-pg_dump refuses servers newer than itself: :func:`check_pg_dump_version` says so
-before anything starts. pg_dump gets its own timeout (a Prefect task timeout cannot
+pg_dump refuses servers newer than itself, and a newer client sends settings an older
+server rejects: :func:`pg_client_tool` picks the installed client whose major equals the
+server's (else the smallest newer one), for dump and restore alike, and says what to
+install when none fits. pg_dump gets its own timeout (a Prefect task timeout cannot
 interrupt a subprocess), the password travels in ``PGPASSWORD`` (never on the
 command line), and its stderr is scrubbed of secrets before it is logged or raised.
 """
@@ -61,6 +63,7 @@ CONNECT_TIMEOUT_S = 10
 COUNT_TIMEOUT_MS = 30 * 60 * 1000
 PROGRESS_EVERY_S = 5.0
 MAX_PARTS = 10_000  # S3's limit on the parts of one multipart upload
+PG_LIB = "/usr/lib/postgresql"
 PIPE_SIZE = 1 << 20  # a 1 MiB pipe lets pg_dump run ahead while a part is handed over
 
 USER_TABLES = """
@@ -98,29 +101,104 @@ def parse_tool_version(text: str) -> tuple[str, int]:
     return (f"{major}.{match.group(2)}" if match.group(2) else str(major)), major
 
 
-def require_compatible(server: str, server_major: int, tool: str, tool_major: int) -> None:
-    """Refuse a pg_dump older than the server: it would refuse to dump it anyway."""
+def require_compatible(
+    server: str, server_major: int, tool: str, tool_major: int, name: str = "pg_dump"
+) -> None:
+    """Refuse a client tool older than the server: pg_dump refuses newer servers."""
     if tool_major < server_major:
         raise ToolVersionError(
-            f"pg_dump {tool} is older than the PostgreSQL {server} server it must dump; "
-            f"pg_dump refuses newer servers. Install the PostgreSQL {server_major} client "
+            f"{name} {tool} is older than the PostgreSQL {server} server it must work with; "
+            f"{name} refuses newer servers. Install the PostgreSQL {server_major} client "
             f"(postgresql-client-{server_major}) in the worker image, or set the backup "
             f"config's pg_dump_path to a pg_dump >= {server_major}."
         )
 
 
-def find_pg_dump(configured: str | None) -> str:
-    """The pg_dump to run: the configured one, else the newest installed, else PATH's."""
+def choose_client_major(installed: list[int], server_major: int) -> int | None:
+    """The client major to run against a server: its own, else the smallest newer one.
+
+    A newer client writes settings an older server rejects (pg_restore 17 sends
+    ``SET transaction_timeout``, unknown to 16), so newer is only the fallback; an older
+    one refuses the server (None: nothing fits).
+    """
+    fitting = [major for major in installed if major >= server_major]
+    return min(fitting) if fitting else None
+
+
+def installed_pg_tools(name: str) -> dict[int, str]:
+    """Installed copies of a PostgreSQL client tool by major (Debian: one folder per major);
+    the one on PATH when there is none of those."""
+    found: dict[int, str] = {}
+    for path in glob.glob(f"{PG_LIB}/*/bin/{name}"):
+        major = path.split("/")[-3]
+        if major.isdigit() and os.access(path, os.X_OK):
+            found[int(major)] = path
+    if not found and (on_path := shutil.which(name)):
+        found[tool_version(on_path, name)[1]] = on_path
+    return found
+
+
+def tool_version(path: str, name: str) -> tuple[str, int]:
+    """``(version, major)`` from ``<tool> --version``."""
+    try:
+        out = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, timeout=30, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ToolVersionError(
+            f"cannot run {name} at {path!r} ({type(exc).__name__}: {exc}). Install the "
+            "PostgreSQL client in the worker image or set the backup config's pg_dump_path."
+        ) from None
+    return parse_tool_version(out)
+
+
+class PgTool(BaseModel):
+    """A PostgreSQL client tool chosen for a server."""
+
+    path: str
+    version: str
+    major: int
+
+
+def pg_client_tool(name: str, server_major: int, configured: str | None = None) -> PgTool:
+    """The ``name`` (pg_dump, pg_restore) to run against a server of ``server_major``.
+
+    The configured path if given, else the installed major equal to the server's, else
+    the smallest newer one; a clear error when none is at least the server's major.
+    """
     if configured:
-        return configured
-    installed = [
-        path
-        for path in glob.glob("/usr/lib/postgresql/*/bin/pg_dump")
-        if path.split("/")[4].isdigit() and os.access(path, os.X_OK)
-    ]
-    if installed:
-        return max(installed, key=lambda path: int(path.split("/")[4]))
-    return shutil.which("pg_dump") or "pg_dump"
+        version, major = tool_version(configured, name)
+        return PgTool(path=configured, version=version, major=major)
+    installed = installed_pg_tools(name)
+    chosen = choose_client_major(list(installed), server_major)
+    if chosen is None:
+        found = ", ".join(str(m) for m in sorted(installed)) or "none"
+        raise ToolVersionError(
+            f"no {name} for PostgreSQL {server_major} (installed majors: {found}); "
+            f"{name} refuses newer servers. Install postgresql-client-{server_major} in "
+            "the worker image (Dockerfile ARG PG_CLIENT_MAJOR)."
+        )
+    version, _ = tool_version(installed[chosen], name)
+    return PgTool(path=installed[chosen], version=version, major=chosen)
+
+
+def server_version(conn: psycopg.Connection[TupleRow]) -> tuple[str, int]:
+    """``(version, major)`` of the server, e.g. ``('16.4', 16)``."""
+    row = conn.execute("SELECT current_setting('server_version_num')::int").fetchone()
+    number = int(cast(int, row[0])) if row else 0
+    return f"{number // 10000}.{number % 10000}", number // 10000
+
+
+def dsn_without_password(dsn: str) -> tuple[str, str]:
+    """(DSN without its password, the password): the password goes in PGPASSWORD."""
+    parts = urlsplit(dsn)
+    password = unquote(parts.password or "")
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = (f"{user}@" if user else "") + host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, "")), password
 
 
 def connect(stack: Stack, **options: str) -> psycopg.Connection[TupleRow]:
@@ -154,31 +232,19 @@ def pg_error(stack: Stack, action: str, exc: BaseException) -> PostgresDumpError
     cache_policy=RUN_CACHE,
 )
 def check_pg_dump_version(stack: Stack, pg_dump_path: str | None = None) -> PgVersions:
-    """Compare pg_dump's major version with the server's; refuse an older pg_dump."""
+    """Choose the pg_dump for the server's major (equal, else the smallest newer)."""
     logger = get_run_logger()
-    path = find_pg_dump(pg_dump_path)
-    try:
-        out = subprocess.run(
-            [path, "--version"], capture_output=True, text=True, timeout=30, check=True
-        ).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise ToolVersionError(
-            f"cannot run pg_dump at {path!r} ({type(exc).__name__}: {exc}). Install the "
-            "PostgreSQL client in the worker image or set the backup config's pg_dump_path."
-        ) from None
-    tool, tool_major = parse_tool_version(out)
     with connect(stack) as conn:
-        row = conn.execute("SELECT current_setting('server_version_num')::int").fetchone()
-    number = int(cast(int, row[0])) if row else 0
-    server_major, server = number // 10000, f"{number // 10000}.{number % 10000}"
-    logger.info("PostgreSQL server %s, pg_dump %s (%s)", server, tool, path)
-    require_compatible(server, server_major, tool, tool_major)
+        server, server_major = server_version(conn)
+    tool = pg_client_tool("pg_dump", server_major, pg_dump_path)
+    logger.info("PostgreSQL server %s, pg_dump %s (%s)", server, tool.version, tool.path)
+    require_compatible(server, server_major, tool.version, tool.major)
     return PgVersions(
         server=server,
         server_major=server_major,
-        pg_dump=tool,
-        pg_dump_major=tool_major,
-        pg_dump_path=path,
+        pg_dump=tool.version,
+        pg_dump_major=tool.major,
+        pg_dump_path=tool.path,
     )
 
 
@@ -306,18 +372,6 @@ class DumpStream:
                 f"pg_dump exited with code {code} after {self.size} bytes: "
                 f"{self._stderr_tail() or 'no error output'}"
             )
-
-
-def _dsn_without_password(stack: Stack) -> tuple[str, str]:
-    """(DSN without its password, the password): the password goes in PGPASSWORD."""
-    parts = urlsplit(stack.postgres_dsn.get_secret_value())
-    password = unquote(parts.password or "")
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = (f"{user}@" if user else "") + host + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, "")), password
 
 
 class _Progress:
@@ -454,7 +508,7 @@ def _stream_dump(
     expected_bytes: int,
 ) -> tuple[int, str]:
     """Run pg_dump on the snapshot and upload its output; (size, sha256) of the object."""
-    dsn, password = _dsn_without_password(stack)
+    dsn, password = dsn_without_password(stack.postgres_dsn.get_secret_value())
     env = {
         **os.environ,
         "PGPASSWORD": password,

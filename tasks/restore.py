@@ -35,7 +35,6 @@ import contextlib
 import hashlib
 import re
 import secrets
-import shutil
 import subprocess
 import tempfile
 import threading
@@ -48,13 +47,12 @@ from pathlib import Path
 from typing import IO, Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-import clickhouse_connect
 import psycopg
 import urllib3
 from clickhouse_connect.driver.client import Client as ClickHouseClient
 from clickhouse_connect.driver.exceptions import ClickHouseError
 from minio import Minio
-from minio.error import MinioException, S3Error
+from minio.error import MinioException
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
@@ -62,7 +60,13 @@ from psycopg import sql
 from pydantic import BaseModel, Field, ValidationError
 
 from blocks.stack import Stack, redact_url
-from tasks.clickhouse import quote_identifier, quote_string
+from tasks.clickhouse import (
+    backup_state,
+    ch_error,
+    clickhouse_client,
+    quote_identifier,
+    restore_statement,
+)
 from tasks.drill import (
     Check,
     ComponentTiming,
@@ -77,21 +81,36 @@ from tasks.drill import (
     shorten,
     skipped,
 )
-from tasks.errors import RestoreError, StackConfigError
+from tasks.errors import RestoreError, StackConfigError, ToolVersionError
 from tasks.manifest import (
     MANIFEST_SCHEMA_VERSION,
     BackupManifest,
     ClickHouseBackup,
     manifest_key,
 )
-from tasks.postgres import count_rows
-from tasks.storage import newest_complete_manifest, s3_client, storage_error
+from tasks.postgres import (
+    PgTool,
+    count_rows,
+    dsn_without_password,
+    parse_tool_version,
+    pg_client_tool,
+    server_version,
+)
+from tasks.storage import (
+    list_prefix,
+    newest_complete_manifest,
+    read_optional_object,
+    s3_client,
+    storage_error,
+)
 
 PostgresMode = Literal["stream", "download"]
 CHUNK = 1 << 20
 CH_POLL_S = 0.5
-CH_CONNECT_TIMEOUT_S = 10
 CH_QUERY_TIMEOUT_S = 600
+# One verification query (CHECK TABLE, a full read of one table) may take this long:
+# bounded on its own, not by the restore's hours-long limit.
+CH_VERIFY_TIMEOUT_S = 3600
 PG_CONNECT_TIMEOUT_S = 10
 STDERR_TAIL = 1500
 
@@ -155,19 +174,32 @@ class PgServer:
 
     def tool_target(self, database: str) -> tuple[str, dict[str, str]]:
         """``(dsn without password, env)`` for a libpq command-line tool."""
-        parts = urlsplit(self.dsn_for(database))
-        env = {"PGPASSWORD": unquote(parts.password)} if parts.password else {}
-        netloc = parts.netloc.rpartition("@")[2]
-        user = parts.username
-        if user:
-            netloc = f"{user}@{netloc}"
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, "")), env
+        dsn, password = dsn_without_password(self.dsn_for(database))
+        return dsn, ({"PGPASSWORD": password} if password else {})
 
 
 def pg_server(stack: Stack, server_block: str | None) -> PgServer:
     """The stack's own server, or the DSN stored in the Prefect Secret block named."""
     if server_block is None:
         return PgServer(dsn=stack.postgres_dsn.get_secret_value(), stack=stack)
+    from prefect.runtime import flow_run
+
+    cache_key = (str(flow_run.id), server_block)
+    dsn = _server_dsns.get(cache_key)
+    if dsn is None:
+        dsn = _server_dsns[cache_key] = _load_secret_dsn(server_block)
+    if urlsplit(dsn).scheme not in ("postgres", "postgresql"):
+        raise StackConfigError(
+            f"Secret block {server_block!r} does not hold a postgresql:// DSN"
+        ) from None
+    return PgServer(dsn=dsn, stack=stack)
+
+
+# A drill's tasks share one load of the Secret block per flow run (and process).
+_server_dsns: dict[tuple[str, str], str] = {}
+
+
+def _load_secret_dsn(server_block: str) -> str:
     from prefect.blocks.system import Secret
 
     try:
@@ -177,12 +209,13 @@ def pg_server(stack: Stack, server_block: str | None) -> PgServer:
             f"no Secret block named {server_block!r} ({exc}); create one holding "
             "postgresql://USER:PASSWORD@HOST:5432/postgres for the drill server"
         ) from None
-    dsn = str(value)
-    if urlsplit(dsn).scheme not in ("postgres", "postgresql"):
-        raise StackConfigError(
-            f"Secret block {server_block!r} does not hold a postgresql:// DSN"
-        ) from None
-    return PgServer(dsn=dsn, stack=stack)
+    return str(value)
+
+
+@task(name="describe-drill-target", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def describe_drill_target(stack: Stack, server_block: str | None) -> str:
+    """The Postgres server the drill restores onto, password redacted."""
+    return pg_server(stack, server_block).redacted
 
 
 def _pg_error(server: PgServer, action: str, exc: BaseException) -> RestoreError:
@@ -228,33 +261,14 @@ def drop_pg_database(server: PgServer, database: str) -> None:
         raise _pg_error(server, f"DROP DATABASE {database}", exc) from None
 
 
-def pg_tool(name: str) -> str:
-    """The newest installed PostgreSQL client tool (Debian keeps one folder per major)."""
-    for folder in sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=_major_of, reverse=True):
-        if (folder / name).exists():
-            return str(folder / name)
-    found = shutil.which(name)
-    if found is None:
-        raise RestoreError(f"{name} not found: install the PostgreSQL client (postgresql-client)")
-    return found
-
-
-def _major_of(folder: Path) -> int:
+def restore_tool(server: PgServer) -> PgTool:
+    """The pg_restore for this server's major (equal, else the smallest newer one)."""
     try:
-        return int(folder.parent.name)
-    except ValueError:
-        return 0
-
-
-def tool_major(binary: str) -> int:
-    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
-    match = re.search(r"(\d+)(?:\.\d+)?", out.stdout)
-    return int(match.group(1)) if match else 0
-
-
-def version_major(version: str) -> int:
-    match = re.search(r"(\d+)", version)
-    return int(match.group(1)) if match else 0
+        with server.connect() as conn:
+            _, major = server_version(conn)
+    except psycopg.Error as exc:
+        raise _pg_error(server, "version lookup", exc) from None
+    return pg_client_tool("pg_restore", major)
 
 
 # ---- the manifest ---------------------------------------------------------------------------
@@ -297,10 +311,10 @@ def load_backup_manifest(stack: Stack, backup_id: str | None) -> ManifestOutcome
                 "incomplete (a failed or unfinished backup) and cannot be trusted",
             ),
         )
-    return ManifestOutcome(**_parse_manifest(stack, backup_id, key, raw))
+    return _parse_manifest(stack, backup_id, key, raw)
 
 
-def _parse_manifest(stack: Stack, backup_id: str, key: str, raw: bytes) -> dict[str, Any]:
+def _parse_manifest(stack: Stack, backup_id: str, key: str, raw: bytes) -> ManifestOutcome:
     import json
 
     try:
@@ -308,36 +322,36 @@ def _parse_manifest(stack: Stack, backup_id: str, key: str, raw: bytes) -> dict[
     except (ValueError, AttributeError):
         version = None
     if version != MANIFEST_SCHEMA_VERSION:
-        return {
-            "manifest": None,
-            "check": failed(
+        return ManifestOutcome(
+            manifest=None,
+            check=failed(
                 "manifest",
                 "set",
                 f"{key} has schema_version {version!r}, this version reads "
                 f"{MANIFEST_SCHEMA_VERSION}: restore with the release that wrote it",
             ),
-        }
+        )
     try:
         manifest = BackupManifest.from_json(raw)
     except ValidationError as exc:
         fields = shorten([".".join(str(p) for p in e["loc"]) for e in exc.errors()])
-        return {
-            "manifest": None,
-            "check": failed(
+        return ManifestOutcome(
+            manifest=None,
+            check=failed(
                 "manifest", "set", f"{key} does not parse ({exc.error_count()} error(s): {fields})"
             ),
-        }
+        )
     if manifest.backup_id != backup_id or manifest.stack != stack.stack_name:
-        return {
-            "manifest": None,
-            "check": failed(
+        return ManifestOutcome(
+            manifest=None,
+            check=failed(
                 "manifest",
                 "set",
                 f"{key} describes set {manifest.stack}/{manifest.backup_id}, not "
                 f"{stack.stack_name}/{backup_id}",
             ),
-        }
-    return {"manifest": manifest, "check": _manifest_passed(manifest)}
+        )
+    return ManifestOutcome(manifest=manifest, check=_manifest_passed(manifest))
 
 
 def _manifest_passed(manifest: BackupManifest) -> Check:
@@ -349,37 +363,9 @@ def _manifest_passed(manifest: BackupManifest) -> Check:
     )
 
 
-def read_optional_object(stack: Stack, key: str, client: Minio | None = None) -> bytes | None:
-    """A small object, or None when it does not exist."""
-    client = client or s3_client(stack)
-    try:
-        response = client.get_object(stack.backup_bucket, key)
-    except S3Error as exc:
-        if exc.code in ("NoSuchKey", "NoSuchObject"):
-            return None
-        raise storage_error(stack, f"read of {stack.backup_bucket}/{key}", exc) from None
-    except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-        raise storage_error(stack, f"read of {stack.backup_bucket}/{key}", exc) from None
-    try:
-        return bytes(response.read())
-    except (urllib3.exceptions.HTTPError, OSError) as exc:
-        raise storage_error(stack, f"read of {stack.backup_bucket}/{key}", exc) from None
-    finally:
-        response.close()
-        response.release_conn()
-
-
-def object_sizes(stack: Stack, prefix: str, client: Minio | None = None) -> dict[str, int]:
+def object_sizes(stack: Stack, prefix: str) -> dict[str, int]:
     """Every object under ``prefix`` with its size (one listing)."""
-    client = client or s3_client(stack)
-    try:
-        return {
-            obj.object_name: obj.size or 0
-            for obj in client.list_objects(stack.backup_bucket, prefix=prefix, recursive=True)
-            if obj.object_name is not None and not obj.is_dir
-        }
-    except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-        raise storage_error(stack, f"listing of {stack.backup_bucket}/{prefix}", exc) from None
+    return {entry.key: entry.size for entry in list_prefix(stack, prefix)}
 
 
 # ---- verifying the set's objects before restoring -------------------------------------------
@@ -409,7 +395,7 @@ def verify_set_objects(stack: Stack, manifest: BackupManifest) -> SetVerificatio
     """
     logger = get_run_logger()
     client = s3_client(stack)
-    sizes = object_sizes(stack, manifest.prefix, client)
+    sizes = object_sizes(stack, manifest.prefix)
     dump = manifest.postgres
     pg_check = check_object(
         "postgres-dump-present", "postgres", dump.dump_key, dump.dump_size, None,
@@ -568,14 +554,14 @@ class _ToolRun:
 
 @contextlib.contextmanager
 def _pg_restore(
-    server: PgServer, database: str, jobs: int, path: str | None, timeout_s: float
+    server: PgServer, tool: str, database: str, jobs: int, path: str | None, timeout_s: float
 ) -> Iterator[tuple[subprocess.Popen[bytes], _ToolRun]]:
     """Run pg_restore (stdin when ``path`` is None); killed on timeout or on any exit path.
 
     A Prefect timeout cannot interrupt a subprocess, so the process has its own deadline.
     """
     target, env = server.tool_target(database)
-    argv = _pg_restore_argv(pg_tool("pg_restore"), target, jobs, path)
+    argv = _pg_restore_argv(tool, target, jobs, path)
     run = _ToolRun(returncode=-1, stderr="", timed_out=False)
     with tempfile.TemporaryFile() as stderr:
         proc = subprocess.Popen(
@@ -623,6 +609,7 @@ def _write_to(stream: IO[bytes] | None) -> Callable[[bytes], object]:
 
 def restore_postgres_dump(
     server: PgServer,
+    tool: str,
     stack: Stack,
     manifest: BackupManifest,
     database: str,
@@ -641,7 +628,7 @@ def restore_postgres_dump(
     started = time.monotonic()
     checks: list[Check] = []
     if mode == "stream":
-        with _pg_restore(server, database, jobs, None, timeout_s) as (proc, run):
+        with _pg_restore(server, tool, database, jobs, None, timeout_s) as (proc, run):
             digest, write_error = _stream_object(stack, dump.dump_key, _write_to(proc.stdin))
         checks.append(_dump_check(dump.dump_key, dump.dump_size, dump.dump_sha256, digest))
         checks.append(_restore_check(run, write_error, database, timeout_s))
@@ -657,7 +644,7 @@ def restore_postgres_dump(
                 skipped("postgres-restore", "postgres", "not run: the dump failed its checksum")
             )
             return checks, time.monotonic() - started
-        with _pg_restore(server, database, jobs, str(path), timeout_s) as (_proc, run):
+        with _pg_restore(server, tool, database, jobs, str(path), timeout_s) as (_proc, run):
             pass
         checks.append(_restore_check(run, None, database, timeout_s))
     return checks, time.monotonic() - started
@@ -723,15 +710,19 @@ def restore_postgres(
     logger = get_run_logger()
     server = pg_server(stack, server_block)
     dump = manifest.postgres
-    restore_major = tool_major(pg_tool("pg_restore"))
-    if version_major(dump.pg_dump_version) > restore_major:
+    try:
+        tool = restore_tool(server)
+    except ToolVersionError as exc:
+        return ComponentOutcome(checks=[failed("postgres-restore", "postgres", str(exc))])
+    dump_major = parse_tool_version(f"pg_dump (PostgreSQL) {dump.pg_dump_version}")[1]
+    if dump_major > tool.major:
         return ComponentOutcome(
             checks=[
                 failed(
                     "postgres-restore",
                     "postgres",
-                    f"pg_restore {restore_major} cannot read an archive written by pg_dump "
-                    f"{dump.pg_dump_version}: install a newer PostgreSQL client",
+                    f"pg_restore {tool.version} cannot read an archive written by pg_dump "
+                    f"{dump.pg_dump_version}: install postgresql-client-{dump_major}",
                 )
             ]
         )
@@ -741,7 +732,7 @@ def restore_postgres(
     )  # fmt: skip
     create_pg_database(server, database)
     checks, seconds = restore_postgres_dump(
-        server, stack, manifest, database, mode, jobs, timeout_s, work_dir
+        server, tool.path, stack, manifest, database, mode, jobs, timeout_s, work_dir
     )
     verify_started = time.monotonic()
     if all(c.passed for c in checks):
@@ -772,28 +763,11 @@ def restore_postgres(
 
 
 def ch_client(stack: Stack, timeout_s: float = CH_QUERY_TIMEOUT_S) -> ClickHouseClient:
-    parts = urlsplit(stack.clickhouse_url)
-    secure = parts.scheme == "https"
-    try:
-        return clickhouse_connect.get_client(
-            host=parts.hostname or "localhost",
-            port=parts.port or (8443 if secure else 8123),
-            username=stack.clickhouse_user,
-            password=stack.clickhouse_password.get_secret_value(),
-            secure=secure,
-            connect_timeout=CH_CONNECT_TIMEOUT_S,
-            send_receive_timeout=int(timeout_s),
-        )
-    except (ClickHouseError, OSError) as exc:
-        raise _ch_error(stack, "connect", exc) from None
+    return clickhouse_client(stack, timeout_s, error=RestoreError)
 
 
 def _ch_error(stack: Stack, action: str, exc: BaseException) -> RestoreError:
-    # ClickHouse appends a native stack trace to its messages: keep the first part.
-    text = f"{type(exc).__name__}: {exc}".split("Stack trace")[0].strip()
-    return RestoreError(
-        f"ClickHouse {action} failed on {stack.clickhouse_url}: {stack.scrub(text)[:600]}"
-    )
+    return ch_error(stack, action, exc, RestoreError)
 
 
 def ch_databases(stack: Stack) -> list[str]:
@@ -816,54 +790,58 @@ def drop_ch_database(stack: Stack, database: str) -> None:
         client.close()
 
 
-def _restore_statement(stack: Stack, backup: ClickHouseBackup, target: str) -> str:
-    """Holds the S3 secret: never log it, never put it in an error."""
-    url = f"{stack.clickhouse_s3.rstrip('/')}/{stack.backup_bucket}/{backup.s3_prefix}"
-    return (
-        f"RESTORE DATABASE {quote_identifier(backup.database)} AS {quote_identifier(target)} "
-        f"FROM S3({quote_string(url)}, {quote_string(stack.s3_access_key)}, "
-        f"{quote_string(stack.s3_secret_key.get_secret_value())}) ASYNC"
-    )
-
-
 def run_ch_restore(
     stack: Stack, client: ClickHouseClient, backup: ClickHouseBackup, target: str, timeout_s: float
 ) -> Check:
     """RESTORE ... ASYNC and poll system.backups until RESTORED, a failure, or the deadline."""
     name = f"clickhouse-restore[{backup.database}]"
     try:
-        result = client.query(_restore_statement(stack, backup, target))
+        result = client.query(restore_statement(stack, backup.database, target, backup.s3_prefix))
         operation_id = str(result.result_rows[0][0])
     except (ClickHouseError, OSError, IndexError) as exc:
         return failed(name, "clickhouse", _ch_error(stack, f"RESTORE into {target}", exc).args[0])
+    return wait_ch_restore(stack, client, operation_id, name, target, timeout_s)
+
+
+def wait_ch_restore(
+    stack: Stack,
+    client: ClickHouseClient,
+    operation_id: str,
+    name: str,
+    target: str,
+    timeout_s: float,
+) -> Check:
+    """Poll system.backups until RESTORED, a failure, a vanished row, or the deadline."""
     deadline = time.monotonic() + timeout_s
-    status, error = "RESTORING", ""
-    while time.monotonic() < deadline:
+    while True:
         try:
-            rows = client.query(
-                "SELECT status, error FROM system.backups WHERE id = {id:String}",
-                parameters={"id": operation_id},
-            ).result_rows
+            state = backup_state(client, operation_id)
         except (ClickHouseError, OSError) as exc:
             return failed(
                 name, "clickhouse", _ch_error(stack, "polling system.backups", exc).args[0]
             )
-        if rows:
-            status, error = str(rows[0][0]), str(rows[0][1])
+        if state is None:
+            return failed(
+                name,
+                "clickhouse",
+                f"RESTORE {operation_id} into {target} vanished from system.backups (ClickHouse "
+                "restarted mid-restore?); the partial database is dropped, run it again",
+            )
+        status, error, _ = state
+        if status == "RESTORED":
+            return passed(name, "clickhouse", f"RESTORE into {target}: RESTORED")
         if status != "RESTORING":
-            break
+            return failed(
+                name,
+                "clickhouse",
+                f"RESTORE into {target} ended {status}: "
+                f"{stack.scrub(error)[:600] or 'no error text'}",
+            )
+        if time.monotonic() >= deadline:
+            return failed(
+                name, "clickhouse", f"RESTORE into {target} still running after {timeout_s:.0f}s"
+            )
         time.sleep(CH_POLL_S)
-    if status == "RESTORED":
-        return passed(name, "clickhouse", f"RESTORE into {target}: RESTORED")
-    if status == "RESTORING":
-        return failed(
-            name, "clickhouse", f"RESTORE into {target} still running after {timeout_s:.0f}s"
-        )
-    return failed(
-        name,
-        "clickhouse",
-        f"RESTORE into {target} ended {status}: {stack.scrub(error)[:600] or 'no error text'}",
-    )
 
 
 def read_ch_tables(
@@ -908,6 +886,37 @@ def read_ch_tables(
     return [read], counts
 
 
+# A restored copy needs about the backup's size; keep this much more free on top.
+FREE_SPACE_MARGIN = 1.2
+
+
+def free_space_refusal(free: int, needed: int, margin: float = FREE_SPACE_MARGIN) -> str | None:
+    """Why a restore of ``needed`` bytes must not start on a disk with ``free`` bytes, or None."""
+    if free >= needed * margin:
+        return None
+    return (
+        f"not enough free disk: {free / 1e9:.2f} GB free, the copy needs about "
+        f"{needed / 1e9:.2f} GB (+{(margin - 1) * 100:.0f}% margin); restoring would fill "
+        "the live volume. Free space or grow the volume first"
+    )
+
+
+def check_ch_free_space(stack: Stack, client: ClickHouseClient, backup: ClickHouseBackup) -> Check:
+    """ClickHouse's disks have room for a full copy of the backup (it lands on live volumes)."""
+    name = f"clickhouse-free-space[{backup.database}]"
+    try:
+        row = client.query("SELECT sum(free_space) FROM system.disks").result_rows
+        free = int(row[0][0]) if row else 0
+    except (ClickHouseError, OSError) as exc:
+        return failed(name, "clickhouse", _ch_error(stack, "free-space lookup", exc).args[0])
+    refusal = free_space_refusal(free, backup.size)
+    if refusal is not None:
+        return failed(name, "clickhouse", refusal)
+    return passed(
+        name, "clickhouse", f"{free / 1e9:.1f} GB free for a {backup.size / 1e9:.2f} GB copy"
+    )
+
+
 @task(name="restore-clickhouse", cache_policy=NO_CACHE)
 def restore_clickhouse(
     stack: Stack,
@@ -920,9 +929,13 @@ def restore_clickhouse(
     logger = get_run_logger()
     tag = f"[{backup.database}]"
     logger.info("restoring ClickHouse %s as %s from %s", backup.database, target, backup.s3_prefix)
-    client = ch_client(stack, timeout_s)
+    client = ch_client(stack, CH_VERIFY_TIMEOUT_S)
     started = time.monotonic()
     try:
+        space = check_ch_free_space(stack, client, backup)
+        if not space.passed:
+            logger.error("%s %s: %s", space.name, space.outcome, space.reason)
+            return ComponentOutcome(checks=[space])
         checks = [run_ch_restore(stack, client, backup, target, timeout_s)]
         seconds = time.monotonic() - started
         verify_started = time.monotonic()
@@ -1175,32 +1188,84 @@ class RestoredTarget(BaseModel):
 
 
 def _swap_pg(server: PgServer, staging: str, target: str, previous: str | None) -> None:
-    """Rename ``target`` aside (sessions closed) and ``staging`` into its place."""
+    """Rename ``target`` aside and ``staging`` into its place, both in one transaction.
+
+    The target first refuses new connections (ALLOW_CONNECTIONS false) and its sessions
+    are closed, so nothing reconnects between the two renames; a failed swap rolls both
+    renames back. Either way the old database accepts connections again afterwards.
+    """
     admin = "postgres" if target == server.maintenance_database else server.maintenance_database
     try:
         with server.connect(admin) as conn:
             if previous is not None:
                 conn.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = %s AND pid <> pg_backend_pid()",
-                    (target,),
-                )
-                conn.execute(
-                    sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                        sql.Identifier(target), sql.Identifier(previous)
+                    sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(
+                        sql.Identifier(target)
                     )
                 )
-            conn.execute(
-                sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                    sql.Identifier(staging), sql.Identifier(target)
-                )
-            )
+            try:
+                if previous is not None:
+                    conn.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = %s AND pid <> pg_backend_pid()",
+                        (target,),
+                    )
+                with conn.transaction():
+                    if previous is not None:
+                        conn.execute(
+                            sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                                sql.Identifier(target), sql.Identifier(previous)
+                            )
+                        )
+                    conn.execute(
+                        sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                            sql.Identifier(staging), sql.Identifier(target)
+                        )
+                    )
+            finally:
+                if previous is not None:
+                    _allow_connections(server, admin, [target, previous])
     except psycopg.Error as exc:
         raise _pg_error(server, f"rename of {staging} to {target}", exc) from None
 
 
-@task(name="restore-postgres-target", cache_policy=NO_CACHE)
-def restore_postgres_target(
+def _allow_connections(server: PgServer, admin: str, names: list[str]) -> None:
+    """ALLOW_CONNECTIONS true on those of ``names`` that refuse them (a fresh session)."""
+    with server.connect(admin) as conn:
+        rows = conn.execute(
+            "SELECT datname FROM pg_database WHERE datname = ANY(%s) AND NOT datallowconn",
+            (names,),
+        ).fetchall()
+        for (name,) in rows:
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(
+                    sql.Identifier(str(name))
+                )
+            )
+
+
+class StagedRestore(BaseModel):
+    """One engine restored into a staging database and checked, not yet in place."""
+
+    engine: Literal["postgres", "clickhouse"]
+    target: str
+    staging: str
+    checks: list[Check]
+    timing: ComponentTiming | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+
+def _staging_name() -> str:
+    from tasks.drill import staging_database_name
+
+    return staging_database_name(datetime.now(UTC), secrets.token_hex(3))
+
+
+@task(name="stage-postgres-restore", cache_policy=NO_CACHE)
+def stage_postgres_restore(
     stack: Stack,
     manifest: BackupManifest,
     plan: TargetPlan,
@@ -1209,76 +1274,134 @@ def restore_postgres_target(
     timeout_s: float,
     work_dir: str | None,
     required_tables: list[str],
-) -> RestoredTarget:
-    """Restore into a staging database, prove it, then move it to the target's name.
-
-    A failed restore drops the staging database and leaves the target untouched; a
-    replaced target is renamed ``<target>_before_<time>``, never dropped.
-    """
-    from tasks.drill import previous_database_name, staging_database_name
-
-    now = datetime.now(UTC)
-    staging = staging_database_name(now, secrets.token_hex(3))
-    server = pg_server(stack, None)
-    outcome: ComponentOutcome | None = None
+) -> StagedRestore:
+    """Restore the dump into a new staging database and prove it; the target is not touched."""
+    staging = _staging_name()
     try:
         outcome = restore_postgres.fn(
             stack, None, manifest, staging, mode, jobs, timeout_s, work_dir, required_tables
         )
-        if not all(c.passed for c in outcome.checks):
-            return RestoredTarget(engine="postgres", target=plan.target, checks=outcome.checks)
-        previous = previous_database_name(plan.target, now) if plan.exists else None
-        _swap_pg(server, staging, plan.target, previous)
-        get_run_logger().info(
-            "postgres: %s now holds set %s%s", plan.target, manifest.backup_id,
-            f"; the old one is kept as {previous}" if previous else "",
-        )  # fmt: skip
-        return RestoredTarget(
-            engine="postgres", target=plan.target, checks=outcome.checks,
-            timing=outcome.timing, previous=previous,
-        )  # fmt: skip
-    finally:
-        if pg_database_exists(server, staging):
-            drop_pg_database(server, staging)
+    except BaseException as exc:
+        drop_staging.fn(stack, [StagedRestore(engine="postgres", target=plan.target,
+                                              staging=staging, checks=[])])  # fmt: skip
+        if not isinstance(exc, RestoreError):
+            raise
+        # a failed check, so the flow drops the other engine's staging and stops
+        outcome = ComponentOutcome(checks=[failed("postgres-restore", "postgres", str(exc))])
+    return StagedRestore(
+        engine="postgres", target=plan.target, staging=staging, checks=outcome.checks,
+        timing=outcome.timing,
+    )  # fmt: skip
 
 
-@task(name="restore-clickhouse-target", cache_policy=NO_CACHE)
-def restore_clickhouse_target(
+@task(name="stage-clickhouse-restore", cache_policy=NO_CACHE)
+def stage_clickhouse_restore(
     stack: Stack,
     backup: ClickHouseBackup,
     plan: TargetPlan,
     timeout_s: float,
     required_tables: list[str],
-) -> RestoredTarget:
-    """Same for ClickHouse: RESTORE AS a staging database, check, RENAME into place."""
-    from tasks.drill import previous_database_name, staging_database_name
-
-    now = datetime.now(UTC)
-    staging = staging_database_name(now, secrets.token_hex(3))
+) -> StagedRestore:
+    """RESTORE AS a new staging database and check every table; the target is not touched."""
+    staging = _staging_name()
     try:
         outcome = restore_clickhouse.fn(stack, backup, staging, timeout_s, required_tables)
-        if not all(c.passed for c in outcome.checks):
-            return RestoredTarget(engine="clickhouse", target=plan.target, checks=outcome.checks)
-        previous = previous_database_name(plan.target, now) if plan.exists else None
-        client = ch_client(stack)
-        try:
-            if previous is not None:
-                old, new = quote_identifier(plan.target), quote_identifier(previous)
-                client.command(f"RENAME DATABASE {old} TO {new}")
-            client.command(
-                f"RENAME DATABASE {quote_identifier(staging)} TO {quote_identifier(plan.target)}"
-            )
-        except (ClickHouseError, OSError) as exc:
-            raise _ch_error(stack, f"rename of {staging} to {plan.target}", exc) from None
-        finally:
-            client.close()
-        return RestoredTarget(
-            engine="clickhouse", target=plan.target, checks=outcome.checks,
-            timing=outcome.timing, previous=previous,
-        )  # fmt: skip
+    except BaseException as exc:
+        drop_staging.fn(stack, [StagedRestore(engine="clickhouse", target=plan.target,
+                                              staging=staging, checks=[])])  # fmt: skip
+        if not isinstance(exc, RestoreError):
+            raise
+        # a failed check, so the flow drops the other engine's staging and stops
+        outcome = ComponentOutcome(checks=[failed("clickhouse-restore", "clickhouse", str(exc))])
+    return StagedRestore(
+        engine="clickhouse", target=plan.target, staging=staging, checks=outcome.checks,
+        timing=outcome.timing,
+    )  # fmt: skip
+
+
+@task(name="drop-staging", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def drop_staging(stack: Stack, staged: list[StagedRestore]) -> list[str]:
+    """Drop the staging databases that still exist (only ``restore_*`` names)."""
+    from tasks.drill import is_staging_database
+
+    dropped: list[str] = []
+    server = pg_server(stack, None)
+    for item in staged:
+        if not is_staging_database(item.staging):
+            raise RestoreError(f"refusing to drop {item.staging!r}: not a staging database")
+        if item.engine == "postgres" and pg_database_exists(server, item.staging):
+            drop_pg_database(server, item.staging)
+            dropped.append(f"postgres:{item.staging}")
+        elif item.engine == "clickhouse" and item.staging in ch_databases(stack):
+            drop_ch_database(stack, item.staging)
+            dropped.append(f"clickhouse:{item.staging}")
+    return dropped
+
+
+def _swap_ch(stack: Stack, staging: str, target: str, previous: str | None) -> None:
+    client = ch_client(stack)
+    try:
+        if previous is not None:
+            old, new = quote_identifier(target), quote_identifier(previous)
+            client.command(f"RENAME DATABASE {old} TO {new}")
+        client.command(f"RENAME DATABASE {quote_identifier(staging)} TO {quote_identifier(target)}")
+    except (ClickHouseError, OSError) as exc:
+        moved = previous is not None and previous in ch_databases(stack)
+        state = (
+            f"{target} was already renamed to {previous}: rename it back, or rename "
+            f"{staging} to {target}"
+            if moved
+            else f"{target} is unchanged"
+        )
+        raise _ch_error(stack, f"rename of {staging} to {target} ({state})", exc) from None
     finally:
-        if staging in ch_databases(stack):
-            drop_ch_database(stack, staging)
+        client.close()
+
+
+@task(name="swap-into-place", cache_policy=NO_CACHE)
+def swap_into_place(stack: Stack, staged: list[StagedRestore]) -> list[RestoredTarget]:
+    """Rename every verified staging database to its target; a replaced one is kept.
+
+    Runs only once every engine passed in staging. A failed swap keeps that staging
+    database (and any not swapped yet) and says which targets were already swapped.
+    """
+    from tasks.drill import previous_database_name
+
+    now = datetime.now(UTC)
+    server = pg_server(stack, None)
+    logger = get_run_logger()
+    restored: list[RestoredTarget] = []
+    for item in staged:
+        exists = (
+            pg_database_exists(server, item.target)
+            if item.engine == "postgres"
+            else item.target in ch_databases(stack)
+        )
+        previous = previous_database_name(item.target, now) if exists else None
+        try:
+            if item.engine == "postgres":
+                _swap_pg(server, item.staging, item.target, previous)
+            else:
+                _swap_ch(stack, item.staging, item.target, previous)
+        except RestoreError as exc:
+            done = ", ".join(f"{r.engine} {r.target}" for r in restored) or "none"
+            kept = ", ".join(f"{i.engine} {i.staging}" for i in staged[len(restored) :])
+            raise RestoreError(
+                f"{exc}. Already swapped into place: {done}. The verified restores not in "
+                f"place are kept: {kept}; rename them by hand once the cause is fixed "
+                "(ALTER DATABASE / RENAME DATABASE), or drop them."
+            ) from None
+        logger.info(
+            "%s: %s now holds the restored data%s", item.engine, item.target,
+            f"; the old one is kept as {previous}" if previous else "",
+        )  # fmt: skip
+        restored.append(
+            RestoredTarget(
+                engine=item.engine, target=item.target, checks=item.checks,
+                timing=item.timing, previous=previous,
+            )
+        )  # fmt: skip
+    return restored
 
 
 @task(name="publish-restore-report", cache_policy=NO_CACHE)

@@ -27,7 +27,7 @@ from blocks.stack import Stack
 from devstack.core import PROJECT, Devstack
 from devstack.seed import clickhouse_client
 from flows.backup import BackupConfig, BackupSummary, backup
-from tasks.backup import one_backup_at_a_time
+from tasks.backup import ensure_backup_slot, one_backup_at_a_time
 from tasks.manifest import BackupManifest, manifest_key, new_backup_id, set_id_of_key
 from tasks.postgres import dump_hooks
 from tasks.retention import RetentionPolicy
@@ -441,6 +441,7 @@ def test_a_retried_run_does_not_redo_the_finished_dump(
 
 def test_one_backup_per_stack_at_a_time(devstack: Devstack, s3: Minio, receiver: Any) -> None:
     before = bucket_keys(s3)
+    ensure_backup_slot.fn(STACK)
     with one_backup_at_a_time(STACK, wait_s=5):
         blocked = run(lock_timeout_s=1)
     assert blocked.is_failed()

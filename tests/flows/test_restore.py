@@ -4,6 +4,7 @@ targets are refused without ``confirm`` and left exactly as they were."""
 from __future__ import annotations
 
 import secrets
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,8 +15,9 @@ from blocks.stack import Stack
 from devstack.core import Devstack
 from devstack.seed import clickhouse_client
 from flows.restore import RestoreConfig, restore
-from tasks.errors import RestoreError
+from tasks.errors import IntegrityError, RestoreError
 from tasks.manifest import BackupManifest
+from tasks.restore import _swap_pg, ch_client, pg_server, wait_ch_restore
 from tests.flows.test_restore_drill import (
     STACK,
     flow_runs_of,
@@ -69,7 +71,22 @@ def targets(devstack: Devstack) -> Iterator[tuple[str, str]]:
 
 
 def run_restore(**config: Any) -> Any:
-    return restore(stack=STACK, config=RestoreConfig(**config))
+    """A real restore (``dry_run`` false) unless the test says otherwise."""
+    return restore(stack=STACK, config=RestoreConfig(**{"dry_run": False, **config}))
+
+
+def test_restore_is_a_dry_run_unless_told_otherwise(devstack, good_set, targets):
+    pg, ch = targets
+    before = pg_databases(devstack)
+    summary = restore(
+        stack=STACK,
+        config=RestoreConfig(
+            backup_id=good_set.backup_id, postgres_target=pg, clickhouse_target=ch
+        ),
+    )
+    assert summary.dry_run and summary.restored == []
+    assert pg_databases(devstack) == before
+    assert ch not in ch_databases(devstack)
 
 
 def test_restore_into_fresh_databases_gives_the_seeded_data_back(
@@ -142,3 +159,60 @@ def test_no_secret_in_restore_logs_or_artifacts(devstack, stack, good_set, targe
     texts = run_texts(flow_runs_of("restore"), [f"restore-{STACK}"])
     assert any("Next steps" in t for t in texts)
     scan_for_secrets(stack, texts)
+
+
+def test_a_clickhouse_failure_in_staging_swaps_nothing(devstack, good_set, targets):
+    pg, ch = targets
+    # ClickHouse reaches S3 through the receiver (501 to every request): its RESTORE
+    # fails, while Postgres restores fine in staging.
+    name = "devstack-chfault-restore"
+    broken = Stack.from_env(
+        {**devstack.env(), "CLICKHOUSE_S3_ENDPOINT": devstack.receiver_url}, stack_name=STACK
+    )
+    broken.save(name, overwrite=True)
+    with pytest.raises(IntegrityError) as caught:
+        restore(
+            stack=name,
+            config=RestoreConfig(
+                backup_id=good_set.backup_id, postgres_target=pg, clickhouse_target=ch,
+                dry_run=False,
+            ),
+        )  # fmt: skip
+    message = str(caught.value)
+    assert "clickhouse -> " + ch in message and "nothing was swapped" in message
+    assert "postgres -> " not in message
+    assert pg not in pg_databases(devstack)  # Postgres passed, yet was not put in place
+    assert ch not in ch_databases(devstack)
+    assert not any(n.startswith("restore_") for n in pg_databases(devstack))
+    assert not any(n.startswith("restore_") for n in ch_databases(devstack))
+
+
+def test_a_failed_swap_rolls_back_keeps_staging_and_the_target_accepts_connections(
+    devstack, stack, targets
+):
+    pg, _ = targets
+    staging, previous = "restore_20260101000000_abcdef", f"{pg}_before_20260101000000"
+    with psycopg.connect(devstack.admin_dsn("postgres"), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{pg}"')
+        conn.execute(f'CREATE DATABASE "{staging}"')
+    with psycopg.connect(devstack.admin_dsn(pg), autocommit=True) as conn:
+        conn.execute("CREATE TABLE keep_me (x int); INSERT INTO keep_me VALUES (1)")
+    # a session on the staging database: renaming it fails after the target was renamed
+    with psycopg.connect(devstack.admin_dsn(staging)), pytest.raises(RestoreError) as caught:
+        _swap_pg(pg_server(stack, None), staging, pg, previous)
+    assert "is being accessed by other users" in str(caught.value)
+    databases = pg_databases(devstack)
+    assert pg in databases and staging in databases and previous not in databases
+    assert pg_counts(devstack, pg) == {"public.keep_me": 1}  # connecting works again
+
+
+def test_a_restore_missing_from_system_backups_fails_instead_of_waiting(stack):
+    client = ch_client(stack)
+    try:
+        check = wait_ch_restore(
+            stack, client, str(uuid.uuid4()), "clickhouse-restore[default]", "x", timeout_s=60
+        )
+    finally:
+        client.close()
+    assert not check.passed
+    assert "vanished from system.backups" in check.reason

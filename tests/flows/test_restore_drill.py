@@ -272,6 +272,17 @@ def test_a_clickhouse_backup_with_a_file_removed_fails_the_drill(devstack, good_
     assert "ClickHouse backup folder damaged" in message and victim in message
 
 
+def test_a_clickhouse_backup_larger_than_the_free_disk_is_not_restored(devstack, good_set, clean):
+    def huge(data: dict[str, Any]) -> None:
+        data["clickhouse"][0]["size"] = 10**16  # 10 PB: more than any disk here
+
+    backup_id, copied = copy_set(devstack, good_set, edit_manifest=huge)
+    message = failed_drill(backup_id)
+    database = copied.clickhouse[0].database
+    assert f"clickhouse-free-space[{database}] failed: not enough free disk" in message
+    assert ch_scratch(devstack) == []  # nothing was restored
+
+
 def test_a_failed_drill_alerts_the_stacks_channels(devstack, stack, good_set, receiver, clean):
     backup_id, _ = copy_set(devstack, good_set, with_manifest=False)
     failed_drill(backup_id)

@@ -6,11 +6,19 @@ import hashlib
 import subprocess
 import threading
 from collections import deque
+from pathlib import Path
 
 import pytest
 
+from tasks import postgres
 from tasks.errors import PostgresDumpError, ToolVersionError
-from tasks.postgres import DumpStream, parse_tool_version, require_compatible
+from tasks.postgres import (
+    DumpStream,
+    choose_client_major,
+    parse_tool_version,
+    pg_client_tool,
+    require_compatible,
+)
 
 
 @pytest.mark.parametrize(
@@ -42,6 +50,63 @@ def test_an_older_pg_dump_is_refused_with_the_fix() -> None:
 def test_same_or_newer_pg_dump_is_accepted() -> None:
     require_compatible("15.18", 15, "15.18", 15)
     require_compatible("15.18", 15, "16.4", 16)
+
+
+@pytest.mark.parametrize(
+    ("installed", "server", "chosen"),
+    [
+        ([15, 16, 17], 16, 16),  # the server's own major, not the newest
+        ([17, 16], 16, 16),
+        ([15, 17, 18], 16, 17),  # else the smallest newer one
+        ([18, 17], 15, 17),
+        ([16], 16, 16),
+        ([14, 15], 16, None),  # nothing at least as new as the server
+        ([], 16, None),
+    ],
+)
+def test_the_client_of_the_servers_major_is_chosen(
+    installed: list[int], server: int, chosen: int | None
+) -> None:
+    assert choose_client_major(installed, server) == chosen
+
+
+def fake_clients(root: Path, name: str, versions: dict[int, str]) -> None:
+    for major, version in versions.items():
+        folder = root / str(major) / "bin"
+        folder.mkdir(parents=True, exist_ok=True)
+        tool = folder / name
+        tool.write_text(f"#!/bin/sh\necho '{name} (PostgreSQL) {version}'\n")
+        tool.chmod(0o755)
+
+
+def test_dump_and_restore_run_the_installed_client_of_the_servers_major(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("pg_dump", "pg_restore"):
+        fake_clients(tmp_path, name, {15: "15.10", 16: "16.6", 17: "17.2"})
+    monkeypatch.setattr(postgres, "PG_LIB", str(tmp_path))
+    for name in ("pg_dump", "pg_restore"):
+        tool = pg_client_tool(name, 16)
+        assert (tool.path, tool.version, tool.major) == (f"{tmp_path}/16/bin/{name}", "16.6", 16)
+    assert pg_client_tool("pg_restore", 14).major == 15
+
+
+def test_no_client_as_new_as_the_server_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_clients(tmp_path, "pg_restore", {14: "14.9", 15: "15.10"})
+    monkeypatch.setattr(postgres, "PG_LIB", str(tmp_path))
+    with pytest.raises(ToolVersionError) as caught:
+        pg_client_tool("pg_restore", 16)
+    message = str(caught.value)
+    assert "no pg_restore for PostgreSQL 16 (installed majors: 14, 15)" in message
+    assert "postgresql-client-16" in message
+
+
+def test_a_configured_pg_dump_is_used_as_given(tmp_path: Path) -> None:
+    fake_clients(tmp_path, "pg_dump", {17: "17.2"})
+    path = str(tmp_path / "17" / "bin" / "pg_dump")
+    assert pg_client_tool("pg_dump", 16, configured=path).version == "17.2"
 
 
 def stream_of(script: str, timeout_s: float = 60.0) -> tuple[DumpStream, threading.Timer]:

@@ -24,17 +24,17 @@ import hmac
 import json
 import os
 import re
-import signal
 import sys
 import tempfile
 import threading
 import time
 import uuid
 import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qsl, urlsplit
 
 import chdb.session
+from serve import serve
 
 # URL arguments that steer the HTTP layer itself. Real ClickHouse treats every
 # other URL argument as a query setting, and so do we (via SET, see Engine).
@@ -415,16 +415,6 @@ class Handler(BaseHTTPRequestHandler):
         }
 
 
-class QuietServer(ThreadingHTTPServer):
-    # Threads are daemons so a stuck request (e.g. a hang fault) cannot delay
-    # exit; clients that hang up early are expected in tests, so no traceback.
-    daemon_threads = True
-
-    def handle_error(self, request, client_address):
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--port", type=int, required=True)
@@ -438,21 +428,9 @@ def main(argv=None):
     handler = type(
         "BoundHandler", (Handler,), {"engine": engine, "user": opts.user, "password": opts.password}
     )
-    server = QuietServer(("127.0.0.1", opts.port), handler)
-
-    # serve_forever() must be stopped from another thread, hence the helper.
-    signal.signal(
-        signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start()
+    return serve(
+        handler, opts.port, f"clickhouse stand-in (chdb {engine.version})", on_close=engine.close
     )
-    print(f"clickhouse stand-in (chdb {engine.version}) on 127.0.0.1:{opts.port}", flush=True)
-    try:
-        server.serve_forever(poll_interval=0.2)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-        engine.close()
-    return 0
 
 
 if __name__ == "__main__":

@@ -27,14 +27,15 @@ import gzip
 import hmac
 import json
 import re
-import signal
 import struct
 import sys
 import threading
 import zlib
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
+
+from serve import serve
 
 VERSION = "3.x-standin"
 PROJECT = {"id": "standin-project", "name": "standin", "metadata": {}}
@@ -546,16 +547,6 @@ class Handler(BaseHTTPRequestHandler):
         self._send(200, b"", "application/x-protobuf")
 
 
-class QuietServer(ThreadingHTTPServer):
-    # Threads are daemons so a stuck request (e.g. a hang fault) cannot delay
-    # exit; clients that hang up early are expected in tests, so no traceback.
-    daemon_threads = True
-
-    def handle_error(self, request, client_address):
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--port", type=int, required=True)
@@ -575,18 +566,7 @@ def main(argv=None):
             "secret_key": opts.secret_key,
         },
     )
-    server = QuietServer(("127.0.0.1", opts.port), handler)
-    signal.signal(
-        signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start()
-    )
-    print(f"langfuse stand-in ({opts.role}) on 127.0.0.1:{opts.port}", flush=True)
-    try:
-        server.serve_forever(poll_interval=0.2)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    return 0
+    return serve(handler, opts.port, f"langfuse stand-in ({opts.role})")
 
 
 if __name__ == "__main__":

@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
+
+from serve import serve
 
 DEFAULT_SERVICES = {
     name: "SUCCESS"
@@ -120,10 +121,6 @@ class Handler(BaseHTTPRequestHandler):
         self._send(200, {"data": {"project": {"services": {"edges": edges}}}})
 
 
-class QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--port", type=int, required=True)
@@ -141,18 +138,7 @@ def main(argv=None) -> int:
             "environment_id": opts.environment_id,
         },
     )
-    server = QuietServer(("127.0.0.1", opts.port), handler)
-    signal.signal(
-        signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start()
-    )
-    print(f"railway api stand-in on 127.0.0.1:{opts.port}", flush=True)
-    try:
-        server.serve_forever(poll_interval=0.2)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    return 0
+    return serve(handler, opts.port, "railway api stand-in")
 
 
 if __name__ == "__main__":

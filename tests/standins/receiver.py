@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import threading
 import uuid
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
+
+from serve import serve
 
 
 class State:
@@ -135,33 +136,12 @@ class Handler(BaseHTTPRequestHandler):
         self._send(200, b"ok", "text/plain; charset=utf-8")  # what Slack answers
 
 
-class QuietServer(ThreadingHTTPServer):
-    # Threads are daemons so a stuck request (e.g. a hang fault) cannot delay
-    # exit; clients that hang up early are expected in tests, so no traceback.
-    daemon_threads = True
-
-    def handle_error(self, request, client_address):
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--port", type=int, required=True)
     opts = ap.parse_args(argv)
     handler = type("BoundHandler", (Handler,), {"state": State()})
-    server = QuietServer(("127.0.0.1", opts.port), handler)
-    signal.signal(
-        signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start()
-    )
-    print(f"webhook receiver stand-in on 127.0.0.1:{opts.port}", flush=True)
-    try:
-        server.serve_forever(poll_interval=0.2)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    return 0
+    return serve(handler, opts.port, "webhook receiver stand-in")
 
 
 if __name__ == "__main__":

@@ -55,6 +55,12 @@ def set_objects(backup_id: str, complete: bool, activity: datetime) -> list[Obje
     return objects
 
 
+def _backup_id(draw: st.DrawFn, started: datetime) -> str:
+    """A real backup id whose random suffix comes from Hypothesis, so examples replay."""
+    suffix = draw(st.text("0123456789abcdef", min_size=6, max_size=6))
+    return new_backup_id(started).rsplit("-", 1)[0] + "-" + suffix
+
+
 @st.composite
 def histories(draw: st.DrawFn) -> dict[str, object]:
     """Sets over ~18 months (some days several, some none), some failed, plus this run."""
@@ -66,7 +72,7 @@ def histories(draw: st.DrawFn) -> dict[str, object]:
     ids: list[str] = []
     for minutes in offsets:
         started = NOW - timedelta(minutes=minutes)
-        backup_id = new_backup_id(started)
+        backup_id = _backup_id(draw, started)
         is_complete = draw(st.booleans())
         # A failed run's objects stop at some point after its start (never after now).
         lag = draw(st.integers(min_value=0, max_value=min(minutes, 6 * 60)))
@@ -76,7 +82,7 @@ def histories(draw: st.DrawFn) -> dict[str, object]:
             complete.add(backup_id)
         ids.append(backup_id)
     # This run: the newest set, complete (success) or not (it failed, or is in flight).
-    current = new_backup_id(NOW - timedelta(seconds=30))
+    current = _backup_id(draw, NOW - timedelta(seconds=30))
     current_ok = draw(st.booleans())
     objects += set_objects(current, current_ok, NOW)
     if current_ok:

@@ -20,7 +20,10 @@ In order, each step create-or-update by name, so running it twice changes nothin
    undeliverable alerts -> notify
    (see :mod:`deployments.automations`);
 7. with ``--deploy``: ``prefect deploy --all`` with ``STACK_NAME`` and every ``OPS_*``
-   schedule variable filled (defaults in :mod:`deployments.settings`).
+   schedule variable filled (defaults in :mod:`deployments.settings`). A schedule an
+   operator paused in the UI stays paused: when its ``OPS_<FLOW>_ACTIVE`` is not set,
+   an existing deployment's inactive schedule is deployed inactive again. A variable
+   that is set always wins.
 
 Nothing secret is printed: the summary names documents, never their values.
 """
@@ -64,7 +67,12 @@ from deployments.channels import (
     is_builtin,
     is_our_pager,
 )
-from deployments.settings import PREFECT_FILE, ControlPlaneSettings, deploy_env
+from deployments.settings import (
+    PREFECT_FILE,
+    SCHEDULES,
+    ControlPlaneSettings,
+    deploy_env,
+)
 from tasks.errors import ControlPlaneError, StackConfigError
 
 Outcome = Literal["created", "updated", "unchanged"]
@@ -314,6 +322,41 @@ def ensure_buckets(stack: Stack, report: BootstrapReport) -> None:
         report.steps.append(StepResult(kind="bucket", name=bucket, outcome=outcome))
 
 
+async def paused_schedules(
+    client: PrefectClient, env: Mapping[str, str], settings: ControlPlaneSettings
+) -> tuple[dict[str, str], list[StepResult]]:
+    """``OPS_<FLOW>_ACTIVE=false`` for every schedule paused on the server and not set in ``env``.
+
+    ``prefect deploy`` sets each schedule's ``active`` from its variable; without this,
+    a schedule paused in the UI would be re-activated by every worker start.
+    """
+    overrides: dict[str, str] = {}
+    steps: list[StepResult] = []
+    for flow, spec in SCHEDULES.items():
+        if env.get(spec.active_variable, "") != "":
+            continue  # the operator's variable wins
+        try:
+            deployment = await client.read_deployment_by_name(f"{flow}/{settings.stack}")
+        except ObjectNotFound:
+            continue
+        paused = [s for s in deployment.schedules if s.slug == spec.slug and not s.active]
+        if not paused:
+            continue
+        overrides[spec.active_variable] = "false"
+        steps.append(
+            StepResult(
+                kind="schedule",
+                name=f"{flow}/{settings.stack} {spec.slug}",
+                outcome="unchanged",
+                note=(
+                    "stays paused as set in the UI; resume it with the UI toggle, "
+                    f"or set {spec.active_variable}=true"
+                ),
+            )
+        )
+    return overrides, steps
+
+
 def run_deploy(
     env: Mapping[str, str], settings: ControlPlaneSettings, stack: Stack | None
 ) -> StepResult:
@@ -359,6 +402,7 @@ async def bootstrap(
 ) -> BootstrapReport:
     """Prepare the server ``PREFECT_API_URL`` points at for ``settings.stack``."""
     report = BootstrapReport(stack=settings.stack, work_pool=settings.work_pool)
+    overrides: dict[str, str] = {}
     async with get_client() as client:
         await wait_for_api(client, settings.api_wait)
         report.steps.append(await ensure_work_pool(client, settings.work_pool))
@@ -369,8 +413,12 @@ async def bootstrap(
         report.steps.append(step)
         await asyncio.to_thread(ensure_buckets, stack, report)
         await apply_automations(client, stack, settings.watcher_window, report)
+        if deploy:
+            overrides, steps = await paused_schedules(client, env, settings)
+            report.steps.extend(steps)
     if deploy:
-        report.steps.append(await asyncio.to_thread(run_deploy, env, settings, stack))
+        deploy_vars = {**env, **overrides}
+        report.steps.append(await asyncio.to_thread(run_deploy, deploy_vars, settings, stack))
     return report
 
 

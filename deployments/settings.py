@@ -29,6 +29,28 @@ FLOWS: dict[str, str] = {
 }
 HEALTH_SWEEP_FLOW = "health-sweep"
 
+
+class ScheduleSpec(BaseModel):
+    """One deployment's schedule as prefect.yaml defines it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    slug: str = Field(description="The schedule's slug in prefect.yaml.")
+    active_variable: str = Field(description="The OPS_*_ACTIVE variable of its `active`.")
+
+
+# The schedules prefect.yaml defines, by flow name (the restore has none).
+SCHEDULES: dict[str, ScheduleSpec] = {
+    "health-sweep": ScheduleSpec(slug="health-sweep", active_variable="OPS_HEALTH_SWEEP_ACTIVE"),
+    "backup": ScheduleSpec(slug="backup-daily", active_variable="OPS_BACKUP_ACTIVE"),
+    "restore-drill": ScheduleSpec(
+        slug="restore-drill-weekly", active_variable="OPS_RESTORE_DRILL_ACTIVE"
+    ),
+    "deploy-verify": ScheduleSpec(
+        slug="deploy-verify-daily", active_variable="OPS_DEPLOY_VERIFY_ACTIVE"
+    ),
+}
+
 _STACK_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
 

@@ -4,16 +4,18 @@ from what is set, routes kept when the environment has none, automations by name
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
 from prefect.blocks.core import Block
 from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
 
 from blocks.stack import NotificationRoute, Stack
 from deployments.automations import (
@@ -24,8 +26,9 @@ from deployments.automations import (
     watcher_name,
 )
 from deployments.bootstrap import BootstrapReport, bootstrap, main
-from deployments.settings import ControlPlaneSettings
+from deployments.settings import SCHEDULES, ControlPlaneSettings
 from devstack.core import Devstack
+from devstack.demo import bootstrap_env
 from tasks.notify import report_undeliverable
 
 
@@ -263,3 +266,63 @@ def test_the_pager_from_the_environment_triggers_and_resolves_one_incident_per_s
         ("trigger", f"{stack_name}/postgres"),
         ("resolve", f"{stack_name}/postgres"),
     ]
+
+
+async def _drill_schedule(stack: str) -> tuple[UUID, Any]:
+    async with get_client() as client:
+        deployment = await client.read_deployment_by_name(f"restore-drill/{stack}")
+        (schedule,) = [s for s in deployment.schedules if s.slug == SCHEDULES["restore-drill"].slug]
+        return deployment.id, schedule
+
+
+async def _delete_deployments_and_pool(stack: str, pool: str) -> None:
+    async with get_client() as client:
+        for deployment in await client.read_deployments():
+            if deployment.name == stack:
+                await client.delete_deployment(deployment.id)
+        with contextlib.suppress(ObjectNotFound):
+            await client.delete_work_pool(pool)
+
+
+def test_a_schedule_paused_in_the_ui_stays_paused_across_deploys_unless_the_variable_is_set(
+    stack_name: str, devstack: Devstack
+) -> None:
+    # a pool of its own without a worker: nothing of this stack ever runs
+    pool = f"{stack_name}-pool"
+    settings = ControlPlaneSettings(stack=stack_name, work_pool=pool)
+    env = {
+        **bootstrap_env(devstack),
+        "OPS_HEALTH_SWEEP_ACTIVE": "false",
+        "OPS_BACKUP_ACTIVE": "false",
+        "OPS_DEPLOY_VERIFY_ACTIVE": "false",
+    }
+    env.pop("OPS_RESTORE_DRILL_ACTIVE", None)  # the drill's schedule: default, active
+
+    def deploy(extra: dict[str, str] | None = None) -> BootstrapReport:
+        return asyncio.run(bootstrap({**env, **(extra or {})}, settings, deploy=True))
+
+    try:
+        deploy()
+        deployment_id, schedule = asyncio.run(_drill_schedule(stack_name))
+        assert schedule.active
+
+        async def pause() -> None:
+            async with get_client() as client:
+                await client.update_deployment_schedule(deployment_id, schedule.id, active=False)
+
+        asyncio.run(pause())
+        report = deploy()
+        _, kept = asyncio.run(_drill_schedule(stack_name))
+        assert (kept.id, kept.active) == (schedule.id, False)
+        lines = [line for line in report.render().splitlines() if "stays paused" in line]
+        assert len(lines) == 1
+        assert f"restore-drill/{stack_name}" in lines[0]
+        assert "OPS_RESTORE_DRILL_ACTIVE=true" in lines[0]
+        assert report.changed() == []
+
+        report = deploy({"OPS_RESTORE_DRILL_ACTIVE": "true"})
+        _, resumed = asyncio.run(_drill_schedule(stack_name))
+        assert (resumed.id, resumed.active) == (schedule.id, True)
+        assert "stays paused" not in report.render()
+    finally:
+        asyncio.run(_delete_deployments_and_pool(stack_name, pool))

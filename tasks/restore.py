@@ -1264,6 +1264,33 @@ def _staging_name() -> str:
     return staging_database_name(datetime.now(UTC), secrets.token_hex(3))
 
 
+def _stage(
+    stack: Stack,
+    engine: Literal["postgres", "clickhouse"],
+    plan: TargetPlan,
+    restore: Callable[[str], ComponentOutcome],
+) -> StagedRestore:
+    """Restore into a new staging database with ``restore``; the target is not touched.
+
+    A failed restore drops its own staging database at once; a failed *check* comes
+    back as a failed outcome, so the flow drops the other engine's staging and stops.
+    """
+    staging = _staging_name()
+    try:
+        outcome = restore(staging)
+    except BaseException as exc:
+        drop_staging.fn(
+            stack, [StagedRestore(engine=engine, target=plan.target, staging=staging, checks=[])]
+        )
+        if not isinstance(exc, RestoreError):
+            raise
+        outcome = ComponentOutcome(checks=[failed(f"{engine}-restore", engine, str(exc))])
+    return StagedRestore(
+        engine=engine, target=plan.target, staging=staging, checks=outcome.checks,
+        timing=outcome.timing,
+    )  # fmt: skip
+
+
 @task(name="stage-postgres-restore", cache_policy=NO_CACHE)
 def stage_postgres_restore(
     stack: Stack,
@@ -1276,22 +1303,14 @@ def stage_postgres_restore(
     required_tables: list[str],
 ) -> StagedRestore:
     """Restore the dump into a new staging database and prove it; the target is not touched."""
-    staging = _staging_name()
-    try:
-        outcome = restore_postgres.fn(
+    return _stage(
+        stack,
+        "postgres",
+        plan,
+        lambda staging: restore_postgres.fn(
             stack, None, manifest, staging, mode, jobs, timeout_s, work_dir, required_tables
-        )
-    except BaseException as exc:
-        drop_staging.fn(stack, [StagedRestore(engine="postgres", target=plan.target,
-                                              staging=staging, checks=[])])  # fmt: skip
-        if not isinstance(exc, RestoreError):
-            raise
-        # a failed check, so the flow drops the other engine's staging and stops
-        outcome = ComponentOutcome(checks=[failed("postgres-restore", "postgres", str(exc))])
-    return StagedRestore(
-        engine="postgres", target=plan.target, staging=staging, checks=outcome.checks,
-        timing=outcome.timing,
-    )  # fmt: skip
+        ),
+    )
 
 
 @task(name="stage-clickhouse-restore", cache_policy=NO_CACHE)
@@ -1303,20 +1322,12 @@ def stage_clickhouse_restore(
     required_tables: list[str],
 ) -> StagedRestore:
     """RESTORE AS a new staging database and check every table; the target is not touched."""
-    staging = _staging_name()
-    try:
-        outcome = restore_clickhouse.fn(stack, backup, staging, timeout_s, required_tables)
-    except BaseException as exc:
-        drop_staging.fn(stack, [StagedRestore(engine="clickhouse", target=plan.target,
-                                              staging=staging, checks=[])])  # fmt: skip
-        if not isinstance(exc, RestoreError):
-            raise
-        # a failed check, so the flow drops the other engine's staging and stops
-        outcome = ComponentOutcome(checks=[failed("clickhouse-restore", "clickhouse", str(exc))])
-    return StagedRestore(
-        engine="clickhouse", target=plan.target, staging=staging, checks=outcome.checks,
-        timing=outcome.timing,
-    )  # fmt: skip
+    return _stage(
+        stack,
+        "clickhouse",
+        plan,
+        lambda staging: restore_clickhouse.fn(stack, backup, staging, timeout_s, required_tables),
+    )
 
 
 @task(name="drop-staging", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)

@@ -32,6 +32,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -49,6 +50,21 @@ TABLES = (
     "artifact",
     "variable",
 )
+
+
+def _sweep_deployment(client: Any, name: str, params: dict[str, Any]) -> Any:
+    """A health-sweep deployment on the devstack's pool, run from this checkout."""
+    return client.create_deployment(
+        flow_id=client.create_flow_from_name("health-sweep"),
+        name=name,
+        work_pool_name="devstack",
+        entrypoint="flows/health_sweep.py:health_sweep",
+        path=str(PROJECT),
+        pull_steps=[
+            {"prefect.deployments.steps.set_working_directory": {"directory": str(PROJECT)}}
+        ],
+        parameters=params,
+    )
 
 
 def black_hole() -> tuple[socket.socket, int]:
@@ -142,18 +158,7 @@ def bench_worker(dev: Devstack, runs: int) -> None:
     }
     worker_pid = dev.state.pids["prefect_worker"]
     with get_client(sync_client=True) as client:
-        flow_id = client.create_flow_from_name("health-sweep")
-        deployment_id = client.create_deployment(
-            flow_id=flow_id,
-            name="sweep-bench",
-            work_pool_name="devstack",
-            entrypoint="flows/health_sweep.py:health_sweep",
-            path=str(PROJECT),
-            pull_steps=[
-                {"prefect.deployments.steps.set_working_directory": {"directory": str(PROJECT)}}
-            ],
-            parameters=params,
-        )
+        deployment_id = _sweep_deployment(client, "sweep-bench", params)
         latencies, runtimes = [], []
         cpu_before = proc_cpu(worker_pid)
         try:
@@ -224,18 +229,7 @@ def bench_fifty_worker(dev: Devstack, count: int = 50) -> None:
     params = {"stack": names[0], "more_stacks": names[1:], "config": cfg.model_dump(mode="json")}
     worker_pid = dev.state.pids["prefect_worker"]
     with get_client(sync_client=True) as client:
-        flow_id = client.create_flow_from_name("health-sweep")
-        deployment_id = client.create_deployment(
-            flow_id=flow_id,
-            name="sweep-bench-many",
-            work_pool_name="devstack",
-            entrypoint="flows/health_sweep.py:health_sweep",
-            path=str(PROJECT),
-            pull_steps=[
-                {"prefect.deployments.steps.set_working_directory": {"directory": str(PROJECT)}}
-            ],
-            parameters=params,
-        )
+        deployment_id = _sweep_deployment(client, "sweep-bench-many", params)
         rows = []
         try:
             for _ in range(2):

@@ -79,6 +79,7 @@ ENV_FIELDS: dict[str, str] = {
     "LITELLM_URL": "litellm_url",
     "LITELLM_MASTER_KEY": "litellm_master_key",
     "LITELLM_SALT_KEY": "litellm_salt_key",
+    "LITELLM_REQUIRES_DB": "litellm_requires_db",
     "LANGFUSE_URL": "langfuse_url",
     "LANGFUSE_WORKER_URL": "langfuse_worker_url",
     "LANGFUSE_PUBLIC_KEY": "langfuse_public_key",
@@ -108,6 +109,7 @@ FIX_HINTS: dict[str, str] = {
     "langfuse_bucket": "set LANGFUSE_S3_BUCKET to the bucket Langfuse uploads events to",
     "litellm_url": "set LITELLM_URL to http://HOST:4000",
     "litellm_master_key": "set LITELLM_MASTER_KEY to a key that starts with 'sk-'",
+    "litellm_requires_db": "set LITELLM_REQUIRES_DB to true or false (or leave it unset: true)",
     "langfuse_url": "set LANGFUSE_URL to http://HOST:3000",
     "langfuse_worker_url": "set LANGFUSE_WORKER_URL to http://HOST:3030",
     "langfuse_public_key": "set LANGFUSE_PUBLIC_KEY to the project's public key (pk-lf-...)",
@@ -243,6 +245,11 @@ class Stack(Block):
     litellm_master_key: SecretStr = Field(description="LiteLLM master key (starts with sk-).")
     litellm_salt_key: SecretStr | None = Field(
         default=None, description="LiteLLM salt key; must never change after the first deploy."
+    )
+    litellm_requires_db: bool = Field(
+        default=True,
+        description="LiteLLM runs with its database (virtual keys, spend): readiness "
+        "without one is degraded. False only for a gateway deliberately run without one.",
     )
     langfuse_url: str = Field(description="Langfuse web base URL, e.g. http://langfuse-web:3000.")
     langfuse_worker_url: str = Field(description="Langfuse worker base URL (port 3030).")

@@ -62,6 +62,7 @@ from deployments.automations import (
     watcher_automation,
 )
 from deployments.channels import (
+    CHANNELS,
     ChannelDocument,
     channels_from_env,
     is_builtin,
@@ -219,20 +220,45 @@ async def save_channels(channels: Sequence[ChannelDocument]) -> list[StepResult]
 async def save_stack(
     env: Mapping[str, str], stack_name: str, channels: Sequence[ChannelDocument]
 ) -> tuple[Stack, StepResult]:
+    """The stack block from the environment, its routes merged with the existing ones.
+
+    Routes from the environment (``NOTIFICATION_ROUTES`` and the channel variables)
+    come first. A route added in the UI (to a block document the environment does not
+    manage, such as a Slack Block Kit block) is kept across every worker restart; a
+    route to a channel document whose variable is no longer set is dropped, unless the
+    environment sets no channel at all (then every existing route is kept).
+    """
     stack = Stack.from_env(env, stack_name=stack_name)
     routes: list[NotificationRoute] = list(stack.notifications)
     for channel in channels:
         if all(route.block != channel.route.block for route in routes):
             routes.append(channel.route)
-    note = f"{len(routes)} route(s) from the environment"
-    if not routes:
-        try:
-            existing: Block = await Stack.aload(stack_name)
-            if isinstance(existing, Stack):
-                routes = list(existing.notifications)
-            note = f"no channel in the environment; kept {len(routes)} existing route(s)"
-        except ValueError:
+    from_env = len(routes)
+    existing_routes: list[NotificationRoute] | None = None
+    try:
+        existing: Block = await Stack.aload(stack_name)
+        if isinstance(existing, Stack):
+            existing_routes = list(existing.notifications)
+    except ValueError:
+        pass
+    managed = {channel.slug(stack_name) for channel in CHANNELS}
+    if existing_routes is None:
+        note = f"{from_env} route(s) from the environment"
+        if not routes:
             note = "no notification channel: alerts go nowhere"
+    elif not routes:
+        routes = existing_routes
+        note = f"no channel in the environment; kept {len(routes)} existing route(s)"
+    else:
+        kept = [
+            route
+            for route in existing_routes
+            if route.block not in managed and all(r.block != route.block for r in routes)
+        ]
+        routes += kept
+        note = f"{from_env} route(s) from the environment"
+        if kept:
+            note += f", kept {len(kept)} added in the UI"
     stack.notifications = routes
     outcome = await save_block(stack, stack_name)
     return stack, StepResult(

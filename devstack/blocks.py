@@ -17,11 +17,11 @@ from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from blocks.pagerduty import PagerDutyEvents
 from blocks.slack import SlackBlockKit
 from blocks.stack import NotificationRoute, Stack
+from devstack.core import PAGERDUTY_ROUTING_KEY
 
 WEBHOOK_DOC = "devstack-webhook"
 SLACK_DOC = "devstack-slack"
 PAGERDUTY_DOC = "devstack-pagerduty"
-PAGERDUTY_ROUTING_KEY = "devstack-routing-key"
 
 
 def save_devstack_blocks(env: dict[str, str] | None = None) -> Stack:

@@ -35,6 +35,8 @@ PG_BIN_CANDIDATES = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=Tr
 LITELLM_VENV = Path(os.environ.get("LITELLM_VENV", PROJECT / ".venv-litellm"))
 POOL = "devstack"
 STACK_NAME = "devstack"
+# Not a secret: the receiver stand-in accepts any routing key.
+PAGERDUTY_ROUTING_KEY = "devstack-routing-key"
 
 PORT_NAMES = (
     "postgres",
@@ -243,6 +245,9 @@ class Devstack:
             "LITELLM_URL": self.url("litellm"),
             "LITELLM_MASTER_KEY": c.litellm_master_key,
             "LITELLM_SALT_KEY": c.litellm_salt_key,
+            # The devstack's LiteLLM runs without a database on purpose (its DB mode
+            # needs Prisma engines from the internet): not a fault to page about.
+            "LITELLM_REQUIRES_DB": "false",
             "LANGFUSE_URL": self.url("langfuse"),
             "LANGFUSE_WORKER_URL": self.url("langfuse_worker"),
             "LANGFUSE_PUBLIC_KEY": c.langfuse_public_key,
@@ -574,6 +579,9 @@ class Devstack:
                 "PREFECT_SERVER_API_HOST": "127.0.0.1",
                 "PREFECT_SERVER_API_PORT": str(self.ports["prefect"]),
                 "PREFECT_UI_API_URL": self.prefect_api_url,
+                # Schedules of deployments not touched recently are filled every 10 s
+                # (default 60 s), so the scheduler test sees runs without a long wait.
+                "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "10",
             }
         )
         env.pop("PREFECT_API_URL", None)

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from devstack.core import POOL, PROJECT, STACK_NAME, Devstack
+from devstack.core import PAGERDUTY_ROUTING_KEY, POOL, PROJECT, STACK_NAME, Devstack
 
 RUN_TIMEOUT_S = 900
 
@@ -48,25 +48,35 @@ class RunOutcome:
 
 
 def bootstrap_env(devstack: Devstack) -> dict[str, str]:
-    """The devstack's env as the Railway worker would see it, alerts to the receiver."""
+    """The devstack's env as the Railway worker would see it, alerts to the receiver.
+
+    The webhook and the pager come from channel variables, as on Railway; the devstack's
+    Slack Block Kit route (added like an operator adds one in the UI) is kept by the
+    bootstrap, so every channel kind the devstack has is exercised.
+    """
     env = devstack.client_env()
     env["ALERT_WEBHOOK_URL"] = f"{devstack.receiver_url}/custom"
+    env["PAGERDUTY_ROUTING_KEY"] = PAGERDUTY_ROUTING_KEY
+    env["PAGERDUTY_EVENTS_URL"] = f"{devstack.receiver_url}/pagerduty"
     env["OPS_WORK_POOL"] = POOL
     env["OPS_PROJECT_DIR"] = str(PROJECT)
     return env
 
 
 def run_bootstrap(
-    devstack: Devstack, *extra: str, env: dict[str, str] | None = None
+    devstack: Devstack,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    stack: str = STACK_NAME,
 ) -> subprocess.CompletedProcess[str]:
-    """The bootstrap with ``--deploy`` for stack ``devstack``; ``env`` adds variables."""
+    """The bootstrap with ``--deploy`` for ``stack``; ``env`` adds variables."""
     argv = [
         sys.executable, "-m", "deployments.bootstrap",
-        "--stack", STACK_NAME, "--work-pool", POOL, "--deploy", *extra,
+        "--stack", stack, "--work-pool", POOL, "--deploy", *extra,
     ]  # fmt: skip
     return subprocess.run(
         argv,
-        env={**bootstrap_env(devstack), **(env or {})},
+        env={**bootstrap_env(devstack), "STACK_NAME": stack, **(env or {})},
         cwd=PROJECT,
         capture_output=True,
         text=True,

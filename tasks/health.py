@@ -104,10 +104,10 @@ class HealthThresholds(BaseModel):
     backup_max_age_h: float = Field(
         default=26.0, gt=0, le=24 * 30, description="Newest complete backup older: degraded."
     )
-    litellm_requires_db: bool = Field(
-        default=True,
+    litellm_requires_db: bool | None = Field(
+        default=None,
         description="LiteLLM without a database (no keys, no spend) is degraded; "
-        "turn off only for a gateway deliberately run without one.",
+        "None follows the stack block's litellm_requires_db (LITELLM_REQUIRES_DB).",
     )
 
 
@@ -167,7 +167,10 @@ async def check_litellm_readiness(stack: Stack, timeout_s: float, th: HealthThre
         return Verdict("unhealthy", f"readiness status {status!r}, db {db!r}")
     if db == "connected":
         return _ok("ready, database connected")
-    if db.lower() in ("not connected", "not_connected") and not th.litellm_requires_db:
+    requires_db = (
+        stack.litellm_requires_db if th.litellm_requires_db is None else th.litellm_requires_db
+    )
+    if db.lower() in ("not connected", "not_connected") and not requires_db:
         return _ok("ready, runs without a database")
     return Verdict(
         "degraded",

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from devstack.core import PROJECT, Devstack
+from tests import prefect_logs
 
 TEST_ROOT = Path(os.environ.get("DEVSTACK_TEST_DIR", PROJECT / ".devstack-test"))
 
@@ -57,12 +58,45 @@ class Receiver:
         ).raise_for_status()
 
 
+# Patterns of Prefect server/worker log errors that the tests which ran declared.
+_ALLOWED_PREFECT_LOG_ERRORS: list[str] = []
+_PREFECT_LOGS = ("prefect_server", "prefect_worker")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "prefect_log_allows(*patterns): errors this test causes on purpose in the Prefect "
+        "server's or worker's log (regular expressions)",
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for marker in item.iter_markers("prefect_log_allows"):
+        _ALLOWED_PREFECT_LOG_ERRORS.extend(marker.args)
+
+
 @pytest.fixture(scope="session")
 def devstack() -> Iterator[Devstack]:
+    logs = [_DEVSTACK.root / "logs" / f"{name}.log" for name in _PREFECT_LOGS]
+    offsets = prefect_logs.sizes(logs)
     _DEVSTACK.up(with_worker=True)
     yield _DEVSTACK
-    if not os.environ.get("DEVSTACK_KEEP"):
-        _DEVSTACK.down()
+    try:
+        found = {
+            path.name: problems
+            for path, text in prefect_logs.read_since(offsets).items()
+            if (problems := prefect_logs.problems(text, _ALLOWED_PREFECT_LOG_ERRORS))
+        }
+    finally:
+        if not os.environ.get("DEVSTACK_KEEP"):
+            _DEVSTACK.down()
+    if found:
+        report = "\n\n".join(
+            f"{name}: {len(problems)} unexpected error(s); the first:\n{problems[0][:3000]}"
+            for name, problems in found.items()
+        )
+        pytest.fail(f"the Prefect server or worker logged errors no test expected:\n{report}")
 
 
 @pytest.fixture(scope="session")

@@ -125,6 +125,31 @@ def test_routes_added_in_the_ui_survive_a_bootstrap_without_channel_variables(
     assert step.outcome == "unchanged" and "kept 1 existing route" in step.note
 
 
+def test_a_route_added_in_the_ui_survives_a_bootstrap_with_channel_variables(
+    stack_env: dict[str, str], stack_name: str, devstack: Devstack
+) -> None:
+    env = {
+        **stack_env,
+        "ALERT_WEBHOOK_URL": f"{devstack.receiver_url}/bootstrap-test",
+        "PAGERDUTY_ROUTING_KEY": "r" * 32,
+    }
+    _run(env, stack_name)
+    # An operator adds a Block Kit route in the UI (a document the environment does not manage).
+    stack = Stack.load_stack(stack_name)
+    ui_route = NotificationRoute(block="slack-block-kit/devstack-slack", min_severity="warning")
+    stack.notifications = [*stack.notifications, ui_route]
+    stack.save(stack_name, overwrite=True)
+    # The worker restarts; PAGERDUTY_ROUTING_KEY was removed from its variables meanwhile.
+    env.pop("PAGERDUTY_ROUTING_KEY")
+    report = _run(env, stack_name)
+    assert Stack.load_stack(stack_name).notifications == [
+        NotificationRoute(block=f"custom-webhook/{stack_name}-webhook", min_severity="warning"),
+        ui_route,
+    ]
+    (step,) = [s for s in report.steps if s.kind == "stack block"]
+    assert "kept 1 added in the UI" in step.note
+
+
 def test_automations_notify_the_channels_with_the_configured_window(
     stack_env: dict[str, str], stack_name: str, devstack: Devstack
 ) -> None:

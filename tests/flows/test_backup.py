@@ -32,6 +32,7 @@ from tasks.manifest import BackupManifest, manifest_key, new_backup_id, set_id_o
 from tasks.postgres import dump_hooks
 from tasks.retention import RetentionPolicy
 from tasks.storage import list_backup_sets, list_multipart_uploads
+from tests.prefect_api import run_logs
 
 STACK = "devstack"
 BUCKET = "backups"
@@ -94,28 +95,10 @@ def run_id(state: Any) -> uuid.UUID:
 def texts_of_runs(flow_run_ids: list[uuid.UUID]) -> list[str]:
     """Every log line and artifact of the runs, read back from the Prefect API."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        ArtifactFilter,
-        ArtifactFilterFlowRunId,
-        LogFilter,
-        LogFilterFlowRunId,
-    )
-    from prefect.logging.handlers import APILogWorker
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-    APILogWorker.drain_all(timeout=10)
-    texts: list[str] = []
+    texts = run_logs(flow_run_ids)
     with get_client(sync_client=True) as client:
-        offset = 0
-        while True:
-            page = client.read_logs(
-                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=flow_run_ids)),
-                limit=200,
-                offset=offset,
-            )
-            texts += [log.message for log in page]
-            offset += len(page)
-            if len(page) < 200:
-                break
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=flow_run_ids))
         )

@@ -33,8 +33,6 @@ from prefect.client.schemas.filters import (
     ArtifactFilterKey,
     DeploymentFilter,
     DeploymentFilterId,
-    LogFilter,
-    LogFilterFlowRunId,
 )
 from prefect.client.schemas.objects import State
 from pydantic import SecretStr
@@ -43,6 +41,7 @@ from blocks.stack import Stack
 from devstack.core import STANDINS, Devstack
 from flows.deploy_verify import DeployVerifyConfig, deploy_verify
 from tasks.manifest import BackupManifest, PostgresDump, manifest_key, new_backup_id
+from tests.prefect_api import run_logs
 
 ALL_CHECKS = [
     "master-key",
@@ -460,11 +459,7 @@ def test_no_secret_in_logs_artifacts_alerts_or_variables(
             flow_run = client.read_flow_run(flow_run_id)
             seen.append(json.dumps(flow_run.parameters))
             seen.append((flow_run.state.message if flow_run.state else None) or "")
-            logs = client.read_logs(
-                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
-            )
-            assert logs, f"run {flow_run_id} logged nothing"
-            seen.extend(log.message for log in logs)
+            seen.extend(run_logs([flow_run_id]))
             seen.extend(
                 str(a.data) + str(a.description)
                 for a in client.read_artifacts(

@@ -28,6 +28,7 @@ from devstack.seed import clickhouse_client
 from flows.restore_drill import RestoreDrillConfig, restore_drill
 from tasks.manifest import BackupManifest, StoredObject, manifest_key, new_backup_id
 from tasks.storage import newest_complete_manifest
+from tests.prefect_api import run_logs
 
 STACK = "devstack"
 
@@ -136,24 +137,10 @@ def run_texts(flow_run_ids: list[Any], artifact_keys: list[str]) -> list[str]:
     from prefect.client.schemas.filters import (
         ArtifactFilter,
         ArtifactFilterKey,
-        LogFilter,
-        LogFilterFlowRunId,
     )
 
+    texts = run_logs(flow_run_ids)
     with get_client(sync_client=True) as client:
-        logs = client.read_logs(
-            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=flow_run_ids)), limit=200
-        )
-        texts = [log.message for log in logs]
-        offset = 200
-        while len(logs) == 200:
-            logs = client.read_logs(
-                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=flow_run_ids)),
-                limit=200,
-                offset=offset,
-            )
-            texts += [log.message for log in logs]
-            offset += 200
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=artifact_keys))
         )

@@ -58,9 +58,20 @@ def test_every_service_healthy_on_a_working_stack(stack) -> None:  # type: ignor
 
 
 def test_litellm_without_a_database_is_degraded_by_default(stack) -> None:  # type: ignore[no-untyped-def]
-    result = asyncio.run(run_checks(stack, 5.0, ["litellm-readiness"]))[0]
+    production_like = stack.model_copy(update={"litellm_requires_db": True})
+    result = asyncio.run(run_checks(production_like, 5.0, ["litellm-readiness"]))[0]
     assert result.status == "degraded"
     assert "DATABASE_URL" in result.reason
+
+
+def test_a_stack_run_without_a_database_on_purpose_is_ready(stack) -> None:  # type: ignore[no-untyped-def]
+    # The devstack's env says LITELLM_REQUIRES_DB=false; a threshold can still override it.
+    assert stack.litellm_requires_db is False
+    result = asyncio.run(run_checks(stack, 5.0, ["litellm-readiness"]))[0]
+    assert (result.status, result.reason) == ("healthy", "ready, runs without a database")
+    strict = HealthThresholds(litellm_requires_db=True)
+    result = asyncio.run(run_checks(stack, 5.0, ["litellm-readiness"], strict))[0]
+    assert result.status == "degraded"
 
 
 def test_redis_stopped_is_unhealthy(stack, devstack) -> None:  # type: ignore[no-untyped-def]

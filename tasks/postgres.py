@@ -56,7 +56,7 @@ from pydantic import BaseModel, Field
 from blocks.stack import Stack
 from tasks.errors import PostgresDumpError, ToolVersionError
 from tasks.manifest import PostgresDump, postgres_dump_key
-from tasks.retry import RUN_CACHE, retry_transient
+from tasks.retry import RUN_CACHE, access_fix, retry_transient
 from tasks.storage import s3_client, storage_error
 
 CONNECT_TIMEOUT_S = 10
@@ -217,9 +217,14 @@ def connect(stack: Stack, **options: str) -> psycopg.Connection[TupleRow]:
 
 def pg_error(stack: Stack, action: str, exc: BaseException) -> PostgresDumpError:
     reason = stack.scrub(f"{type(exc).__name__}: {exc}".strip())[:600]
+    fix = access_fix(exc)
+    advice = (
+        f"No retry can fix this: {fix}."
+        if fix
+        else "Check that the database is up and reachable from the worker."
+    )
     return PostgresDumpError(
-        f"PostgreSQL {action} failed on {stack.postgres_dsn_redacted}: {reason}. "
-        "Check that the database is up and reachable from the worker."
+        f"PostgreSQL {action} failed on {stack.postgres_dsn_redacted}: {reason}. {advice}"
     )
 
 

@@ -2,12 +2,18 @@
 
 Used as ``retry_condition_fn`` on tasks whose work is idempotent. A connection that
 dropped, a timeout or an S3 hiccup may pass; a pg_dump that is too old, a stack block
-that is wrong or a retention plan that broke an invariant will fail the same way
-again, so those fail at once.
+that is wrong, a retention plan that broke an invariant, or a server that refused our
+credentials or permissions (wrong S3 secret, wrong password, a missing bucket) will
+fail the same way again, so those fail at once, with the fix in the message
+(:func:`access_fix`).
+
+Our errors wrap the driver's (``raise StorageError(...) from None``); the driver's
+exception stays reachable as ``__context__``, and the whole chain is classified.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from prefect.cache_policies import INPUTS, RUN_ID, TASK_SOURCE
@@ -29,9 +35,86 @@ PERMANENT: tuple[type[BaseException], ...] = (
 )
 
 
+# S3 error codes that mean the request itself is refused, whenever it is sent again.
+_S3_FIXES = {
+    "SignatureDoesNotMatch": "the S3 secret key is wrong: set MINIO_ROOT_PASSWORD (the "
+    "stack block's s3_secret_key) to the secret of the access key",
+    "InvalidAccessKeyId": "the S3 access key does not exist: set MINIO_ROOT_USER (the stack "
+    "block's s3_access_key) to an existing access key",
+    "AccessDenied": "the S3 access key may not do this: grant it read, write, list and "
+    "delete on the bucket, or use a key that has them",
+    "NoSuchBucket": "the bucket does not exist: create it (the bootstrap creates the backup "
+    "bucket at every worker start) or set BACKUP_BUCKET to an existing one",
+    "InvalidBucketName": "the bucket name is not valid: fix BACKUP_BUCKET",
+}
+# SQLSTATEs of a refused login or a missing database or privilege.
+_PG_FIXES = {
+    "28P01": "PostgreSQL refused the password: fix DATABASE_URL (the stack block's postgres_dsn)",
+    "28000": "PostgreSQL refused the login (pg_hba.conf or role): fix DATABASE_URL's user, "
+    "or allow it in pg_hba.conf",
+    "3D000": "the database does not exist: fix the database name in DATABASE_URL",
+    "42501": "the PostgreSQL role lacks a privilege: use a role that may read every table "
+    "(the database owner or a superuser)",
+}
+_PG_MESSAGES = {
+    "password authentication failed": "28P01",
+    "no pg_hba.conf entry": "28000",
+}
+_PG_MISSING_DB = re.compile(r'database "[^"]*" does not exist')
+# ClickHouse error codes: AUTHENTICATION_FAILED, ACCESS_DENIED, UNKNOWN_USER, REQUIRED_PASSWORD.
+_CH_CODE = re.compile(r"\bCode: (\d+)")
+_CH_FIXES = {
+    "516": "ClickHouse refused the user or password: fix CLICKHOUSE_USER and CLICKHOUSE_PASSWORD",
+    "192": "ClickHouse has no such user: fix CLICKHOUSE_USER",
+    "194": "ClickHouse wants a password: set CLICKHOUSE_PASSWORD",
+    "497": "the ClickHouse user lacks a grant (BACKUP, SELECT, CREATE): grant it, or use "
+    "Langfuse's ClickHouse user",
+}
+_REDIS_AUTH = ("WRONGPASS", "NOAUTH", "invalid password", "invalid username-password")
+
+
+def access_fix(exc: BaseException) -> str | None:
+    """What to fix when ``exc`` (or an error it wraps) is refused credentials or access.
+
+    None for anything a retry may fix. Duck-typed on the drivers' own attributes, so
+    this module imports none of them.
+    """
+    for error in _chain(exc):
+        code = getattr(error, "code", None)
+        if isinstance(code, str) and code in _S3_FIXES:
+            return _S3_FIXES[code]
+        text = str(error)
+        sqlstate = getattr(error, "sqlstate", None)
+        if sqlstate is None and type(error).__module__.startswith("psycopg"):
+            sqlstate = next((s for m, s in _PG_MESSAGES.items() if m in text), None)
+            if sqlstate is None and _PG_MISSING_DB.search(text):
+                sqlstate = "3D000"
+        if isinstance(sqlstate, str) and sqlstate in _PG_FIXES:
+            return _PG_FIXES[sqlstate]
+        if type(error).__module__.startswith("clickhouse_connect"):
+            match = _CH_CODE.search(text)
+            if match and match[1] in _CH_FIXES:
+                return _CH_FIXES[match[1]]
+        if type(error).__module__.startswith("redis") and (
+            type(error).__name__ == "AuthenticationError" or text.startswith(_REDIS_AUTH)
+        ):
+            return "Redis refused the password: fix REDIS_PASSWORD"
+    return None
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the errors it wraps (cause or context), without cycles."""
+    found: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not seen for seen in found):
+        found.append(current)
+        current = current.__cause__ or current.__context__
+    return found
+
+
 def is_transient(exc: BaseException) -> bool:
     """True unless the error is one a retry cannot fix."""
-    return not isinstance(exc, PERMANENT)
+    return not isinstance(exc, PERMANENT) and access_fix(exc) is None
 
 
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:

@@ -37,6 +37,7 @@ from tasks.manifest import (
     set_prefix,
     stack_prefix,
 )
+from tasks.retry import access_fix
 
 # Seconds to connect and between bytes on a read; a dead S3 endpoint fails fast
 # instead of hanging a task that a Prefect timeout cannot interrupt.
@@ -78,10 +79,14 @@ def s3_client(stack: Stack, timeout_s: float = READ_TIMEOUT_S, retries: int = 2)
 def storage_error(stack: Stack, action: str, exc: BaseException) -> StorageError:
     """A StorageError saying what was attempted and why it failed, with secrets scrubbed."""
     reason = stack.scrub(f"{type(exc).__name__}: {exc}")[:600]
-    return StorageError(
-        f"S3 {action} failed on {stack.s3_endpoint}: {reason}. Check that the S3 service "
-        f"is up and that the access key may read and write bucket {stack.backup_bucket!r}."
+    fix = access_fix(exc)
+    advice = (
+        f"No retry can fix this: {fix}."
+        if fix
+        else "Check that the S3 service is up and that the access key may read and write "
+        f"bucket {stack.backup_bucket!r}."
     )
+    return StorageError(f"S3 {action} failed on {stack.s3_endpoint}: {reason}. {advice}")
 
 
 class StoredEntry(BaseModel):

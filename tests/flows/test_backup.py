@@ -22,6 +22,7 @@ import psycopg
 import pytest
 from minio import Minio
 from psycopg import sql
+from pydantic import SecretStr
 
 from blocks.stack import Stack
 from devstack.core import PROJECT, Devstack
@@ -378,6 +379,34 @@ def test_a_failed_clickhouse_backup_fails_alerts_and_the_next_run_succeeds(
     assert "ClickHouse" in str(alert["json"])
     summary_of(recovered := run())
     assert_no_secrets(stack, [failed, recovered], receiver)
+
+
+def test_a_wrong_s3_secret_fails_at_once_with_the_fix_and_is_not_retried(
+    devstack: Devstack, stack: Stack, s3: Minio, receiver: Any
+) -> None:
+    name = "devstack-badsecret"
+    broken = Stack.load_stack(STACK).model_copy(
+        update={"s3_secret_key": SecretStr("not-the-s3-secret")}
+    )
+    broken.save(name, overwrite=True)
+    before = bucket_keys(s3)
+    failed = run(stack=name)
+    assert_failed_cleanly(failed, s3, before, "SignatureDoesNotMatch")
+    assert "No retry can fix this" in (failed.message or "")
+    assert "MINIO_ROOT_PASSWORD" in (failed.message or "")
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id(failed)]))
+        )
+    failed_tasks = [t for t in task_runs if t.state and t.state.is_failed()]
+    assert failed_tasks, [t.name for t in task_runs]
+    assert all(t.run_count == 1 for t in failed_tasks), [
+        (t.name, t.run_count) for t in failed_tasks
+    ]
+    wait_for_alert(receiver, "SignatureDoesNotMatch")
 
 
 def test_a_retried_run_does_not_redo_the_finished_dump(

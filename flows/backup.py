@@ -155,7 +155,7 @@ def backup(stack: str = "production", config: BackupConfig | None = None) -> Bac
         manifest_key=manifest.key,
         total_bytes=manifest.total_size,
         seconds=(manifest.finished_at - manifest.started_at).total_seconds(),
-        postgres_rows=sum(dump.table_rows.values()),
+        postgres_rows=dump.total_rows,
         clickhouse_rows=sum(sum(ch.backup.table_rows.values()) for ch in clickhouse),
         deleted_sets=pruned.deleted_sets,
         would_delete_sets=plan.deleted_sets if config.dry_run else [],

@@ -310,7 +310,7 @@ def render_report(manifest: BackupManifest, prune: PruneResult, plan: RetentionP
         "|---|---:|---:|---:|---:|",
         f"| Postgres `{pg.database}` (pg_dump {pg.pg_dump_version}, server {pg.server_version}) "
         f"| {pg.dump_size / 1e6:.1f} MB | {pg.seconds:.1f} | "
-        f"{pg.dump_size / 1e6 / max(pg.seconds, 1e-6):.1f} MB/s | {sum(pg.table_rows.values())} |",
+        f"{pg.dump_size / 1e6 / max(pg.seconds, 1e-6):.1f} MB/s | {pg.total_rows} |",
     ]
     for ch in manifest.clickhouse:
         lines.append(

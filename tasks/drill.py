@@ -23,6 +23,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from tasks.manifest import LargeObjects
+
 SCRATCH_PREFIX = "drill_"
 # Postgres truncates identifiers at 63 bytes: keep the whole name below that.
 MAX_IDENTIFIER = 63
@@ -159,6 +161,27 @@ def check_row_counts(
         )
     total = sum(actual.values())
     return passed(name, component, f"{len(actual)} tables, {total} rows, all match the manifest")
+
+
+def check_large_objects(
+    name: str, component: Component, expected: LargeObjects, actual: LargeObjects
+) -> Check:
+    """Large objects restored vs manifest: the count, and the digest when both have one."""
+    if actual.count != expected.count:
+        return failed(
+            name,
+            component,
+            f"{actual.count} large objects restored, the manifest says {expected.count}",
+        )
+    if expected.digest is not None and actual.digest is not None:
+        if actual.digest != expected.digest:
+            return failed(
+                name, component, f"the {actual.count} large objects differ in content (md5)"
+            )
+        return passed(name, component, f"{actual.count} large objects, content matches")
+    return passed(
+        name, component, f"{actual.count} large objects (content not readable by this role)"
+    )
 
 
 def check_required_tables(

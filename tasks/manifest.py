@@ -129,6 +129,17 @@ class StoredObject(BaseModel):
     kind: ObjectKind
 
 
+class LargeObjects(BaseModel):
+    """Postgres large objects (``lo_*``), which live outside every table's rows."""
+
+    count: int = Field(ge=0, description="Rows of pg_largeobject_metadata.")
+    digest: str | None = Field(
+        default=None,
+        description="md5 over every page of every large object, in order; None when the "
+        "role may not read pg_largeobject.",
+    )
+
+
 class PostgresDump(BaseModel):
     """The Postgres part of a set: one consistent ``pg_dump -Fc`` of one database."""
 
@@ -144,6 +155,21 @@ class PostgresDump(BaseModel):
         "'<schema>.<table>' (unquoted, case kept)."
     )
     seconds: float = Field(ge=0, description="Wall time of the dump and upload.")
+    partitioned_tables: list[str] = Field(
+        default_factory=list,
+        description="Partitioned parents among table_rows: their count is their "
+        "partitions' rows, so totals leave them out.",
+    )
+    large_objects: LargeObjects | None = Field(
+        default=None,
+        description="Large objects in the snapshot (none recorded by older sets).",
+    )
+
+    @property
+    def total_rows(self) -> int:
+        """Rows in the dump, each counted once (partitions, not their parents)."""
+        parents = set(self.partitioned_tables)
+        return sum(rows for table, rows in self.table_rows.items() if table not in parents)
 
 
 class ClickHouseBackup(BaseModel):

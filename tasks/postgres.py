@@ -39,7 +39,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import IO, cast
+from typing import IO, NamedTuple, cast
 from urllib.parse import unquote, urlsplit, urlunsplit
 from uuid import UUID
 
@@ -55,7 +55,7 @@ from pydantic import BaseModel, Field
 
 from blocks.stack import Stack
 from tasks.errors import PostgresDumpError, ToolVersionError
-from tasks.manifest import PostgresDump, postgres_dump_key
+from tasks.manifest import LargeObjects, PostgresDump, postgres_dump_key
 from tasks.retry import RUN_CACHE, access_fix, retry_transient
 from tasks.storage import s3_client, storage_error
 
@@ -266,6 +266,49 @@ def export_snapshot(conn: psycopg.Connection[TupleRow]) -> str:
     return str(row[0])
 
 
+PARTITIONED_TABLES = """
+SELECT n.nspname || '.' || c.relname
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'p' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+ORDER BY 1
+"""
+LARGE_OBJECT_COUNT = "SELECT count(*) FROM pg_largeobject_metadata"
+LARGE_OBJECT_DIGEST = (
+    "SELECT coalesce(md5(string_agg(md5(data), '' ORDER BY loid, pageno)), '') FROM pg_largeobject"
+)
+
+
+def partitioned_tables(conn: psycopg.Connection[TupleRow]) -> list[str]:
+    """The partitioned parents: ``count(*)`` on them counts their partitions' rows."""
+    return [str(row[0]) for row in conn.execute(PARTITIONED_TABLES).fetchall()]
+
+
+def large_objects(conn: psycopg.Connection[TupleRow]) -> LargeObjects:
+    """Count and digest of the large objects, which no table count sees."""
+    row = conn.execute(LARGE_OBJECT_COUNT).fetchone()
+    count = int(cast(int, row[0])) if row else 0
+    if count == 0:
+        return LargeObjects(count=0, digest="")
+    # pg_largeobject is readable by superusers only; a count is still worth having.
+    try:
+        with conn.transaction():
+            digest_row = conn.execute(LARGE_OBJECT_DIGEST).fetchone()
+    except psycopg.errors.InsufficientPrivilege:
+        return LargeObjects(count=count, digest=None)
+    return LargeObjects(count=count, digest=str(digest_row[0]) if digest_row else None)
+
+
+class SnapshotInventory(NamedTuple):
+    table_rows: dict[str, int]
+    partitioned: list[str]
+    large_objects: LargeObjects
+
+
+def snapshot_inventory(conn: psycopg.Connection[TupleRow]) -> SnapshotInventory:
+    """Everything a restore must bring back, counted in the connection's snapshot."""
+    return SnapshotInventory(count_rows(conn), partitioned_tables(conn), large_objects(conn))
+
+
 def count_rows(conn: psycopg.Connection[TupleRow]) -> dict[str, int]:
     """Exact row count of every user table, inside the exported snapshot."""
     counts: dict[str, int] = {}
@@ -458,7 +501,7 @@ def dump_postgres(
         # The counts run on the exporting connection while pg_dump streams: the same
         # snapshot, and the server scans for both at once instead of one after the other.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="count-rows") as pool:
-            counting = pool.submit(count_rows, conn)
+            counting = pool.submit(snapshot_inventory, conn)
             try:
                 size, sha256 = _stream_dump(
                     stack, versions, snapshot_id, key, part_size, upload_threads, timeout_s,
@@ -469,13 +512,16 @@ def dump_postgres(
                     conn.cancel_safe(timeout=5)
                 raise
             try:
-                counts = counting.result()
+                inventory = counting.result()
             except psycopg.Error as exc:
                 raise pg_error(stack, "row count in the snapshot", exc) from None
+        counts = inventory.table_rows
+        parents = set(inventory.partitioned)
         logger.info(
-            "Postgres: %d tables, %d rows in snapshot %s",
+            "Postgres: %d tables, %d rows, %d large objects in snapshot %s",
             len(counts),
-            sum(counts.values()),
+            sum(rows for table, rows in counts.items() if table not in parents),
+            inventory.large_objects.count,
             snapshot_id,
         )
         with contextlib.suppress(psycopg.Error):
@@ -498,6 +544,8 @@ def dump_postgres(
         dump_size=size,
         dump_sha256=sha256,
         table_rows=counts,
+        partitioned_tables=inventory.partitioned,
+        large_objects=inventory.large_objects,
         seconds=seconds,
     )
 

@@ -71,6 +71,7 @@ from tasks.drill import (
     Check,
     ComponentTiming,
     DrillReport,
+    check_large_objects,
     check_object,
     check_required_tables,
     check_row_counts,
@@ -86,12 +87,14 @@ from tasks.manifest import (
     MANIFEST_SCHEMA_VERSION,
     BackupManifest,
     ClickHouseBackup,
+    LargeObjects,
     manifest_key,
 )
 from tasks.postgres import (
     PgTool,
     count_rows,
     dsn_without_password,
+    large_objects,
     parse_tool_version,
     pg_client_tool,
     server_version,
@@ -681,6 +684,15 @@ def _restore_check(
     return passed("postgres-restore", "postgres", f"pg_restore into {database} completed")
 
 
+def pg_large_objects(server: PgServer, database: str) -> LargeObjects:
+    """Count and digest of the restored large objects, as the backup took them."""
+    try:
+        with server.connect(database) as conn:
+            return large_objects(conn)
+    except psycopg.Error as exc:
+        raise _pg_error(server, f"large objects in {database}", exc) from None
+
+
 def count_pg_rows(server: PgServer, database: str) -> dict[str, int]:
     """Exact row count of every user table, counted the way the backup counted them."""
     try:
@@ -738,6 +750,13 @@ def restore_postgres(
     if all(c.passed for c in checks):
         counts = count_pg_rows(server, database)
         checks.append(check_row_counts("postgres-row-counts", "postgres", dump.table_rows, counts))
+        if dump.large_objects is not None:
+            restored = pg_large_objects(server, database)
+            checks.append(
+                check_large_objects(
+                    "postgres-large-objects", "postgres", dump.large_objects, restored
+                )
+            )
         checks.append(
             check_required_tables("postgres-required-tables", "postgres", required_tables, counts)
         )

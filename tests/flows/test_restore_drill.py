@@ -348,3 +348,50 @@ def test_sha_of_copied_dump_matches_manifest(devstack, good_set):
         response.release_conn()
     assert digest == copied.postgres.dump_sha256
     assert isinstance(copied.objects[0], StoredObject)
+
+
+@pytest.fixture
+def partitions_and_large_objects(devstack: Devstack) -> Iterator[None]:
+    """A partitioned table (two partitions) and two large objects in the stack's database."""
+    with psycopg.connect(devstack.admin_dsn("railway"), autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE ops_events (id int, at date) PARTITION BY RANGE (at);"
+            "CREATE TABLE ops_events_2026_01 PARTITION OF ops_events "
+            "  FOR VALUES FROM ('2026-01-01') TO ('2026-02-01');"
+            "CREATE TABLE ops_events_2026_02 PARTITION OF ops_events "
+            "  FOR VALUES FROM ('2026-02-01') TO ('2026-03-01');"
+            "INSERT INTO ops_events SELECT g, '2026-01-15' FROM generate_series(1, 30) g;"
+            "INSERT INTO ops_events SELECT g, '2026-02-15' FROM generate_series(1, 12) g;"
+        )
+        conn.execute("SELECT lo_from_bytea(0, 'attachment one'), lo_from_bytea(0, 'two')")
+    try:
+        yield
+    finally:
+        with psycopg.connect(devstack.admin_dsn("railway"), autocommit=True) as conn:
+            conn.execute("DROP TABLE IF EXISTS ops_events")
+            conn.execute("SELECT lo_unlink(oid) FROM pg_largeobject_metadata")
+
+
+def test_partitions_count_once_and_large_objects_are_restored_and_checked(
+    devstack, stack, partitions_and_large_objects, clean
+):
+    manifest = make_backup_set(stack)
+    dump = manifest.postgres
+    assert dump.partitioned_tables == ["public.ops_events"]
+    assert dump.table_rows["public.ops_events"] == 42  # what a user's count(*) says
+    assert dump.total_rows == sum(dump.table_rows.values()) - 42  # counted once, in partitions
+    assert dump.large_objects is not None and dump.large_objects.count == 2
+    assert dump.large_objects.digest
+
+    report = drill(manifest.backup_id)
+    assert report.passed, report.failure_message()
+    (check,) = [c for c in report.checks if c.name == "postgres-large-objects"]
+    assert check.reason == "2 large objects, content matches"
+
+    def one_more(data: dict[str, Any]) -> None:
+        data["postgres"]["large_objects"]["count"] = 3
+
+    backup_id, _ = copy_set(devstack, manifest, edit_manifest=one_more)
+    message = failed_drill(backup_id)
+    assert "postgres-large-objects failed" in message
+    assert "2 large objects restored, the manifest says 3" in message

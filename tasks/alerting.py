@@ -29,6 +29,7 @@ dependency pages.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from itertools import pairwise
 from typing import Literal
@@ -181,16 +182,28 @@ def flips(history: str) -> int:
     return sum(1 for a, b in pairwise(history) if (a == "h") != (b == "h"))
 
 
-def impacted_by(results: dict[str, HealthStatus]) -> dict[str, str]:
-    """Failing service -> first failing dependency that explains it."""
+def impacted_by(
+    results: dict[str, HealthStatus], bad_since: Mapping[str, datetime] | None = None
+) -> dict[str, str]:
+    """Failing service -> first failing dependency that explains it.
+
+    ``bad_since`` (from the previous sweep's state) keeps a service that was failing
+    before its dependency failed out of the dependency's impacts: it fails for its
+    own reason, and its own incident stays as it was.
+    """
+    since = bad_since or {}
     found: dict[str, str] = {}
     for service, status in results.items():
         if not is_bad(status):
             continue
         for dependency in DEPENDS_ON.get(service, ()):
-            if is_bad(results.get(dependency, "healthy")):
-                found[service] = dependency
-                break
+            if not is_bad(results.get(dependency, "healthy")):
+                continue
+            mine, theirs = since.get(service), since.get(dependency)
+            if mine is not None and (theirs is None or mine < theirs):
+                continue
+            found[service] = dependency
+            break
     return found
 
 
@@ -209,7 +222,12 @@ def decide(
     """The next state and the notices of one sweep. Pure: same inputs, same outputs."""
     policy = policy or AlertPolicy()
     silences = silences or []
-    causes = impacted_by({r.service: r.status for r in results})
+    bad_since = {
+        service: previous.bad_since
+        for service, previous in state.services.items()
+        if previous.bad_since is not None and is_bad(previous.status)
+    }
+    causes = impacted_by({r.service: r.status for r in results}, bad_since)
     services = dict(state.services)
     notices: list[Notice] = []
     changes: list[StatusChange] = []

@@ -218,6 +218,21 @@ def test_impacted_service_still_broken_after_its_dependency_recovers_pages_itsel
     ]
 
 
+def test_a_service_failing_before_its_dependency_is_not_listed_as_impacted_by_it() -> None:
+    state = StackState()
+    for minute in range(3):  # LiteLLM's readiness fails for its own reason, and pages
+        state = sweep_all(state, {"litellm-readiness": "u"}, minute).state
+    for minute in range(3, 6):  # then Postgres fails too
+        decision = sweep_all(state, {"litellm-readiness": "u", "postgres": "u"}, minute)
+        state = decision.state
+    assert "litellm-readiness" not in decision.impacted_by
+    alert = group_notices("prod", decision)
+    assert alert is not None
+    (postgres,) = [e for e in alert.services if e["service"] == "postgres"]
+    assert postgres["impacts"] == ""
+    assert alert.title == "postgres unhealthy"
+
+
 def test_several_services_in_one_sweep_are_one_message() -> None:
     state = StackState()
     for minute in range(3):

@@ -40,6 +40,7 @@ PAGERDUTY_ROUTING_KEY = "devstack-routing-key"
 
 PORT_NAMES = (
     "postgres",
+    "prefect_db",
     "redis",
     "s3",
     "s3_master",
@@ -68,6 +69,7 @@ SERVICE_ORDER = (
     "langfuse_worker",
     "receiver",
     "litellm",
+    "prefect_db",
     "prefect_server",
     "prefect_worker",
 )
@@ -186,7 +188,15 @@ class Devstack:
 
     def _load_or_create_state(self) -> State:
         if self.state_file.exists():
-            return State.from_json(self.state_file.read_text())
+            state = State.from_json(self.state_file.read_text())
+            # A state folder from an older version lacks the ports of newer services.
+            taken = set(state.ports.values())
+            missing = [name for name in PORT_NAMES if name not in state.ports]
+            for name in missing:
+                state.ports[name] = _free_port(taken)
+            if missing:
+                self._write_state(state)
+            return state
         self.root.mkdir(parents=True, exist_ok=True)
         taken: set[int] = set()
         state = State(
@@ -340,17 +350,39 @@ class Devstack:
     # ---- services -------------------------------------------------------------------
 
     def _start_postgres(self) -> None:
-        data = self.root / "postgres" / "data"
-        sock = self.root / "postgres" / "sock"
+        self._start_pg_cluster("postgres", self.root / "postgres", max_connections=40)
+        self._wait("postgres", lambda: self._pg_ready())
+
+    def _start_prefect_db(self) -> None:
+        """The Prefect server's own PostgreSQL, apart from the stack's (its own failure
+        domain: tests stop the stack's Postgres, and the control plane must not notice).
+        PostgreSQL rather than SQLite: under the suite's load SQLite answers "database is
+        locked" to writes that started as reads, and the server logs errors."""
+        self._start_pg_cluster("prefect_db", self.root / "prefect-db", max_connections=60)
+        self._wait("prefect_db", self._prefect_db_ready)
+
+    def _prefect_db_ready(self) -> bool:
+        import psycopg
+
+        with psycopg.connect(
+            self._pg_dsn("prefect_db", "postgres"), connect_timeout=2, autocommit=True
+        ) as conn:
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'prefect'").fetchone():
+                conn.execute("CREATE DATABASE prefect")
+        return True
+
+    def _start_pg_cluster(self, name: str, root: Path, max_connections: int) -> None:
+        data = root / "data"
+        sock = root / "sock"
         user = "postgres" if os.geteuid() == 0 else None
         if not (data / "PG_VERSION").exists():
             data.mkdir(parents=True, exist_ok=True)
             sock.mkdir(parents=True, exist_ok=True)
-            pwfile = self.root / "postgres" / "pwfile"
+            pwfile = root / "pwfile"
             pwfile.write_text(self.creds.postgres_password + "\n")
             if user:
                 info = pwd.getpwnam(user)
-                for path in (self.root / "postgres", data, sock, pwfile):
+                for path in (root, data, sock, pwfile):
                     os.chown(path, info.pw_uid, info.pw_gid)
             initdb = subprocess.run(
                 [
@@ -374,12 +406,12 @@ class Devstack:
             if initdb.returncode != 0:
                 raise DevstackError(f"initdb failed in {data}:\n{initdb.stderr[-2000:]}")
         argv = [
-            _pg_bin("postgres"), "-D", str(data), "-p", str(self.ports["postgres"]),
+            _pg_bin("postgres"), "-D", str(data), "-p", str(self.ports[name]),
             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={sock}",
-            "-c", "max_connections=40", "-c", "fsync=off", "-c", "log_min_messages=warning",
+            "-c", f"max_connections={max_connections}", "-c", "fsync=off",
+            "-c", "log_min_messages=warning",
         ]  # fmt: skip
-        self._spawn("postgres", argv, env=dict(os.environ), user=user)
-        self._wait("postgres", lambda: self._pg_ready())
+        self._spawn(name, argv, env=dict(os.environ), user=user)
 
     def _pg_ready(self) -> bool:
         import psycopg
@@ -389,8 +421,11 @@ class Devstack:
         return True
 
     def admin_dsn(self, database: str = "railway") -> str:
+        return self._pg_dsn("postgres", database)
+
+    def _pg_dsn(self, service: str, database: str) -> str:
         c, p = self.creds, self.ports
-        return f"postgresql://postgres:{c.postgres_password}@127.0.0.1:{p['postgres']}/{database}"
+        return f"postgresql://postgres:{c.postgres_password}@127.0.0.1:{p[service]}/{database}"
 
     def _start_redis(self) -> None:
         data = self.root / "redis"
@@ -575,7 +610,9 @@ class Devstack:
         env.update(
             {
                 "PREFECT_HOME": str(home),
-                "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
+                "PREFECT_API_DATABASE_CONNECTION_URL": self._pg_dsn(
+                    "prefect_db", "prefect"
+                ).replace("postgresql://", "postgresql+asyncpg://", 1),
                 "PREFECT_SERVER_API_HOST": "127.0.0.1",
                 "PREFECT_SERVER_API_PORT": str(self.ports["prefect"]),
                 "PREFECT_UI_API_URL": self.prefect_api_url,
@@ -633,6 +670,7 @@ class Devstack:
             return
         starters: dict[str, Callable[[], object]] = {
             "postgres": self._start_postgres,
+            "prefect_db": self._start_prefect_db,
             "redis": self._start_redis,
             "s3": self._start_s3,
             "clickhouse": self._start_clickhouse,
@@ -653,7 +691,7 @@ class Devstack:
             return
         if pid_alive(pid):
             # Postgres: SIGINT is its "fast" shutdown (rolls back, closes clients).
-            sig = signal.SIGINT if name == "postgres" else signal.SIGTERM
+            sig = signal.SIGINT if name in ("postgres", "prefect_db") else signal.SIGTERM
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, sig)
             # SeaweedFS ignores TERM for a long while; nothing in it needs a clean stop.

@@ -115,12 +115,22 @@ def check_object(
     expected_sha256: str | None,
     actual_size: int | None,
     actual_sha256: str | None,
+    *,
+    set_prefix: str | None = None,
 ) -> Check:
-    """An object read back against the manifest: present, same size, same sha256.
+    """An object read back against the manifest: in its set, present, same size and sha256.
 
     ``actual_size is None`` means the object does not exist; ``expected_sha256`` or
     ``actual_sha256`` None means the digest is not part of this check (size only).
+    ``set_prefix``: the set's own prefix; a key outside it is another set's object.
     """
+    if set_prefix is not None and not key.startswith(set_prefix):
+        return failed(
+            name,
+            component,
+            f"object {key} is outside the set ({set_prefix}): the manifest names another "
+            "set's object (copied or edited by hand); this set cannot be trusted",
+        )
     if actual_size is None:
         return failed(name, component, f"object {key} is missing from the bucket")
     if actual_size != expected_size:

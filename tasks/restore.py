@@ -402,7 +402,7 @@ def verify_set_objects(stack: Stack, manifest: BackupManifest) -> SetVerificatio
     dump = manifest.postgres
     pg_check = check_object(
         "postgres-dump-present", "postgres", dump.dump_key, dump.dump_size, None,
-        sizes.get(dump.dump_key), None,
+        sizes.get(dump.dump_key), None, set_prefix=manifest.prefix,
     )  # fmt: skip
     ch_checks: list[Check] = []
     for backup in manifest.clickhouse:
@@ -442,6 +442,7 @@ def _verify_clickhouse_backup(
     desc_check = check_object(
         f"clickhouse-descriptor{tag}", "clickhouse", descriptor.key, descriptor.size,
         descriptor.sha256, len(raw) if raw is not None else None, actual_sha,
+        set_prefix=manifest.prefix,
     )  # fmt: skip
     if not desc_check.passed or raw is None:
         return [desc_check]
@@ -747,7 +748,8 @@ def restore_postgres(
         server, tool.path, stack, manifest, database, mode, jobs, timeout_s, work_dir
     )
     verify_started = time.monotonic()
-    if all(c.passed for c in checks):
+    restored_ok = all(c.passed for c in checks)
+    if restored_ok:
         counts = count_pg_rows(server, database)
         checks.append(check_row_counts("postgres-row-counts", "postgres", dump.table_rows, counts))
         if dump.large_objects is not None:
@@ -767,6 +769,9 @@ def restore_postgres(
     for check in checks:
         log = logger.info if check.passed else logger.error
         log("%s %s: %s", check.name, check.outcome, check.reason)
+    if not restored_ok:
+        # A restore that did not complete has no recovery time to report.
+        return ComponentOutcome(checks=checks)
     timing = ComponentTiming(
         component="postgres",
         target=database,
@@ -977,6 +982,9 @@ def restore_clickhouse(
     for check in checks:
         log = logger.info if check.passed else logger.error
         log("%s %s: %s", check.name, check.outcome, check.reason)
+    if not checks[0].passed:
+        # A RESTORE that did not complete has no recovery time to report.
+        return ComponentOutcome(checks=checks)
     timing = ComponentTiming(
         component="clickhouse",
         target=target,

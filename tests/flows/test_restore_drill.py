@@ -148,6 +148,21 @@ def run_texts(flow_run_ids: list[Any], artifact_keys: list[str]) -> list[str]:
     return texts
 
 
+def latest_drill_report() -> str:
+    """The markdown of the newest restore-drill artifact of the stack."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"restore-drill-{STACK}"])),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )
+    return str(artifact.data)
+
+
 def flow_runs_of(name: str) -> list[Any]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
@@ -208,6 +223,10 @@ def test_one_flipped_byte_in_the_dump_fails_the_drill(devstack, good_set, clean)
     rewrite_object(devstack, copied.bucket, copied.postgres.dump_key, flip)
     message = failed_drill(backup_id, postgres_mode="stream")
     assert "postgres-dump-checksum failed: sha256 mismatch" in message
+    # A restore that did not pass has no RTO row: only ClickHouse's restore completed.
+    report = latest_drill_report()
+    assert "| clickhouse | `" in report
+    assert "| postgres | `" not in report
 
 
 def test_a_flipped_byte_is_caught_before_pg_restore_in_download_mode(devstack, good_set, clean):
@@ -219,6 +238,17 @@ def test_a_flipped_byte_is_caught_before_pg_restore_in_download_mode(devstack, g
     message = failed_drill(backup_id, postgres_mode="download")
     assert "sha256 mismatch" in message
     assert "postgres-restore skipped" in message
+
+
+def test_a_manifest_naming_another_sets_dump_fails_as_such(devstack, good_set, clean):
+    def point_back(data: dict[str, Any]) -> None:
+        data["postgres"]["dump_key"] = good_set.postgres.dump_key  # exists, in another set
+
+    backup_id, copied = copy_set(devstack, good_set, edit_manifest=point_back)
+    message = failed_drill(backup_id)
+    assert "postgres-dump-present failed" in message
+    assert f"is outside the set ({copied.prefix})" in message
+    assert "missing from the bucket" not in message
 
 
 def test_a_truncated_dump_fails_the_drill(devstack, good_set, clean):

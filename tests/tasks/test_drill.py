@@ -121,6 +121,16 @@ def test_object_check_names_missing_truncated_and_changed_objects():
     assert size_only.passed and "size matches" in size_only.reason
 
 
+def test_an_object_outside_the_set_is_named_as_such_even_when_it_exists():
+    key = "prod/other-id/postgres/railway.dump"
+    outside = check_object("dump", "postgres", key, 100, SHA_A, 100, SHA_A, set_prefix="prod/id/")
+    assert not outside.passed and "outside the set (prod/id/)" in outside.reason
+    inside = check_object(
+        "dump", "postgres", "prod/id/x.dump", 100, SHA_A, 100, SHA_A, set_prefix="prod/id/"
+    )
+    assert inside.passed
+
+
 @given(
     st.integers(0, 10**12),
     st.integers(0, 10**12),

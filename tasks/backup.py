@@ -13,16 +13,28 @@ import contextlib
 import platform
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from uuid import UUID
 
+import httpx
 import prefect
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.client.schemas.filters import (
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterName,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
 from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
 from prefect.logging import get_run_logger
+from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from blocks.stack import Stack
@@ -33,6 +45,7 @@ from tasks.manifest import (
     PostgresDump,
     StoredObject,
     backup_id_time,
+    is_backup_id,
     manifest_key,
     new_backup_id,
     set_prefix,
@@ -119,12 +132,52 @@ def one_backup_at_a_time(stack: str, wait_s: float) -> Iterator[None]:
 
 @task(name="start-backup-set", persist_result=True, cache_policy=RUN_CACHE)
 def start_backup_set(stack: Stack) -> str:
-    """A new backup id. Persisted, so a retried flow run keeps writing the same set."""
+    """A new backup id. Persisted, so a retried flow run keeps writing the same set.
+
+    The flow run is renamed after the set (``backup-<stack>-<backup-id>``): the UI says
+    which set a run wrote, and retention knows which incomplete sets belong to runs
+    that ended (:func:`ended_backup_runs`) rather than to runs still in flight.
+    """
     backup_id = new_backup_id()
-    get_run_logger().info(
-        "Backup set %s/%s", stack.backup_bucket, set_prefix(stack.stack_name, backup_id)
-    )
+    logger = get_run_logger()
+    logger.info("Backup set %s/%s", stack.backup_bucket, set_prefix(stack.stack_name, backup_id))
+    flow_run_id = flow_run.get_id()
+    if flow_run_id:
+        try:
+            with get_client(sync_client=True) as client:
+                client.update_flow_run(
+                    UUID(flow_run_id), name=run_name_for_set(stack.stack_name, backup_id)
+                )
+        except (httpx.HTTPError, PrefectHTTPStatusError) as exc:
+            logger.warning("could not rename the flow run after its set: %s", exc)
     return backup_id
+
+
+def run_name_for_set(stack: str, backup_id: str) -> str:
+    return f"backup-{stack}-{backup_id}"
+
+
+ENDED_STATES = [StateType.FAILED, StateType.CRASHED, StateType.CANCELLED]
+
+
+def ended_backup_runs(stack: str) -> dict[str, str]:
+    """Backup id -> final state name, for the backup runs of ``stack`` that ended badly."""
+    prefix = run_name_for_set(stack, "")
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["backup"])),
+            flow_run_filter=FlowRunFilter(
+                name=FlowRunFilterName(like_=prefix),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=ENDED_STATES)),
+            ),
+            limit=200,
+        )
+    ended: dict[str, str] = {}
+    for run in runs:
+        backup_id = run.name.removeprefix(prefix)
+        if run.name.startswith(prefix) and is_backup_id(backup_id) and run.state is not None:
+            ended[backup_id] = run.state.name or run.state.type.value
+    return ended
 
 
 @task(
@@ -231,8 +284,9 @@ def plan_prune(
         for u in list_multipart_uploads(stack)
     ]
     plan = plan_retention(
-        stack.stack_name, objects, complete, uploads, policy, datetime.now(UTC), backup_id
-    )
+        stack.stack_name, objects, complete, uploads, policy, datetime.now(UTC), backup_id,
+        failed_runs=ended_backup_runs(stack.stack_name),
+    )  # fmt: skip
     create_table_artifact(
         key=f"backup-retention-{stack.stack_name}",
         table=plan.rows(),

@@ -31,6 +31,8 @@ from tasks.errors import RetentionError
 from tasks.manifest import MANIFEST_NAME, backup_id_time, set_id_of_key
 
 Action = Literal["keep", "delete"]
+# Objects outside any set listed one by one in the plan's table, the rest counted.
+IGNORED_SHOWN = 20
 
 
 class RetentionPolicy(BaseModel):
@@ -119,6 +121,10 @@ class RetentionPlan(BaseModel):
     sets: list[SetDecision]
     uploads: list[UploadDecision]
     ignored_objects: int = Field(description="Objects under the stack that are in no set.")
+    ignored_keys: list[str] = Field(
+        default_factory=list,
+        description="Those objects (never touched): hand-placed files, other tools' data.",
+    )
 
     @property
     def delete_keys(self) -> list[str]:
@@ -138,26 +144,48 @@ class RetentionPlan(BaseModel):
 
     def rows(self) -> list[dict[str, str]]:
         """The plan as table rows (for the artifact), newest set first."""
+        return (
+            [
+                {
+                    "backup_id": d.backup_id,
+                    "state": "complete" if d.complete else "incomplete",
+                    "objects": str(d.objects),
+                    "size_mb": f"{d.size / 1e6:.1f}",
+                    "action": d.action.upper() if d.action == "delete" else d.action,
+                    "why": "; ".join(d.reasons),
+                }
+                for d in sorted(self.sets, key=lambda d: d.backup_id, reverse=True)
+            ]
+            + [
+                {
+                    "backup_id": f"upload {u.key}",
+                    "state": "unfinished upload",
+                    "objects": "",
+                    "size_mb": "",
+                    "action": u.action.upper() if u.action == "abort" else u.action,
+                    "why": u.reason,
+                }
+                for u in self.uploads
+            ]
+            + self._loose_rows()
+        )
+
+    def _loose_rows(self) -> list[dict[str, str]]:
+        """Objects in no set, left alone: the first few by name, the rest counted."""
+        shown = self.ignored_keys[:IGNORED_SHOWN]
+        more = len(self.ignored_keys) - len(shown)
+        named = [(f"object {key}", "1") for key in shown]
+        counted = [(f"... and {more} more objects", str(more))] if more > 0 else []
         return [
             {
-                "backup_id": d.backup_id,
-                "state": "complete" if d.complete else "incomplete",
-                "objects": str(d.objects),
-                "size_mb": f"{d.size / 1e6:.1f}",
-                "action": d.action.upper() if d.action == "delete" else d.action,
-                "why": "; ".join(d.reasons),
-            }
-            for d in sorted(self.sets, key=lambda d: d.backup_id, reverse=True)
-        ] + [
-            {
-                "backup_id": f"upload {u.key}",
-                "state": "unfinished upload",
-                "objects": "",
+                "backup_id": name,
+                "state": "not in a set",
+                "objects": objects,
                 "size_mb": "",
-                "action": u.action.upper() if u.action == "abort" else u.action,
-                "why": u.reason,
+                "action": "left alone",
+                "why": "not inside <stack>/<backup-id>/: never touched by retention",
             }
-            for u in self.uploads
+            for name, objects in named + counted
         ]
 
 
@@ -190,20 +218,24 @@ def plan_retention(
     policy: RetentionPolicy,
     now: datetime,
     current_backup_id: str,
+    failed_runs: dict[str, str] | None = None,
 ) -> RetentionPlan:
     """Decide, for every backup set of ``stack``, keep or delete, with the reasons.
 
     ``objects`` is the listing (anything in it outside ``<stack>/<backup-id>/`` is
-    ignored); ``complete_ids`` are the sets whose manifest parsed;
-    ``current_backup_id`` is this run's set, which must be complete for anything to
-    be pruned.
+    ignored, and listed as left alone); ``complete_ids`` are the sets whose manifest
+    parsed; ``current_backup_id`` is this run's set, which must be complete for
+    anything to be pruned; ``failed_runs`` maps the backup id of a run known to have
+    ended (Failed, Crashed, Cancelled) to that state's name: its incomplete set is not
+    "in flight", though a retry of that run would continue it.
     """
+    failed_runs = failed_runs or {}
     grouped: dict[str, list[ObjectRecord]] = {}
-    ignored = 0
+    ignored: list[str] = []
     for obj in objects:
         backup_id = set_id_of_key(stack, obj.key)
         if backup_id is None:
-            ignored += 1
+            ignored.append(obj.key)
         else:
             grouped.setdefault(backup_id, []).append(obj)
     complete_ids = {i for i in complete_ids if i in grouped}
@@ -251,7 +283,13 @@ def plan_retention(
             reasons = ["in flight (this run)"]
         else:
             idle = now - _last_activity(started, members)
-            if idle < grace:
+            if idle < grace and backup_id in failed_runs:
+                reasons = [
+                    f"incomplete: its run ended {failed_runs[backup_id]}; kept "
+                    f"{policy.incomplete_grace_hours:g} h from its last write for a retry of "
+                    "that run, which continues the same set"
+                ]
+            elif idle < grace:
                 reasons = [
                     f"incomplete, active {idle.total_seconds() / 3600:.1f} h ago "
                     f"(grace {policy.incomplete_grace_hours:g} h): may be in flight"
@@ -316,7 +354,8 @@ def plan_retention(
         pruning=pruning,
         sets=decisions,
         uploads=upload_decisions,
-        ignored_objects=ignored,
+        ignored_objects=len(ignored),
+        ignored_keys=sorted(ignored),
     )
     check_plan(plan, objects, complete_ids)
     return plan

@@ -377,7 +377,14 @@ def test_a_failed_clickhouse_backup_fails_alerts_and_the_next_run_succeeds(
     assert_failed_cleanly(failed, s3, before, "BACKUP_FAILED")
     alert = wait_for_alert(receiver, "BACKUP_FAILED")
     assert "ClickHouse" in str(alert["json"])
+    (failed_set,) = new_set_ids(before, bucket_keys(s3))  # its dump went up, then it failed
     summary_of(recovered := run())
+    # The recovered run's retention knows that set's run ended: it is not "in flight".
+    plan = next(
+        t for t in texts_of_runs([run_id(recovered)]) if t.startswith(f"backup-retention-{STACK} ")
+    )
+    line = next(row for row in plan.split("{") if failed_set in row)
+    assert "its run ended Failed" in line and "may be in flight" not in line
     assert_no_secrets(stack, [failed, recovered], receiver)
 
 

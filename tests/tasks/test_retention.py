@@ -287,3 +287,44 @@ def test_plan_rows_say_why() -> None:
     assert rows[0]["backup_id"] == plan.current_backup_id
     assert {row["action"] for row in rows} == {"keep", "DELETE"}
     assert all(row["why"] for row in rows)
+
+
+def test_loose_objects_are_listed_as_left_alone() -> None:
+    history = daily_history(3)
+    loose = [ObjectRecord(key=f"{STACK}/notes-{i:02d}.txt", size=1) for i in range(25)]
+    history["objects"] = [*history["objects"], *loose]  # type: ignore[misc]
+    plan = plan_for(history)
+    assert plan.ignored_objects == 25 and plan.ignored_keys[0] == f"{STACK}/notes-00.txt"
+    rows = [row for row in plan.rows() if row["state"] == "not in a set"]
+    assert [row["backup_id"] for row in rows[:2]] == [
+        f"object {STACK}/notes-00.txt",
+        f"object {STACK}/notes-01.txt",
+    ]
+    assert len(rows) == 21 and rows[-1]["backup_id"] == "... and 5 more objects"
+    assert {row["action"] for row in rows} == {"left alone"}
+
+
+def test_a_set_whose_run_ended_is_not_called_in_flight() -> None:
+    history = daily_history(3)
+    started = NOW - timedelta(hours=2)
+    failed_id, live_id = new_backup_id(started), new_backup_id(started)
+    history["objects"] = [
+        *history["objects"],  # type: ignore[misc]
+        *set_objects(failed_id, False, NOW - timedelta(hours=1)),
+        *set_objects(live_id, False, NOW - timedelta(hours=1)),
+    ]
+    plan = plan_retention(
+        STACK,
+        history["objects"],  # type: ignore[arg-type]
+        history["complete"],  # type: ignore[arg-type]
+        [],
+        RetentionPolicy(),
+        NOW,
+        history["current"],  # type: ignore[arg-type]
+        failed_runs={failed_id: "Failed"},
+    )
+    reasons = {d.backup_id: " ".join(d.reasons) for d in plan.sets}
+    assert "its run ended Failed" in reasons[failed_id]
+    assert "in flight" not in reasons[failed_id]
+    assert "may be in flight" in reasons[live_id]
+    assert {d.backup_id: d.action for d in plan.sets}[failed_id] == "keep"  # within grace

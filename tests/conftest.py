@@ -89,15 +89,15 @@ def devstack() -> Iterator[Devstack]:
     offsets = prefect_logs.sizes(logs)
     _DEVSTACK.up(with_worker=True)
     yield _DEVSTACK
-    try:
-        found = {
-            path.name: problems
-            for path, text in prefect_logs.read_since(offsets).items()
-            if (problems := prefect_logs.problems(text, _ALLOWED_PREFECT_LOG_ERRORS))
-        }
-    finally:
-        if not os.environ.get("DEVSTACK_KEEP"):
-            _DEVSTACK.down()
+    # Read after the stop, so errors of the last tests' aftermath (automation actions,
+    # event recording) are in the logs too.
+    if not os.environ.get("DEVSTACK_KEEP"):
+        _DEVSTACK.down()
+    found = {
+        path.name: problems
+        for path, text in prefect_logs.read_since(offsets).items()
+        if (problems := prefect_logs.problems(text, _ALLOWED_PREFECT_LOG_ERRORS))
+    }
     if found:
         report = "\n\n".join(
             f"{name}: {len(problems)} unexpected error(s); the first:\n{problems[0][:3000]}"

@@ -10,7 +10,7 @@ once and hoping. Crashed and cancelled runs have no such line and are not waited
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -21,6 +21,8 @@ from prefect.client.schemas.filters import (
     LogFilter,
     LogFilterFlowRunId,
 )
+from prefect.client.schemas.objects import TaskRun
+from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
 
 LAST_LINE = "Finished in state"
@@ -47,16 +49,21 @@ def run_logs(flow_run_ids: Sequence[UUID], timeout_s: float = 60.0) -> list[str]
     with get_client(sync_client=True) as client:
         while True:
             logs = _all_logs(client, flow_run_ids)
-            logged = {log.flow_run_id for log in logs if LAST_LINE in log.message}
+            lines: dict[UUID, int] = {}
+            for log in logs:
+                if log.flow_run_id is not None and LAST_LINE in log.message:
+                    lines[log.flow_run_id] = lines.get(log.flow_run_id, 0) + 1
             runs = client.read_flow_runs(
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(flow_run_ids)))
             )
-            ended = {
+            # One final line per attempt: a run retried under the same id has several.
+            missing = [
                 run.id
                 for run in runs
-                if run.state is not None and (run.state.is_completed() or run.state.is_failed())
-            }
-            missing = [run_id for run_id in flow_run_ids if run_id in ended - logged]
+                if run.state is not None
+                and (run.state.is_completed() or run.state.is_failed())
+                and lines.get(run.id, 0) < max(run.run_count, 1)
+            ]
             if not missing:
                 return [log.message for log in logs]
             if time.monotonic() >= deadline:
@@ -65,3 +72,39 @@ def run_logs(flow_run_ids: Sequence[UUID], timeout_s: float = 60.0) -> list[str]
                     f"{timeout_s:.0f}s: {missing[:3]}"
                 )
             time.sleep(0.5)
+
+
+def task_runs_when(
+    flow_run_id: UUID,
+    condition: Callable[[list[TaskRun]], bool],
+    what: str,
+    timeout_s: float = 60.0,
+) -> list[TaskRun]:
+    """The run's task runs once ``condition`` holds for them.
+
+    Prefect 3.8 sends task-run states as events, which the server records later, so
+    task runs read right after a flow run ends may still show an earlier state.
+    """
+    EventsWorker.drain_all(timeout=10)
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while True:
+            task_runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+            if condition(task_runs):
+                return sorted(
+                    task_runs,
+                    key=lambda run: run.start_time or run.expected_start_time or run.created,
+                )
+            if time.monotonic() >= deadline:
+                states = sorted((r.name, r.state.name if r.state else "?") for r in task_runs)
+                raise AssertionError(f"after {timeout_s:.0f}s, not yet {what}: {states[:10]}")
+            time.sleep(0.5)
+
+
+def state_names(task_runs: list[TaskRun], prefix: str) -> list[str]:
+    """The state names of the task runs whose name starts with ``prefix``, in run order."""
+    return [
+        run.state.name if run.state else "?" for run in task_runs if run.name.startswith(prefix)
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 import uuid
 
 import clickhouse_connect
@@ -176,6 +177,9 @@ def test_prefect_server_has_the_pool_an_online_worker_and_the_stack_block(
     api = devstack.prefect_api_url
     assert httpx.get(f"{api}/health", timeout=5).json() is True
     assert httpx.get(f"{api}/work_pools/devstack", timeout=5).status_code == 200
+    deadline = time.monotonic() + 90  # a worker restarted by an earlier test heartbeats again
+    while not devstack.worker_online() and time.monotonic() < deadline:
+        time.sleep(1)
     assert devstack.worker_online()
     loaded = Stack.load("devstack")
     assert loaded.litellm_url == devstack.url("litellm")

@@ -34,9 +34,9 @@ from tasks.backup import (
     write_manifest,
 )
 from tasks.clickhouse import backup_clickhouse
+from tasks.decisions.retention import RetentionPolicy
 from tasks.notify import alert_on_failure
 from tasks.postgres import check_pg_dump_version, dump_postgres
-from tasks.retention import RetentionPolicy
 
 
 class BackupConfig(BaseModel):

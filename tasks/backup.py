@@ -39,6 +39,13 @@ from pydantic import BaseModel
 
 from blocks.stack import Stack
 from tasks.clickhouse import ClickHouseBackupOutcome
+from tasks.decisions.retention import (
+    ObjectRecord,
+    RetentionPlan,
+    RetentionPolicy,
+    UploadRecord,
+    plan_retention,
+)
 from tasks.errors import BackupError, StorageError
 from tasks.manifest import (
     BackupManifest,
@@ -51,13 +58,6 @@ from tasks.manifest import (
     set_prefix,
 )
 from tasks.postgres import PgVersions
-from tasks.retention import (
-    ObjectRecord,
-    RetentionPlan,
-    RetentionPolicy,
-    UploadRecord,
-    plan_retention,
-)
 from tasks.retry import RUN_CACHE, retry_transient
 from tasks.storage import (
     MultipartUpload,

@@ -24,8 +24,9 @@ from psycopg import sql
 
 from blocks.stack import Stack
 from tasks.clickhouse import clickhouse_client
+from tasks.decisions.health import SERVICES
 from tasks.errors import OpsError
-from tasks.health import SERVICES, run_checks
+from tasks.health import run_checks
 from tasks.storage import s3_client
 from tasks.verify import (
     BucketProbe,

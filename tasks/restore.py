@@ -1136,7 +1136,8 @@ def send_drill_summary(stack: Stack, report: DrillReport) -> int:
     """One info-severity line for a passing drill; returns how many channels took it."""
     from prefect.utilities.asyncutils import run_coro_as_sync
 
-    from tasks.notify import Alert, deliver
+    from tasks.decisions.alerts import Alert
+    from tasks.notify import deliver
 
     line = report.summary_line()
     alert = Alert(

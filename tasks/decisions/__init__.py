@@ -1,0 +1,9 @@
+"""The pure decisions of the product: plain functions and models, no Prefect, no driver,
+no I/O (an import contract in ``pyproject.toml`` checks it). Tasks do the I/O around
+them; tests exercise them directly, many with Hypothesis.
+
+    alerts      severities, routes, the alert model, which part of an alert each route gets
+    alerting    the alert state machine: thresholds, reminders, recoveries, inhibition
+    health      health statuses, the services, one check's result
+    retention   which backup sets to keep or delete, and the invariants a plan must hold
+"""

@@ -50,19 +50,26 @@ from tasks.control_plane import (
     check_salt_key,
     publish_verify_report,
 )
-from tasks.errors import VerificationError
-from tasks.invariants import (
+from tasks.decisions.deploy_checks import (
+    CHECKS,
+    CheckOutcome,
+    Ledger,
+    plan_checks,
+    render_report,
+    verdict,
+)
+from tasks.deploy_probes import (
     check_clickhouse_schema,
     check_postgres_schema,
     check_redis_persistence,
     check_s3_buckets,
     check_services_healthy,
 )
+from tasks.errors import VerificationError
 from tasks.langfuse import wait_for_trace
 from tasks.litellm import check_litellm_auth, check_litellm_models, send_canary_completion
 from tasks.notify import alert_on_failure
 from tasks.railway import check_railway_deployments
-from tasks.verify import CHECKS, CheckOutcome, Ledger, plan_checks, render_report, verdict
 
 MaxMemoryPolicy = Literal[
     "noeviction",

@@ -2,8 +2,10 @@
 no I/O (an import contract in ``pyproject.toml`` checks it). Tasks do the I/O around
 them; tests exercise them directly, many with Hypothesis.
 
-    alerts      severities, routes, the alert model, which part of an alert each route gets
-    alerting    the alert state machine: thresholds, reminders, recoveries, inhibition
-    health      health statuses, the services, one check's result
-    retention   which backup sets to keep or delete, and the invariants a plan must hold
+    alerts         severities, routes, the alert model, which part of an alert each route gets
+    alerting       the alert state machine: thresholds, reminders, recoveries, inhibition
+    deploy_checks  deploy-verify's checks, their order and skipping, the verdict, the report
+    deploy_judges  deploy-verify's judges: what a probe observed -> a finding with the fix
+    health         health statuses, the services, one check's result
+    retention      which backup sets to keep or delete, and the invariants a plan must hold
 """

@@ -2,8 +2,9 @@
 
 Each task looks at one system (Postgres, ClickHouse, Redis, S3) and returns a
 :class:`~tasks.decisions.deploy_checks.Finding`; the judgement itself lives in
-``tasks.decisions.deploy_judges``. They write nothing except the S3 canary object, which they delete again. Every error text
-from a driver is scrubbed of secrets before it reaches a finding.
+``tasks.decisions.deploy_judges``. They write nothing except the S3 canary object, which
+they delete again. Every error text from a driver is scrubbed of secrets before it
+reaches a finding.
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ from tasks.manifest import (
     set_prefix,
 )
 from tasks.postgres import PgVersions
-from tasks.retry import RUN_CACHE, retry_transient
+from tasks.retry import RETRY_TRANSIENT, RETRY_TRANSIENT_QUICK, RUN_CACHE
 from tasks.storage import (
     MultipartUpload,
     abort_multipart_upload,
@@ -80,9 +80,7 @@ def backup_slot_name(stack: str) -> str:
 
 @task(
     name="ensure-backup-slot",
-    retries=2,
-    retry_delay_seconds=[5, 20],
-    retry_condition_fn=retry_transient,
+    **RETRY_TRANSIENT_QUICK,
     cache_policy=NO_CACHE,
 )
 def ensure_backup_slot(stack: str) -> str:
@@ -183,9 +181,7 @@ def ended_backup_runs(stack: str) -> dict[str, str]:
 @task(
     name="read-expected-dump-size",
     cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=[5, 30],
-    retry_condition_fn=retry_transient,
+    **RETRY_TRANSIENT,
 )
 def read_expected_dump_size(stack: Stack) -> int:
     """The previous complete dump's size, for the progress bar (0 when none)."""
@@ -197,9 +193,7 @@ def read_expected_dump_size(stack: Stack) -> int:
     name="write-manifest",
     persist_result=True,
     cache_policy=RUN_CACHE,
-    retries=2,
-    retry_delay_seconds=[5, 30],
-    retry_condition_fn=retry_transient,
+    **RETRY_TRANSIENT,
 )
 def write_manifest(
     stack: Stack,
@@ -265,9 +259,7 @@ class PruneResult(BaseModel):
 @task(
     name="plan-retention",
     cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=[5, 30],
-    retry_condition_fn=retry_transient,
+    **RETRY_TRANSIENT,
 )
 def plan_prune(
     stack: Stack, backup_id: str, policy: RetentionPolicy, dry_run: bool
@@ -310,9 +302,7 @@ def plan_prune(
 @task(
     name="apply-retention",
     cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=[5, 30],
-    retry_condition_fn=retry_transient,
+    **RETRY_TRANSIENT,
 )
 def apply_prune(stack: Stack, plan: RetentionPlan, dry_run: bool) -> PruneResult:
     """Delete what the plan deletes: each set's manifest first, then the rest."""

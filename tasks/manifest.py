@@ -28,7 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MANIFEST_SCHEMA_VERSION: Literal[1] = 1
 MANIFEST_NAME = "manifest.json"
-BACKUP_ID_RE = re.compile(r"^(\d{8}T\d{6}Z)-([0-9a-f]{6})$")
+BACKUP_ID_PATTERN = r"^(\d{8}T\d{6}Z)-([0-9a-f]{6})$"
+"""``YYYYMMDDTHHMMSSZ-<6 hex>``: the one definition (flows' config fields use it too)."""
+BACKUP_ID_RE = re.compile(BACKUP_ID_PATTERN)
 _ID_TIME_FORMAT = "%Y%m%dT%H%M%SZ"
 
 ObjectKind = Literal["postgres-dump", "clickhouse-backup"]

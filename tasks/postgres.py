@@ -56,7 +56,7 @@ from pydantic import BaseModel, Field
 from blocks.stack import Stack
 from tasks.errors import PostgresDumpError, ToolVersionError
 from tasks.manifest import LargeObjects, PostgresDump, postgres_dump_key
-from tasks.retry import RUN_CACHE, access_fix, retry_transient
+from tasks.retry import RETRY_TRANSIENT_QUICK, RUN_CACHE, access_fix
 from tasks.storage import s3_client, storage_error
 
 CONNECT_TIMEOUT_S = 10
@@ -230,9 +230,7 @@ def pg_error(stack: Stack, action: str, exc: BaseException) -> PostgresDumpError
 
 @task(
     name="check-pg-dump-version",
-    retries=2,
-    retry_delay_seconds=[5, 20],
-    retry_condition_fn=retry_transient,
+    **RETRY_TRANSIENT_QUICK,
     persist_result=True,
     cache_policy=RUN_CACHE,
 )

@@ -25,9 +25,9 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
 from blocks.stack import Stack
-from tasks.drill import operator_steps
+from tasks.decisions.drill import operator_steps
+from tasks.decisions.manifest import BACKUP_ID_PATTERN
 from tasks.errors import IntegrityError, RestoreError
-from tasks.manifest import BACKUP_ID_PATTERN
 from tasks.notify import alert_on_failure
 from tasks.restore import (
     REQUIRED_CLICKHOUSE_TABLES,

@@ -28,9 +28,9 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
 from blocks.stack import Stack
-from tasks.drill import Check, DrillReport, rpo_seconds, scratch_database_name, skipped
+from tasks.decisions.drill import Check, DrillReport, rpo_seconds, scratch_database_name, skipped
+from tasks.decisions.manifest import BACKUP_ID_PATTERN
 from tasks.errors import IntegrityError
-from tasks.manifest import BACKUP_ID_PATTERN
 from tasks.notify import alert_on_failure
 from tasks.restore import (
     REQUIRED_CLICKHOUSE_TABLES,

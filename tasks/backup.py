@@ -39,15 +39,7 @@ from pydantic import BaseModel
 
 from blocks.stack import Stack
 from tasks.clickhouse import ClickHouseBackupOutcome
-from tasks.decisions.retention import (
-    ObjectRecord,
-    RetentionPlan,
-    RetentionPolicy,
-    UploadRecord,
-    plan_retention,
-)
-from tasks.errors import BackupError, StorageError
-from tasks.manifest import (
+from tasks.decisions.manifest import (
     BackupManifest,
     PostgresDump,
     StoredObject,
@@ -57,6 +49,14 @@ from tasks.manifest import (
     new_backup_id,
     set_prefix,
 )
+from tasks.decisions.retention import (
+    ObjectRecord,
+    RetentionPlan,
+    RetentionPolicy,
+    UploadRecord,
+    plan_retention,
+)
+from tasks.errors import BackupError, StorageError
 from tasks.postgres import PgVersions
 from tasks.retry import RETRY_TRANSIENT, RETRY_TRANSIENT_QUICK, RUN_CACHE
 from tasks.storage import (

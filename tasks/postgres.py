@@ -54,8 +54,8 @@ from psycopg.rows import TupleRow
 from pydantic import BaseModel, Field
 
 from blocks.stack import Stack
+from tasks.decisions.manifest import LargeObjects, PostgresDump, postgres_dump_key
 from tasks.errors import PostgresDumpError, ToolVersionError
-from tasks.manifest import LargeObjects, PostgresDump, postgres_dump_key
 from tasks.retry import RETRY_TRANSIENT_QUICK, RUN_CACHE, access_fix
 from tasks.storage import s3_client, storage_error
 

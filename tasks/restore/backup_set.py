@@ -11,22 +11,21 @@ size. The Postgres dump's sha256 is checked while it is restored
 from __future__ import annotations
 
 import hashlib
-import json
 import xml.etree.ElementTree as ElementTree
 
 from minio import Minio
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from blocks.stack import Stack
-from tasks.drill import Check, check_object, failed, passed, shorten
-from tasks.manifest import (
-    MANIFEST_SCHEMA_VERSION,
+from tasks.decisions.drill import Check, check_object, failed, passed, shorten
+from tasks.decisions.manifest import (
     BackupManifest,
     ClickHouseBackup,
     manifest_key,
+    trust_manifest,
 )
 from tasks.storage import list_prefix, newest_complete_manifest, read_optional_object, s3_client
 
@@ -84,40 +83,9 @@ def load_backup_manifest(stack: Stack, backup_id: str | None) -> ManifestOutcome
 
 
 def _parse_manifest(stack: Stack, backup_id: str, key: str, raw: bytes) -> ManifestOutcome:
-    try:
-        version = json.loads(raw).get("schema_version")
-    except (ValueError, AttributeError):
-        version = None
-    if version != MANIFEST_SCHEMA_VERSION:
-        return ManifestOutcome(
-            manifest=None,
-            check=failed(
-                "manifest",
-                "set",
-                f"{key} has schema_version {version!r}, this version reads "
-                f"{MANIFEST_SCHEMA_VERSION}: restore with the release that wrote it",
-            ),
-        )
-    try:
-        manifest = BackupManifest.from_json(raw)
-    except ValidationError as exc:
-        fields = shorten([".".join(str(p) for p in e["loc"]) for e in exc.errors()])
-        return ManifestOutcome(
-            manifest=None,
-            check=failed(
-                "manifest", "set", f"{key} does not parse ({exc.error_count()} error(s): {fields})"
-            ),
-        )
-    if manifest.backup_id != backup_id or manifest.stack != stack.stack_name:
-        return ManifestOutcome(
-            manifest=None,
-            check=failed(
-                "manifest",
-                "set",
-                f"{key} describes set {manifest.stack}/{manifest.backup_id}, not "
-                f"{stack.stack_name}/{backup_id}",
-            ),
-        )
+    manifest, problem = trust_manifest(raw, stack.stack_name, backup_id, key)
+    if manifest is None:
+        return ManifestOutcome(manifest=None, check=failed("manifest", "set", problem or key))
     return ManifestOutcome(manifest=manifest, check=_manifest_passed(manifest))
 
 

@@ -30,7 +30,7 @@ from tasks.clickhouse import (
     quote_identifier,
     restore_statement,
 )
-from tasks.drill import (
+from tasks.decisions.drill import (
     Check,
     ComponentTiming,
     check_required_tables,
@@ -39,8 +39,8 @@ from tasks.drill import (
     passed,
     shorten,
 )
+from tasks.decisions.manifest import ClickHouseBackup
 from tasks.errors import RestoreError
-from tasks.manifest import ClickHouseBackup
 from tasks.restore.engine import ComponentOutcome
 
 __all__ = [

@@ -16,7 +16,7 @@ from typing import Literal, Protocol, TypeVar
 
 from pydantic import BaseModel
 
-from tasks.drill import Check, ComponentTiming
+from tasks.decisions.drill import Check, ComponentTiming
 
 __all__ = ["ComponentOutcome", "EngineName", "RestoreEngine"]
 

@@ -33,9 +33,9 @@ from minio.error import MinioException
 from pydantic import BaseModel
 
 from blocks.stack import Stack
-from tasks.drill import Check, check_object, failed, passed, skipped
+from tasks.decisions.drill import Check, check_object, failed, passed, skipped
+from tasks.decisions.manifest import BackupManifest
 from tasks.errors import RestoreError
-from tasks.manifest import BackupManifest
 from tasks.storage import s3_client, storage_error
 
 if TYPE_CHECKING:

@@ -24,7 +24,7 @@ from prefect.logging import get_run_logger
 from psycopg import sql
 
 from blocks.stack import Stack, redact_url
-from tasks.drill import (
+from tasks.decisions.drill import (
     ComponentTiming,
     check_large_objects,
     check_required_tables,
@@ -32,8 +32,8 @@ from tasks.drill import (
     failed,
     skipped,
 )
+from tasks.decisions.manifest import BackupManifest, LargeObjects
 from tasks.errors import RestoreError, StackConfigError, ToolVersionError
-from tasks.manifest import BackupManifest, LargeObjects
 from tasks.postgres import (
     PgTool,
     count_rows,

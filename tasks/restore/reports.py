@@ -9,7 +9,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from blocks.stack import Stack
-from tasks.drill import DrillReport
+from tasks.decisions.drill import DrillReport
 from tasks.restore.swap import RestoredTarget
 
 __all__ = ["publish_drill_report", "publish_restore_report", "send_drill_summary"]

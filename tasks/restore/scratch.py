@@ -20,7 +20,7 @@ from prefect.logging import get_run_logger
 from pydantic import BaseModel, Field
 
 from blocks.stack import Stack
-from tasks.drill import (
+from tasks.decisions.drill import (
     Check,
     failed,
     is_scratch_database,

@@ -23,7 +23,7 @@ from prefect.logging import get_run_logger
 from pydantic import BaseModel, Field
 
 from blocks.stack import Stack
-from tasks.drill import (
+from tasks.decisions.drill import (
     Check,
     ComponentTiming,
     failed,
@@ -32,8 +32,8 @@ from tasks.drill import (
     restore_refusal,
     staging_database_name,
 )
+from tasks.decisions.manifest import BackupManifest, ClickHouseBackup
 from tasks.errors import RestoreError
-from tasks.manifest import BackupManifest, ClickHouseBackup
 from tasks.restore.clickhouse import ClickHouseEngine, ClickHouseSource
 from tasks.restore.engine import ComponentOutcome, EngineName, RestoreEngine
 from tasks.restore.pg_restore import PostgresMode

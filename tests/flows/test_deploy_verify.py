@@ -40,7 +40,7 @@ from pydantic import SecretStr
 from blocks.stack import Stack
 from devstack.core import STANDINS, Devstack
 from flows.deploy_verify import DeployVerifyConfig, deploy_verify
-from tasks.manifest import BackupManifest, PostgresDump, manifest_key, new_backup_id
+from tasks.decisions.manifest import BackupManifest, PostgresDump, manifest_key, new_backup_id
 from tests.prefect_api import run_logs
 
 ALL_CHECKS = [

@@ -15,8 +15,8 @@ from blocks.stack import Stack
 from devstack.core import Devstack
 from devstack.seed import clickhouse_client
 from flows.restore import RestoreConfig, restore
+from tasks.decisions.manifest import BackupManifest
 from tasks.errors import IntegrityError, RestoreError
-from tasks.manifest import BackupManifest
 from tasks.restore import _swap_pg, ch_client, pg_server, wait_ch_restore
 from tests.flows.test_restore_drill import (
     STACK,

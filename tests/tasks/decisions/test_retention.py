@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tasks.decisions.manifest import backup_id_time, manifest_key, new_backup_id, set_id_of_key
 from tasks.decisions.retention import (
     ObjectRecord,
     RetentionPlan,
@@ -17,7 +18,6 @@ from tasks.decisions.retention import (
     plan_retention,
 )
 from tasks.errors import RetentionError
-from tasks.manifest import backup_id_time, manifest_key, new_backup_id, set_id_of_key
 
 STACK = "prod"
 NOW = datetime(2026, 11, 22, 3, 30, tzinfo=UTC)

@@ -57,7 +57,7 @@ from tasks.decisions.retention import (
     plan_retention,
 )
 from tasks.errors import BackupError, StorageError
-from tasks.postgres import PgVersions
+from tasks.pg_tools import PgVersions
 from tasks.retry import RETRY_TRANSIENT, RETRY_TRANSIENT_QUICK, RUN_CACHE
 from tasks.storage import (
     MultipartUpload,

@@ -34,11 +34,10 @@ from tasks.decisions.drill import (
 )
 from tasks.decisions.manifest import BackupManifest, LargeObjects
 from tasks.errors import RestoreError, StackConfigError, ToolVersionError
-from tasks.postgres import (
+from tasks.pg_inventory import count_rows, large_objects
+from tasks.pg_tools import (
     PgTool,
-    count_rows,
     dsn_without_password,
-    large_objects,
     parse_tool_version,
     pg_client_tool,
     server_version,

@@ -28,7 +28,7 @@ from tests.flows.test_restore_drill import (
 
 
 def pg_counts(devstack: Devstack, database: str) -> dict[str, int]:
-    from tasks.postgres import count_rows
+    from tasks.pg_inventory import count_rows
 
     with psycopg.connect(devstack.admin_dsn(database)) as conn:
         return count_rows(conn)

@@ -12,13 +12,13 @@ import pytest
 
 from tasks import postgres
 from tasks.errors import PostgresDumpError, ToolVersionError
-from tasks.postgres import (
-    DumpStream,
+from tasks.pg_tools import (
     choose_client_major,
     parse_tool_version,
     pg_client_tool,
     require_compatible,
 )
+from tasks.postgres import DumpStream
 
 
 @pytest.mark.parametrize(

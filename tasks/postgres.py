@@ -16,9 +16,8 @@ How a dump stays consistent without a temp file:
    and no object appears.
 
 pg_dump refuses servers newer than itself, and a newer client sends settings an older
-server rejects: :func:`tasks.pg_tools.pg_client_tool` picks the installed client whose major equals the
-server's (else the smallest newer one), for dump and restore alike, and says what to
-install when none fits. pg_dump gets its own timeout (a Prefect task timeout cannot
+server rejects: :func:`tasks.pg_tools.pg_client_tool` picks the client (see there).
+pg_dump gets its own timeout (a Prefect task timeout cannot
 interrupt a subprocess), the password travels in ``PGPASSWORD`` (never on the
 command line), and its stderr is scrubbed of secrets before it is logged or raised.
 """

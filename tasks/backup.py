@@ -39,6 +39,7 @@ from pydantic import BaseModel
 
 from blocks.stack import Stack
 from tasks.clickhouse import ClickHouseBackupOutcome
+from tasks.decisions import retention
 from tasks.decisions.manifest import (
     BackupManifest,
     PostgresDump,
@@ -49,13 +50,7 @@ from tasks.decisions.manifest import (
     new_backup_id,
     set_prefix,
 )
-from tasks.decisions.retention import (
-    ObjectRecord,
-    RetentionPlan,
-    RetentionPolicy,
-    UploadRecord,
-    plan_retention,
-)
+from tasks.decisions.retention import ObjectRecord, RetentionPlan, RetentionPolicy, UploadRecord
 from tasks.errors import BackupError, StorageError
 from tasks.pg_tools import PgVersions
 from tasks.retry import RETRY_TRANSIENT, RETRY_TRANSIENT_QUICK, RUN_CACHE
@@ -249,7 +244,7 @@ def write_manifest(
 # ---- pruning --------------------------------------------------------------------------
 
 
-class PruneResult(BaseModel):
+class RetentionResult(BaseModel):
     dry_run: bool
     deleted_sets: list[str]
     deleted_objects: int
@@ -261,7 +256,7 @@ class PruneResult(BaseModel):
     cache_policy=NO_CACHE,
     **RETRY_TRANSIENT,
 )
-def plan_prune(
+def plan_retention(
     stack: Stack, backup_id: str, policy: RetentionPolicy, dry_run: bool
 ) -> RetentionPlan:
     """List the bucket and decide, per set, keep or delete; publish the plan artifact."""
@@ -275,7 +270,7 @@ def plan_prune(
         UploadRecord(key=u.key, upload_id=u.upload_id, initiated=u.initiated)
         for u in list_multipart_uploads(stack)
     ]
-    plan = plan_retention(
+    plan = retention.plan_retention(
         stack.stack_name, objects, complete, uploads, policy, datetime.now(UTC), backup_id,
         failed_runs=ended_backup_runs(stack.stack_name),
     )  # fmt: skip
@@ -304,11 +299,13 @@ def plan_prune(
     cache_policy=NO_CACHE,
     **RETRY_TRANSIENT,
 )
-def apply_prune(stack: Stack, plan: RetentionPlan, dry_run: bool) -> PruneResult:
+def apply_retention(stack: Stack, plan: RetentionPlan, dry_run: bool) -> RetentionResult:
     """Delete what the plan deletes: each set's manifest first, then the rest."""
     logger = get_run_logger()
     if dry_run or not plan.pruning:
-        return PruneResult(dry_run=dry_run, deleted_sets=[], deleted_objects=0, aborted_uploads=0)
+        return RetentionResult(
+            dry_run=dry_run, deleted_sets=[], deleted_objects=0, aborted_uploads=0
+        )
     deleted = 0
     for decision in plan.sets:
         if decision.action != "delete":
@@ -322,7 +319,7 @@ def apply_prune(stack: Stack, plan: RetentionPlan, dry_run: bool) -> PruneResult
         abort_multipart_upload(
             stack, MultipartUpload(key=upload.key, upload_id=upload.upload_id, initiated=None)
         )
-    return PruneResult(
+    return RetentionResult(
         dry_run=False,
         deleted_sets=plan.deleted_sets,
         deleted_objects=deleted,
@@ -340,7 +337,7 @@ def _first_few(items: list[str], n: int = 5) -> str:
 # ---- the report -----------------------------------------------------------------------
 
 
-def render_report(manifest: BackupManifest, prune: PruneResult, plan: RetentionPlan) -> str:
+def render_report(manifest: BackupManifest, prune: RetentionResult, plan: RetentionPlan) -> str:
     """The backup's report in markdown: sizes, durations, throughput, row counts."""
     pg = manifest.postgres
     total_s = (manifest.finished_at - manifest.started_at).total_seconds()
@@ -386,7 +383,7 @@ def render_report(manifest: BackupManifest, prune: PruneResult, plan: RetentionP
 
 @task(name="publish-backup-report", cache_policy=NO_CACHE)
 def publish_report(
-    stack: Stack, manifest: BackupManifest, prune: PruneResult, plan: RetentionPlan
+    stack: Stack, manifest: BackupManifest, prune: RetentionResult, plan: RetentionPlan
 ) -> str:
     key = f"backup-report-{stack.stack_name}"
     create_markdown_artifact(

@@ -19,6 +19,8 @@ from blocks.slack import SlackBlockKit
 from blocks.stack import NotificationRoute, Stack
 from devstack.core import PAGERDUTY_ROUTING_KEY
 
+__all__ = ["PAGERDUTY_DOC", "SLACK_DOC", "WEBHOOK_DOC", "save_devstack_blocks"]
+
 WEBHOOK_DOC = "devstack-webhook"
 SLACK_DOC = "devstack-slack"
 PAGERDUTY_DOC = "devstack-pagerduty"

@@ -20,6 +20,8 @@ from blocks.stack import Stack
 from devstack.core import PAGERDUTY_ROUTING_KEY
 from tasks.decisions.alerts import NotificationRoute
 
+__all__ = ["PAGERDUTY_DOC", "SLACK_DOC", "WEBHOOK_DOC", "save_devstack_blocks"]
+
 WEBHOOK_DOC = "devstack-webhook"
 SLACK_DOC = "devstack-slack"
 PAGERDUTY_DOC = "devstack-pagerduty"

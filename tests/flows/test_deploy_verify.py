@@ -38,7 +38,8 @@ from prefect.client.schemas.objects import State
 from pydantic import SecretStr
 
 from blocks.stack import Stack
-from devstack.core import STANDINS, Devstack
+from devstack.core import Devstack
+from devstack.standins import STANDINS
 from flows.deploy_verify import DeployVerifyConfig, deploy_verify
 from tasks.decisions.manifest import BackupManifest, PostgresDump, manifest_key, new_backup_id
 from tests.prefect_api import run_logs

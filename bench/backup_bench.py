@@ -94,7 +94,7 @@ def pg_env(stack: Devstack) -> dict[str, str]:
 
 
 def pg_dump_bin() -> str:
-    from tasks.postgres import installed_pg_tools
+    from tasks.pg_tools import installed_pg_tools
 
     return installed_pg_tools("pg_dump")[max(installed_pg_tools("pg_dump"))]
 

@@ -2,6 +2,7 @@
 
 from blocks.pagerduty import PagerDutyEvents
 from blocks.slack import SlackBlockKit
-from blocks.stack import NotificationRoute, Stack
+from blocks.stack import Stack
+from tasks.decisions.alerts import NotificationRoute
 
 __all__ = ["NotificationRoute", "PagerDutyEvents", "SlackBlockKit", "Stack"]

@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator
 from tasks.errors import NotificationError
 
 if TYPE_CHECKING:
-    from tasks.notify import Alert
+    from tasks.decisions.alerts import Alert
 
 EventAction = Literal["trigger", "resolve"]
 PD_SEVERITY: dict[str, str] = {"critical": "critical", "warning": "warning", "info": "info"}

@@ -36,7 +36,7 @@ from slack_sdk.webhook import WebhookClient
 from tasks.errors import NotificationError
 
 if TYPE_CHECKING:
-    from tasks.notify import Alert
+    from tasks.decisions.alerts import Alert
 
 STATUS_EMOJI: dict[str, str] = {
     "healthy": ":large_green_circle:",

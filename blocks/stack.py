@@ -19,45 +19,14 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 from urllib.parse import quote, quote_plus, unquote, urlsplit, urlunsplit
 
 from prefect.blocks.core import Block
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from tasks.decisions.alerts import NotificationRoute, Severity
 from tasks.errors import StackConfigError
-
-Severity = Literal["info", "warning", "critical"]
-SEVERITY_RANK: dict[str, int] = {"info": 0, "warning": 1, "critical": 2}
-
-
-class NotificationRoute(BaseModel):
-    """One notification channel and the lowest severity it receives.
-
-    ``block`` is a Prefect block document slug, ``<block-type-slug>/<document-name>``
-    (``slack-webhook/ops-chat``, ``pager-duty-webhook/ops-pager``). Chat channels take
-    ``warning`` (degraded services, failed runs); a pager takes ``critical`` only.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    block: str = Field(description="Block document slug: <block-type-slug>/<document-name>.")
-    min_severity: Severity = Field(
-        default="warning", description="Lowest severity sent here: info, warning or critical."
-    )
-
-    @field_validator("block")
-    @classmethod
-    def _slug(cls, value: str) -> str:
-        if not re.fullmatch(r"[a-z0-9-]+/[A-Za-z0-9_.-]+", value):
-            raise ValueError(
-                "must be '<block-type-slug>/<document-name>', e.g. 'slack-webhook/ops-chat'"
-            )
-        return value
-
-    def accepts(self, severity: Severity) -> bool:
-        return SEVERITY_RANK[severity] >= SEVERITY_RANK[self.min_severity]
-
 
 # Environment variable -> field, in the original template's names.
 ENV_FIELDS: dict[str, str] = {

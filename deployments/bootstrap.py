@@ -54,7 +54,7 @@ from prefect.exceptions import ObjectNotFound
 from pydantic import BaseModel, Field, ValidationError
 
 import blocks
-from blocks.stack import NotificationRoute, Stack
+from blocks.stack import Stack
 from deployments.automations import (
     apply_automation,
     failure_automation,
@@ -74,6 +74,7 @@ from deployments.settings import (
     ControlPlaneSettings,
     deploy_env,
 )
+from tasks.decisions.alerts import NotificationRoute
 from tasks.errors import ControlPlaneError, StackConfigError
 
 Outcome = Literal["created", "updated", "unchanged"]

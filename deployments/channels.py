@@ -46,7 +46,7 @@ from prefect.blocks.notifications import (
 from pydantic import SecretStr, ValidationError
 
 from blocks.pagerduty import PagerDutyEvents
-from blocks.stack import NotificationRoute, Severity
+from tasks.decisions.alerts import NotificationRoute, Severity
 from tasks.errors import StackConfigError
 
 # Block types the Prefect server itself can load for an automation's SendNotification.

@@ -16,8 +16,11 @@ from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
 from blocks.pagerduty import PagerDutyEvents
 from blocks.slack import SlackBlockKit
-from blocks.stack import NotificationRoute, Stack
+from blocks.stack import Stack
 from devstack.core import PAGERDUTY_ROUTING_KEY
+from tasks.decisions.alerts import NotificationRoute
+
+__all__ = ["PAGERDUTY_DOC", "SLACK_DOC", "WEBHOOK_DOC", "save_devstack_blocks"]
 
 WEBHOOK_DOC = "devstack-webhook"
 SLACK_DOC = "devstack-slack"

@@ -26,11 +26,33 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
+from devstack.standins import STANDINS
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client as ClickHouseClient
+
+__all__ = [
+    "LITELLM_VENV",
+    "PAGERDUTY_ROUTING_KEY",
+    "POOL",
+    "PORT_NAMES",
+    "PROJECT",
+    "SERVICE_ORDER",
+    "STACK_NAME",
+    "STANDINS",
+    "Credentials",
+    "Devstack",
+    "DevstackError",
+    "State",
+    "pid_alive",
+    "port_is_bound",
+]
+
 PROJECT = Path(__file__).resolve().parent.parent
-STANDINS = PROJECT / "tests" / "standins"
 PG_BIN_CANDIDATES = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 LITELLM_VENV = Path(os.environ.get("LITELLM_VENV", PROJECT / ".venv-litellm"))
 POOL = "devstack"
@@ -499,6 +521,17 @@ class Devstack:
             secure=False,
         )
 
+    def clickhouse_client(self) -> ClickHouseClient:
+        """A clickhouse-connect client for the devstack's ClickHouse, as its own user."""
+        import clickhouse_connect
+
+        return clickhouse_connect.get_client(
+            host="127.0.0.1",
+            port=self.ports["clickhouse"],
+            username="clickhouse",
+            password=self.creds.clickhouse_password,
+        )
+
     def _s3_ready(self) -> bool:
         client = self.minio_client()
         for bucket in ("backups", "langfuse"):
@@ -719,6 +752,7 @@ class Devstack:
             self.start_service(name)
         self.write_env_file()
         if seed:
+            # Imported here: psycopg loads only when a stack is seeded.
             from devstack.seed import seed_all
 
             seed_all(self)

@@ -21,6 +21,17 @@ from typing import Any
 
 from devstack.core import PAGERDUTY_ROUTING_KEY, POOL, PROJECT, STACK_NAME, Devstack
 
+__all__ = [
+    "DEMO_RUNS",
+    "RUN_TIMEOUT_S",
+    "RunOutcome",
+    "bootstrap_env",
+    "run_bootstrap",
+    "run_demo",
+    "run_every_deployment",
+    "summary",
+]
+
 RUN_TIMEOUT_S = 900
 
 # In runbook order: watch, back up, prove the backup restores, a restore (dry run: it

@@ -5,17 +5,44 @@ names in ``public`` (jsonb, bytea, timestamps, arrays; ``LiteLLM_SpendLogs`` lar
 enough to matter), and Langfuse's tables in schema ``langfuse``. ClickHouse (database
 ``default``): ``traces``, ``observations`` and ``scores`` as Langfuse v3 shapes them.
 Seeding is idempotent: it runs once per state folder.
+
+The seed knows the data, not the stack: it takes anything with the two connections it
+needs (``devstack.core.Devstack`` is one), so ``core`` imports ``seed`` and not the
+other way round.
 """
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import psycopg
 
 if TYPE_CHECKING:
-    from devstack.core import Devstack
+    from clickhouse_connect.driver.client import Client as ClickHouseClient
+
+__all__ = [
+    "CH_TRACE_ROWS",
+    "CLICKHOUSE_DATA",
+    "CLICKHOUSE_SCHEMA",
+    "POSTGRES_DATA",
+    "POSTGRES_SCHEMA",
+    "SPEND_LOG_ROWS",
+    "SeedTarget",
+    "clickhouse_client",
+    "seed_all",
+    "seed_clickhouse",
+    "seed_postgres",
+]
+
+
+class SeedTarget(Protocol):
+    """What seeding needs of a stack: an admin DSN per database and a ClickHouse client."""
+
+    def admin_dsn(self, database: str = ...) -> str: ...
+
+    def clickhouse_client(self) -> ClickHouseClient: ...
+
 
 SPEND_LOG_ROWS = int(os.environ.get("DEVSTACK_SPEND_LOG_ROWS", "120000"))
 CH_TRACE_ROWS = int(os.environ.get("DEVSTACK_CH_TRACE_ROWS", "50000"))
@@ -169,7 +196,7 @@ CLICKHOUSE_DATA = [
 ]
 
 
-def seed_postgres(stack: Devstack) -> None:
+def seed_postgres(stack: SeedTarget) -> None:
     with psycopg.connect(stack.admin_dsn("postgres"), autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = 'railway'").fetchone()
         if not exists:
@@ -187,18 +214,12 @@ def seed_postgres(stack: Devstack) -> None:
         conn.execute("ANALYZE")
 
 
-def clickhouse_client(stack: Devstack):  # type: ignore[no-untyped-def]
-    import clickhouse_connect
-
-    return clickhouse_connect.get_client(
-        host="127.0.0.1",
-        port=stack.ports["clickhouse"],
-        username="clickhouse",
-        password=stack.creds.clickhouse_password,
-    )
+def clickhouse_client(stack: SeedTarget) -> ClickHouseClient:
+    """A client for the stack's ClickHouse (``stack.clickhouse_client()``)."""
+    return stack.clickhouse_client()
 
 
-def seed_clickhouse(stack: Devstack, database: str = "default") -> None:
+def seed_clickhouse(stack: SeedTarget, database: str = "default") -> None:
     client = clickhouse_client(stack)
     try:
         client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
@@ -219,6 +240,6 @@ def seed_clickhouse(stack: Devstack, database: str = "default") -> None:
         client.close()
 
 
-def seed_all(stack: Devstack) -> None:
+def seed_all(stack: SeedTarget) -> None:
     seed_postgres(stack)
     seed_clickhouse(stack)

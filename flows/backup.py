@@ -24,19 +24,19 @@ from pydantic import BaseModel, Field
 
 from blocks.stack import Stack
 from tasks.backup import (
-    apply_prune,
+    apply_retention,
     ensure_backup_slot,
     one_backup_at_a_time,
-    plan_prune,
+    plan_retention,
     publish_report,
     read_expected_dump_size,
     start_backup_set,
     write_manifest,
 )
 from tasks.clickhouse import backup_clickhouse
+from tasks.decisions.retention import RetentionPolicy
 from tasks.notify import alert_on_failure
 from tasks.postgres import check_pg_dump_version, dump_postgres
-from tasks.retention import RetentionPolicy
 
 
 class BackupConfig(BaseModel):
@@ -145,8 +145,8 @@ def backup(stack: str = "production", config: BackupConfig | None = None) -> Bac
         manifest = write_manifest(ops, backup_id, versions, dump, clickhouse)
 
         logger.info("== Retention")
-        plan = plan_prune(ops, backup_id, config.retention, config.dry_run)
-        pruned = apply_prune(ops, plan, config.dry_run)
+        plan = plan_retention(ops, backup_id, config.retention, config.dry_run)
+        pruned = apply_retention(ops, plan, config.dry_run)
         report = publish_report(ops, manifest, pruned, plan)
 
     return BackupSummary(

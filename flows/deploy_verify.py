@@ -50,19 +50,26 @@ from tasks.control_plane import (
     check_salt_key,
     publish_verify_report,
 )
-from tasks.errors import VerificationError
-from tasks.invariants import (
+from tasks.decisions.deploy_checks import (
+    CHECKS,
+    CheckOutcome,
+    Ledger,
+    plan_checks,
+    render_report,
+    verdict,
+)
+from tasks.deploy_probes import (
     check_clickhouse_schema,
     check_postgres_schema,
     check_redis_persistence,
     check_s3_buckets,
     check_services_healthy,
 )
+from tasks.errors import VerificationError
 from tasks.langfuse import wait_for_trace
 from tasks.litellm import check_litellm_auth, check_litellm_models, send_canary_completion
 from tasks.notify import alert_on_failure
 from tasks.railway import check_railway_deployments
-from tasks.verify import CHECKS, CheckOutcome, Ledger, plan_checks, render_report, verdict
 
 MaxMemoryPolicy = Literal[
     "noeviction",
@@ -190,30 +197,30 @@ def deploy_verify(
     """Verify the stack named ``stack``; fail (and alert) when a required check fails."""
     logger = get_run_logger()
     started, started_at = time.monotonic(), datetime.now(UTC)
-    target = Stack.load_stack(stack)
+    ops = Stack.load_stack(stack)
     t = config.request_timeout_s
     checks = plan_checks(CHECKS, {"railway-deployments": config.require_railway})
-    ledger = Ledger(checks, scrub=target.scrub, on_outcome=_log_outcome)
+    ledger = Ledger(checks, scrub=ops.scrub, on_outcome=_log_outcome)
     run_id = str(flow_run.id or uuid4())
     trace_id = uuid4().hex
-    logger.info("verifying stack %s (%s)", stack, target.stack_name)
+    logger.info("verifying stack %s (%s)", stack, ops.stack_name)
 
-    ledger.run("master-key", check_master_key, target)
-    ledger.run("salt-key", check_salt_key, target)
+    ledger.run("master-key", check_master_key, ops)
+    ledger.run("salt-key", check_salt_key, ops)
     ledger.run(
         "services-healthy",
         check_services_healthy,
-        target,
+        ops,
         config.health_timeout_s,
         config.fail_on_degraded,
     )
 
-    ledger.run("litellm-auth", check_litellm_auth, target, t)
-    ledger.run("litellm-models", check_litellm_models, target, config.canary_model, t)
+    ledger.run("litellm-auth", check_litellm_auth, ops, t)
+    ledger.run("litellm-models", check_litellm_models, ops, config.canary_model, t)
     canary = ledger.run(
         "litellm-canary",
         send_canary_completion,
-        target,
+        ops,
         config.canary_model,
         trace_id,
         ["deploy-verify", run_id],
@@ -223,32 +230,32 @@ def deploy_verify(
     ledger.run(
         "langfuse-trace",
         wait_for_trace,
-        target,
+        ops,
         trace_id,
         config.trace_timeout_s,
         config.trace_poll_s,
         t,
     )
 
-    ledger.run("postgres-schema", check_postgres_schema, target, config.postgres_tables, t)
-    ledger.run("clickhouse-schema", check_clickhouse_schema, target, config.clickhouse_tables, t)
+    ledger.run("postgres-schema", check_postgres_schema, ops, config.postgres_tables, t)
+    ledger.run("clickhouse-schema", check_clickhouse_schema, ops, config.clickhouse_tables, t)
     ledger.run(
         "redis-persistence",
         check_redis_persistence,
-        target,
+        ops,
         config.redis_maxmemory_policy,
         config.require_redis_aof,
         t,
     )
-    ledger.run("s3-buckets", check_s3_buckets, target, run_id, t)
+    ledger.run("s3-buckets", check_s3_buckets, ops, run_id, t)
     ledger.run(
         "backup-fresh",
         check_backup_freshness,
-        target,
+        ops,
         config.backup_max_age_hours,
         config.start_first_backup,
     )
-    ledger.run("railway-deployments", check_railway_deployments, target, t)
+    ledger.run("railway-deployments", check_railway_deployments, ops, t)
 
     outcomes = ledger.results()
     result = verdict(stack, outcomes)
@@ -264,7 +271,7 @@ def deploy_verify(
     )
     key = publish_verify_report(stack, report, outcomes, result.summary)
     if not result.passed:
-        raise VerificationError(target.scrub(result.summary))
+        raise VerificationError(ops.scrub(result.summary))
     logger.info("%s", result.summary)
     return DeployVerifyResult(
         stack=stack,

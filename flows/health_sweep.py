@@ -7,7 +7,7 @@ most about ``timeout_s`` however many services hang. A run that starts more than
 ``max_lateness_s`` after its scheduled time (the worker was down, runs piled up)
 exits at once: only the current sweep does work.
 
-Then the alert state machine (``tasks/alerting.py``) decides, from the state the
+Then the alert state machine (``tasks/decisions/alerting.py``) decides, from the state the
 previous sweep left, what to tell: one grouped message per sweep, routed by severity
 through the stack's notification blocks (unhealthy to every channel including the
 pager, degraded to chat), one Prefect event per status change, and the latest status
@@ -36,8 +36,9 @@ from prefect import flow
 from prefect.logging import get_run_logger
 from pydantic import BaseModel, Field
 
-from tasks.alerting import AlertPolicy, StatusChange, decide, group_notices, worst_status
-from tasks.health import CheckResult, HealthStatus, HealthThresholds, check_services
+from tasks.decisions.alerting import AlertPolicy, StatusChange, decide, group_notices, worst_status
+from tasks.decisions.health import CheckResult, HealthStatus
+from tasks.health import HealthThresholds, check_services
 from tasks.health_state import (
     emit_status_events,
     load_sweep_inputs,

@@ -25,7 +25,8 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
 from blocks.stack import Stack
-from tasks.drill import operator_steps
+from tasks.decisions.drill import operator_steps
+from tasks.decisions.manifest import BACKUP_ID_PATTERN
 from tasks.errors import IntegrityError, RestoreError
 from tasks.notify import alert_on_failure
 from tasks.restore import (
@@ -50,7 +51,7 @@ class RestoreConfig(BaseModel):
 
     backup_id: str | None = Field(
         default=None,
-        pattern=r"^\d{8}T\d{6}Z-[0-9a-f]{6}$",
+        pattern=BACKUP_ID_PATTERN,
         description="Backup set (YYYYMMDDTHHMMSSZ-xxxxxx); empty = the newest complete.",
     )
     postgres_target: str | None = Field(

@@ -28,7 +28,8 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
 from blocks.stack import Stack
-from tasks.drill import Check, DrillReport, rpo_seconds, scratch_database_name, skipped
+from tasks.decisions.drill import Check, DrillReport, rpo_seconds, scratch_database_name, skipped
+from tasks.decisions.manifest import BACKUP_ID_PATTERN
 from tasks.errors import IntegrityError
 from tasks.notify import alert_on_failure
 from tasks.restore import (
@@ -54,7 +55,7 @@ class RestoreDrillConfig(BaseModel):
 
     backup_id: str | None = Field(
         default=None,
-        pattern=r"^\d{8}T\d{6}Z-[0-9a-f]{6}$",
+        pattern=BACKUP_ID_PATTERN,
         description="Backup set to drill (YYYYMMDDTHHMMSSZ-xxxxxx); empty = the newest complete.",
     )
     postgres: bool = Field(default=True, description="Restore and check the Postgres dump.")

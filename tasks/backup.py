@@ -39,8 +39,8 @@ from pydantic import BaseModel
 
 from blocks.stack import Stack
 from tasks.clickhouse import ClickHouseBackupOutcome
-from tasks.errors import BackupError, StorageError
-from tasks.manifest import (
+from tasks.decisions import retention
+from tasks.decisions.manifest import (
     BackupManifest,
     PostgresDump,
     StoredObject,
@@ -50,15 +50,10 @@ from tasks.manifest import (
     new_backup_id,
     set_prefix,
 )
-from tasks.postgres import PgVersions
-from tasks.retention import (
-    ObjectRecord,
-    RetentionPlan,
-    RetentionPolicy,
-    UploadRecord,
-    plan_retention,
-)
-from tasks.retry import RUN_CACHE, retry_transient
+from tasks.decisions.retention import ObjectRecord, RetentionPlan, RetentionPolicy, UploadRecord
+from tasks.errors import BackupError, StorageError
+from tasks.pg_tools import PgVersions
+from tasks.retry import RETRY_TRANSIENT, RETRY_TRANSIENT_QUICK, RUN_CACHE
 from tasks.storage import (
     MultipartUpload,
     abort_multipart_upload,
@@ -80,9 +75,7 @@ def backup_slot_name(stack: str) -> str:
 
 @task(
     name="ensure-backup-slot",
-    retries=2,
-    retry_delay_seconds=[5, 20],
-    retry_condition_fn=retry_transient,
+    **RETRY_TRANSIENT_QUICK,
     cache_policy=NO_CACHE,
 )
 def ensure_backup_slot(stack: str) -> str:
@@ -183,9 +176,7 @@ def ended_backup_runs(stack: str) -> dict[str, str]:
 @task(
     name="read-expected-dump-size",
     cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=[5, 30],
-    retry_condition_fn=retry_transient,
+    **RETRY_TRANSIENT,
 )
 def read_expected_dump_size(stack: Stack) -> int:
     """The previous complete dump's size, for the progress bar (0 when none)."""
@@ -197,9 +188,7 @@ def read_expected_dump_size(stack: Stack) -> int:
     name="write-manifest",
     persist_result=True,
     cache_policy=RUN_CACHE,
-    retries=2,
-    retry_delay_seconds=[5, 30],
-    retry_condition_fn=retry_transient,
+    **RETRY_TRANSIENT,
 )
 def write_manifest(
     stack: Stack,
@@ -255,7 +244,7 @@ def write_manifest(
 # ---- pruning --------------------------------------------------------------------------
 
 
-class PruneResult(BaseModel):
+class RetentionResult(BaseModel):
     dry_run: bool
     deleted_sets: list[str]
     deleted_objects: int
@@ -265,11 +254,9 @@ class PruneResult(BaseModel):
 @task(
     name="plan-retention",
     cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=[5, 30],
-    retry_condition_fn=retry_transient,
+    **RETRY_TRANSIENT,
 )
-def plan_prune(
+def plan_retention(
     stack: Stack, backup_id: str, policy: RetentionPolicy, dry_run: bool
 ) -> RetentionPlan:
     """List the bucket and decide, per set, keep or delete; publish the plan artifact."""
@@ -283,7 +270,7 @@ def plan_prune(
         UploadRecord(key=u.key, upload_id=u.upload_id, initiated=u.initiated)
         for u in list_multipart_uploads(stack)
     ]
-    plan = plan_retention(
+    plan = retention.plan_retention(
         stack.stack_name, objects, complete, uploads, policy, datetime.now(UTC), backup_id,
         failed_runs=ended_backup_runs(stack.stack_name),
     )  # fmt: skip
@@ -310,15 +297,15 @@ def plan_prune(
 @task(
     name="apply-retention",
     cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=[5, 30],
-    retry_condition_fn=retry_transient,
+    **RETRY_TRANSIENT,
 )
-def apply_prune(stack: Stack, plan: RetentionPlan, dry_run: bool) -> PruneResult:
+def apply_retention(stack: Stack, plan: RetentionPlan, dry_run: bool) -> RetentionResult:
     """Delete what the plan deletes: each set's manifest first, then the rest."""
     logger = get_run_logger()
     if dry_run or not plan.pruning:
-        return PruneResult(dry_run=dry_run, deleted_sets=[], deleted_objects=0, aborted_uploads=0)
+        return RetentionResult(
+            dry_run=dry_run, deleted_sets=[], deleted_objects=0, aborted_uploads=0
+        )
     deleted = 0
     for decision in plan.sets:
         if decision.action != "delete":
@@ -332,7 +319,7 @@ def apply_prune(stack: Stack, plan: RetentionPlan, dry_run: bool) -> PruneResult
         abort_multipart_upload(
             stack, MultipartUpload(key=upload.key, upload_id=upload.upload_id, initiated=None)
         )
-    return PruneResult(
+    return RetentionResult(
         dry_run=False,
         deleted_sets=plan.deleted_sets,
         deleted_objects=deleted,
@@ -350,7 +337,7 @@ def _first_few(items: list[str], n: int = 5) -> str:
 # ---- the report -----------------------------------------------------------------------
 
 
-def render_report(manifest: BackupManifest, prune: PruneResult, plan: RetentionPlan) -> str:
+def render_report(manifest: BackupManifest, prune: RetentionResult, plan: RetentionPlan) -> str:
     """The backup's report in markdown: sizes, durations, throughput, row counts."""
     pg = manifest.postgres
     total_s = (manifest.finished_at - manifest.started_at).total_seconds()
@@ -396,7 +383,7 @@ def render_report(manifest: BackupManifest, prune: PruneResult, plan: RetentionP
 
 @task(name="publish-backup-report", cache_policy=NO_CACHE)
 def publish_report(
-    stack: Stack, manifest: BackupManifest, prune: PruneResult, plan: RetentionPlan
+    stack: Stack, manifest: BackupManifest, prune: RetentionResult, plan: RetentionPlan
 ) -> str:
     key = f"backup-report-{stack.stack_name}"
     create_markdown_artifact(

@@ -33,8 +33,8 @@ from prefect.logging import get_run_logger
 from pydantic import BaseModel
 
 from blocks.stack import Stack
+from tasks.decisions.manifest import ClickHouseBackup, StoredObject, clickhouse_prefix
 from tasks.errors import ClickHouseBackupError, OpsError
-from tasks.manifest import ClickHouseBackup, StoredObject, clickhouse_prefix
 from tasks.retry import RUN_CACHE, access_fix
 from tasks.storage import delete_objects, list_prefix, read_object
 

@@ -28,17 +28,10 @@ from prefect.variables import Variable
 from pydantic import ValidationError
 
 from blocks.stack import Stack
+from tasks.decisions.deploy_checks import CheckOutcome, Finding, table_rows
+from tasks.decisions.deploy_judges import SaltRecord, judge_backup_age, judge_master_key, judge_salt
 from tasks.errors import StorageError
 from tasks.storage import newest_complete_manifest
-from tasks.verify import (
-    CheckOutcome,
-    Finding,
-    SaltRecord,
-    judge_backup_age,
-    judge_master_key,
-    judge_salt,
-    table_rows,
-)
 
 
 def salt_variable_name(stack: Stack) -> str:

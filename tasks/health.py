@@ -30,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any, Literal, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import certifi
 import httpx
@@ -46,23 +46,9 @@ from urllib3.exceptions import HTTPError
 
 from blocks.stack import Stack
 from tasks.clickhouse import clickhouse_client
+from tasks.decisions.health import SERVICES, STATUS_RANK, CheckResult, HealthStatus
 from tasks.errors import OpsError, StorageError
 from tasks.storage import newest_complete_manifest, s3_client
-
-HealthStatus = Literal["healthy", "degraded", "unhealthy"]
-STATUS_RANK: dict[str, int] = {"healthy": 0, "degraded": 1, "unhealthy": 2}
-
-SERVICES: tuple[str, ...] = (
-    "litellm",
-    "litellm-readiness",
-    "langfuse-web",
-    "langfuse-worker",
-    "postgres",
-    "clickhouse",
-    "redis",
-    "object-storage",
-    "backup-freshness",
-)
 
 # Blocking drivers run here. Sized for many stacks swept by one worker: a thread
 # stuck on a dead host holds its slot until its socket timeout, never longer.
@@ -71,17 +57,6 @@ T = TypeVar("T")
 # One TLS context for every probe: building one per client costs tens of milliseconds
 # of loop time, which 50 stacks x 6 HTTP checks would turn into seconds.
 _TLS = ssl.create_default_context(cafile=certifi.where())
-
-
-class CheckResult(BaseModel):
-    """The outcome of one check of one service."""
-
-    model_config = ConfigDict(frozen=True)
-
-    service: str = Field(description="Service name, e.g. 'postgres' or 'langfuse-web'.")
-    status: HealthStatus
-    latency_ms: float = Field(ge=0, description="Wall time of the check.")
-    reason: str = Field(description="One line: what was seen, and what is wrong if anything.")
 
 
 class HealthThresholds(BaseModel):

@@ -4,10 +4,10 @@ Everything the sweep remembers lives in Prefect Variables (JSON, at most 5,000
 characters each), not in the worker's memory, so a restarted or replaced worker
 continues the count where the last sweep left it:
 
-    health-state-<stack>     the alert machine's :class:`~tasks.alerting.StackState`
+    health-state-<stack>     the alert machine's :class:`~tasks.decisions.alerting.StackState`
     health-status-<stack>    the latest :class:`HealthStatusDoc`, for /health, /metrics
                              and anyone with API access
-    health-silences-<stack>  a list of :class:`~tasks.alerting.Silence`, set by operators
+    health-silences-<stack>  a list of :class:`~tasks.decisions.alerting.Silence`, set by operators
 
 Variables have no compare-and-swap; writing them is safe because one sweep per stack
 runs at a time (deployment concurrency limit 1).
@@ -25,8 +25,8 @@ from prefect.variables import Variable
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from blocks.stack import Stack
-from tasks.alerting import MAX_REASON, Silence, StackState, StatusChange, worst_status
-from tasks.health import CheckResult, HealthStatus
+from tasks.decisions.alerting import MAX_REASON, Silence, StackState, StatusChange, worst_status
+from tasks.decisions.health import CheckResult, HealthStatus
 
 MAX_VARIABLE_CHARS = 5000
 _SILENCES = TypeAdapter(list[Silence])

@@ -16,7 +16,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from blocks.stack import Stack
-from tasks.verify import Finding, judge_trace
+from tasks.decisions.deploy_checks import Finding
+from tasks.decisions.deploy_judges import judge_trace
 
 
 @task(name="wait-for-trace", cache_policy=NO_CACHE, persist_result=False)

@@ -16,7 +16,8 @@ from prefect.logging import get_run_logger
 from pydantic import BaseModel, ValidationError
 
 from blocks.stack import Stack
-from tasks.verify import Finding, judge_canary, judge_models, judge_unauthenticated
+from tasks.decisions.deploy_checks import Finding
+from tasks.decisions.deploy_judges import judge_canary, judge_models, judge_unauthenticated
 
 CANARY_PROMPT = "Reply with the single word: pong"
 

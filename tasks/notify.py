@@ -21,7 +21,7 @@ import re
 import time
 from collections.abc import Mapping
 from contextvars import ContextVar
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 from prefect import task
@@ -30,165 +30,15 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
-from blocks.stack import (
-    SEVERITY_RANK,
-    NotificationRoute,
-    Severity,
-    Stack,
-    scrub_values,
-    secret_forms,
-)
+from blocks.stack import Stack, scrub_values, secret_forms
+from tasks.decisions.alerts import Alert, part_for_route
 
 SEND_TIMEOUT_S = 10.0
 # Emitted when a failed run's alert reached no channel; the stack's
 # ``ops-undeliverable/<stack>`` automation notifies from the server instead.
 UNDELIVERABLE_EVENT = "ops.alert.undeliverable"
-
-
-class Alert(BaseModel):
-    """One message to people: what happened, how bad, where to look."""
-
-    stack: str
-    source: str = Field(description="Flow or check that raised it, e.g. 'backup'.")
-    title: str
-    body: str
-    severity: Severity = "critical"
-    kind: Literal["alert", "reminder", "recovery", "info"] = "alert"
-    dedup_key: str | None = Field(
-        default=None, description="Stable key per stack and service, so a pager can resolve it."
-    )
-    link: str | None = Field(default=None, description="Link to the flow run in the UI.")
-    services: list[dict[str, str]] = Field(
-        default_factory=list,
-        description="Per-service lines for grouped alerts: service, status, reason, since.",
-    )
-
-    def text(self) -> str:
-        lines = [self.body, *(service_line(entry) for entry in self.services)]
-        if self.link:
-            lines.append(f"Run: {self.link}")
-        return "\n".join(line for line in lines if line)
-
-    def for_route(self, min_severity: Severity) -> Alert | None:
-        """The part of this alert a route taking ``min_severity`` and up receives.
-
-        Grouped alerts carry a severity per service: a chat channel gets every line, a
-        pager only the lines at its severity (a degraded service never pages). None
-        when nothing is left for the route.
-        """
-        if not self.services:
-            return self if SEVERITY_RANK[self.severity] >= SEVERITY_RANK[min_severity] else None
-        kept = [
-            entry
-            for entry in self.services
-            if SEVERITY_RANK[entry.get("severity", self.severity)] >= SEVERITY_RANK[min_severity]
-        ]
-        if not kept:
-            return None
-        if len(kept) == len(self.services):
-            return self
-        return self.model_copy(
-            update={
-                "services": kept,
-                "title": group_title(self.stack, kept),
-                "severity": max(
-                    (entry.get("severity", self.severity) for entry in kept),
-                    key=lambda s: SEVERITY_RANK[s],
-                ),
-            }
-        )
-
-
-# Built-in pagers can only trigger: a reminder would open a second incident and a
-# recovery one that says "recovered". They get alerts and escalations, nothing else;
-# the PagerDutyEvents block (blocks/pagerduty.py) resolves its incidents instead.
-TRIGGER_ONLY_PAGERS: frozenset[str] = frozenset({"pager-duty-webhook", "opsgenie-webhook"})
-FOLLOW_UPS: frozenset[str] = frozenset({"reminder", "recovery"})
-
-
-def without_follow_ups(alert: Alert) -> Alert | None:
-    """What a trigger-only pager receives of ``alert``: no reminder or recovery line."""
-    if not alert.services:
-        return None if alert.kind in FOLLOW_UPS else alert
-    kept = [entry for entry in alert.services if entry.get("kind", "alert") not in FOLLOW_UPS]
-    if not kept:
-        return None
-    if len(kept) == len(alert.services):
-        return alert
-    return alert.model_copy(
-        update={
-            "services": kept,
-            "title": group_title(alert.stack, kept),
-            "kind": "alert",
-            "severity": max(
-                (entry.get("severity", alert.severity) for entry in kept),
-                key=lambda s: SEVERITY_RANK[s],
-            ),
-        }
-    )
-
-
-def part_for_route(alert: Alert, route: NotificationRoute) -> Alert | None:
-    """The part of ``alert`` one route receives: its severities; for a trigger-only
-    pager no follow-ups."""
-    part = alert.for_route(route.min_severity)
-    if part is not None and route.block.split("/", 1)[0] in TRIGGER_ONLY_PAGERS:
-        return without_follow_ups(part)
-    return part
-
-
-KIND_WORDS: dict[str, str] = {
-    "alert": "is",
-    "escalation": "got worse:",
-    "reminder": "still",
-    "recovery": "recovered",
-}
-
-
-def service_line(entry: dict[str, str]) -> str:
-    """``postgres: unhealthy since 10:02 UTC: cannot connect (impacts langfuse-web)``."""
-    kind = entry.get("kind", "alert")
-    status = "healthy" if kind == "recovery" else entry.get("status", "")
-    since = entry.get("since", "")
-    line = f"- {entry.get('service', '?')} [{kind}]: {status}"
-    if since and kind != "recovery":
-        line += f" since {since[11:16]} UTC"
-    if kind == "recovery" and since:
-        line += f" (bad since {since[11:16]} UTC)"
-    if kind != "recovery":
-        line += f": {entry.get('reason', '')}"
-    if entry.get("impacted_by"):
-        line += f" (impacted by {entry['impacted_by']})"
-    if entry.get("impacts"):
-        line += f" (impacts {entry['impacts']})"
-    if entry.get("flapping") == "true":
-        line += " (flapping)"
-    return line
-
-
-def group_title(stack: str, services: list[dict[str, str]]) -> str:
-    """One line naming what changed, roots first: ``postgres unhealthy; 2 impacted``.
-
-    The stack is not repeated: channels prefix the subject with ``[<stack>]``.
-    """
-    roots = [e for e in services if not e.get("impacted_by")]
-    impacted = len(services) - len(roots)
-    bad = [e for e in roots if e.get("kind") != "recovery"]
-    recovered = [e for e in roots if e.get("kind") == "recovery"]
-    parts = []
-    if bad:
-        parts.append(", ".join(f"{e['service']} {e.get('status', '')}" for e in bad[:4]))
-        if len(bad) > 4:
-            parts[-1] += f" and {len(bad) - 4} more"
-    if recovered:
-        parts.append("recovered: " + ", ".join(e["service"] for e in recovered[:4]))
-    if impacted:
-        parts.append(f"{impacted} impacted")
-    if roots and all(e.get("kind") == "reminder" for e in roots):
-        parts.insert(0, "reminder")
-    return "; ".join(parts or [f"health of {stack}"])
 
 
 class ChannelResult(BaseModel):

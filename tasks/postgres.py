@@ -16,9 +16,8 @@ How a dump stays consistent without a temp file:
    and no object appears.
 
 pg_dump refuses servers newer than itself, and a newer client sends settings an older
-server rejects: :func:`pg_client_tool` picks the installed client whose major equals the
-server's (else the smallest newer one), for dump and restore alike, and says what to
-install when none fits. pg_dump gets its own timeout (a Prefect task timeout cannot
+server rejects: :func:`tasks.pg_tools.pg_client_tool` picks the client (see there).
+pg_dump gets its own timeout (a Prefect task timeout cannot
 interrupt a subprocess), the password travels in ``PGPASSWORD`` (never on the
 command line), and its stderr is scrubbed of secrets before it is logged or raised.
 """
@@ -27,11 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import glob
 import hashlib
 import os
-import re
-import shutil
 import subprocess
 import threading
 import time
@@ -39,8 +35,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import IO, NamedTuple, cast
-from urllib.parse import unquote, urlsplit, urlunsplit
+from typing import IO, cast
 from uuid import UUID
 
 import psycopg
@@ -49,14 +44,20 @@ from minio.error import MinioException
 from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.logging import get_run_logger
-from psycopg import sql
 from psycopg.rows import TupleRow
-from pydantic import BaseModel, Field
 
 from blocks.stack import Stack
-from tasks.errors import PostgresDumpError, ToolVersionError
-from tasks.manifest import LargeObjects, PostgresDump, postgres_dump_key
-from tasks.retry import RUN_CACHE, access_fix, retry_transient
+from tasks.decisions.manifest import PostgresDump, postgres_dump_key
+from tasks.errors import PostgresDumpError
+from tasks.pg_inventory import export_snapshot, snapshot_inventory
+from tasks.pg_tools import (
+    PgVersions,
+    dsn_without_password,
+    pg_client_tool,
+    require_compatible,
+    server_version,
+)
+from tasks.retry import RETRY_TRANSIENT_QUICK, RUN_CACHE, access_fix
 from tasks.storage import s3_client, storage_error
 
 CONNECT_TIMEOUT_S = 10
@@ -65,140 +66,6 @@ PROGRESS_EVERY_S = 5.0
 MAX_PARTS = 10_000  # S3's limit on the parts of one multipart upload
 PG_LIB = "/usr/lib/postgresql"
 PIPE_SIZE = 1 << 20  # a 1 MiB pipe lets pg_dump run ahead while a part is handed over
-
-USER_TABLES = """
-SELECT n.nspname, c.relname
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('r', 'p')
-  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-  AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'
-  AND NOT EXISTS (
-      SELECT 1 FROM pg_depend d
-      WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
-ORDER BY 1, 2
-"""
-
-
-# ---- versions -------------------------------------------------------------------------
-
-
-class PgVersions(BaseModel):
-    """The server's and pg_dump's versions, checked compatible."""
-
-    server: str = Field(description="Server version, e.g. '16.4'.")
-    server_major: int
-    pg_dump: str = Field(description="pg_dump version, e.g. '16.4'.")
-    pg_dump_major: int
-    pg_dump_path: str
-
-
-def parse_tool_version(text: str) -> tuple[str, int]:
-    """``'pg_dump (PostgreSQL) 16.4 (Debian 16.4-1)'`` -> ``('16.4', 16)``."""
-    match = re.search(r"\)\s*(\d+)(?:\.(\d+))?", text) or re.search(r"(\d+)(?:\.(\d+))?", text)
-    if match is None:
-        raise ToolVersionError(f"cannot read a version from {text.strip()[:200]!r}")
-    major = int(match.group(1))
-    return (f"{major}.{match.group(2)}" if match.group(2) else str(major)), major
-
-
-def require_compatible(
-    server: str, server_major: int, tool: str, tool_major: int, name: str = "pg_dump"
-) -> None:
-    """Refuse a client tool older than the server: pg_dump refuses newer servers."""
-    if tool_major < server_major:
-        raise ToolVersionError(
-            f"{name} {tool} is older than the PostgreSQL {server} server it must work with; "
-            f"{name} refuses newer servers. Install the PostgreSQL {server_major} client "
-            f"(postgresql-client-{server_major}) in the worker image, or set the backup "
-            f"config's pg_dump_path to a pg_dump >= {server_major}."
-        )
-
-
-def choose_client_major(installed: list[int], server_major: int) -> int | None:
-    """The client major to run against a server: its own, else the smallest newer one.
-
-    A newer client writes settings an older server rejects (pg_restore 17 sends
-    ``SET transaction_timeout``, unknown to 16), so newer is only the fallback; an older
-    one refuses the server (None: nothing fits).
-    """
-    fitting = [major for major in installed if major >= server_major]
-    return min(fitting) if fitting else None
-
-
-def installed_pg_tools(name: str) -> dict[int, str]:
-    """Installed copies of a PostgreSQL client tool by major (Debian: one folder per major);
-    the one on PATH when there is none of those."""
-    found: dict[int, str] = {}
-    for path in glob.glob(f"{PG_LIB}/*/bin/{name}"):
-        major = path.split("/")[-3]
-        if major.isdigit() and os.access(path, os.X_OK):
-            found[int(major)] = path
-    if not found and (on_path := shutil.which(name)):
-        found[tool_version(on_path, name)[1]] = on_path
-    return found
-
-
-def tool_version(path: str, name: str) -> tuple[str, int]:
-    """``(version, major)`` from ``<tool> --version``."""
-    try:
-        out = subprocess.run(
-            [path, "--version"], capture_output=True, text=True, timeout=30, check=True
-        ).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise ToolVersionError(
-            f"cannot run {name} at {path!r} ({type(exc).__name__}: {exc}). Install the "
-            "PostgreSQL client in the worker image or set the backup config's pg_dump_path."
-        ) from None
-    return parse_tool_version(out)
-
-
-class PgTool(BaseModel):
-    """A PostgreSQL client tool chosen for a server."""
-
-    path: str
-    version: str
-    major: int
-
-
-def pg_client_tool(name: str, server_major: int, configured: str | None = None) -> PgTool:
-    """The ``name`` (pg_dump, pg_restore) to run against a server of ``server_major``.
-
-    The configured path if given, else the installed major equal to the server's, else
-    the smallest newer one; a clear error when none is at least the server's major.
-    """
-    if configured:
-        version, major = tool_version(configured, name)
-        return PgTool(path=configured, version=version, major=major)
-    installed = installed_pg_tools(name)
-    chosen = choose_client_major(list(installed), server_major)
-    if chosen is None:
-        found = ", ".join(str(m) for m in sorted(installed)) or "none"
-        raise ToolVersionError(
-            f"no {name} for PostgreSQL {server_major} (installed majors: {found}); "
-            f"{name} refuses newer servers. Install postgresql-client-{server_major} in "
-            "the worker image (Dockerfile ARG PG_CLIENT_MAJOR)."
-        )
-    version, _ = tool_version(installed[chosen], name)
-    return PgTool(path=installed[chosen], version=version, major=chosen)
-
-
-def server_version(conn: psycopg.Connection[TupleRow]) -> tuple[str, int]:
-    """``(version, major)`` of the server, e.g. ``('16.4', 16)``."""
-    row = conn.execute("SELECT current_setting('server_version_num')::int").fetchone()
-    number = int(cast(int, row[0])) if row else 0
-    return f"{number // 10000}.{number % 10000}", number // 10000
-
-
-def dsn_without_password(dsn: str) -> tuple[str, str]:
-    """(DSN without its password, the password): the password goes in PGPASSWORD."""
-    parts = urlsplit(dsn)
-    password = unquote(parts.password or "")
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = (f"{user}@" if user else "") + host + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, "")), password
 
 
 def connect(stack: Stack, **options: str) -> psycopg.Connection[TupleRow]:
@@ -230,9 +97,7 @@ def pg_error(stack: Stack, action: str, exc: BaseException) -> PostgresDumpError
 
 @task(
     name="check-pg-dump-version",
-    retries=2,
-    retry_delay_seconds=[5, 20],
-    retry_condition_fn=retry_transient,
+    **RETRY_TRANSIENT_QUICK,
     persist_result=True,
     cache_policy=RUN_CACHE,
 )
@@ -251,72 +116,6 @@ def check_pg_dump_version(stack: Stack, pg_dump_path: str | None = None) -> PgVe
         pg_dump_major=tool.major,
         pg_dump_path=tool.path,
     )
-
-
-# ---- the snapshot ---------------------------------------------------------------------
-
-
-def export_snapshot(conn: psycopg.Connection[TupleRow]) -> str:
-    """Start the REPEATABLE READ transaction and export its snapshot."""
-    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-    conn.read_only = True
-    row = conn.execute("SELECT pg_export_snapshot()").fetchone()
-    if row is None:
-        raise PostgresDumpError("pg_export_snapshot() returned nothing")
-    return str(row[0])
-
-
-PARTITIONED_TABLES = """
-SELECT n.nspname || '.' || c.relname
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind = 'p' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-ORDER BY 1
-"""
-LARGE_OBJECT_COUNT = "SELECT count(*) FROM pg_largeobject_metadata"
-LARGE_OBJECT_DIGEST = (
-    "SELECT coalesce(md5(string_agg(md5(data), '' ORDER BY loid, pageno)), '') FROM pg_largeobject"
-)
-
-
-def partitioned_tables(conn: psycopg.Connection[TupleRow]) -> list[str]:
-    """The partitioned parents: ``count(*)`` on them counts their partitions' rows."""
-    return [str(row[0]) for row in conn.execute(PARTITIONED_TABLES).fetchall()]
-
-
-def large_objects(conn: psycopg.Connection[TupleRow]) -> LargeObjects:
-    """Count and digest of the large objects, which no table count sees."""
-    row = conn.execute(LARGE_OBJECT_COUNT).fetchone()
-    count = int(cast(int, row[0])) if row else 0
-    if count == 0:
-        return LargeObjects(count=0, digest="")
-    # pg_largeobject is readable by superusers only; a count is still worth having.
-    try:
-        with conn.transaction():
-            digest_row = conn.execute(LARGE_OBJECT_DIGEST).fetchone()
-    except psycopg.errors.InsufficientPrivilege:
-        return LargeObjects(count=count, digest=None)
-    return LargeObjects(count=count, digest=str(digest_row[0]) if digest_row else None)
-
-
-class SnapshotInventory(NamedTuple):
-    table_rows: dict[str, int]
-    partitioned: list[str]
-    large_objects: LargeObjects
-
-
-def snapshot_inventory(conn: psycopg.Connection[TupleRow]) -> SnapshotInventory:
-    """Everything a restore must bring back, counted in the connection's snapshot."""
-    return SnapshotInventory(count_rows(conn), partitioned_tables(conn), large_objects(conn))
-
-
-def count_rows(conn: psycopg.Connection[TupleRow]) -> dict[str, int]:
-    """Exact row count of every user table, inside the exported snapshot."""
-    counts: dict[str, int] = {}
-    for schema, table in conn.execute(USER_TABLES).fetchall():
-        query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(str(schema), str(table)))
-        row = conn.execute(query).fetchone()
-        counts[f"{schema}.{table}"] = int(cast(int, row[0])) if row else 0
-    return counts
 
 
 # ---- hooks (observe a running dump; tests use them to inject faults) --------------------

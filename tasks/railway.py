@@ -14,7 +14,8 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ValidationError
 
 from blocks.stack import Stack
-from tasks.verify import Finding, RailwayService, judge_railway
+from tasks.decisions.deploy_checks import Finding
+from tasks.decisions.deploy_judges import RailwayService, judge_railway
 
 LATEST_DEPLOYMENTS_QUERY = """
 query DeployVerifyLatestDeployments($projectId: String!) {

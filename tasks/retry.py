@@ -126,6 +126,22 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
+# Named retry policies for ``@task(**POLICY)``: only for idempotent work, and only
+# transient failures are retried (:func:`retry_transient`).
+RETRY_TRANSIENT: dict[str, Any] = {
+    "retries": 2,
+    "retry_delay_seconds": [5, 30],
+    "retry_condition_fn": retry_transient,
+}
+"""S3 listings and writes, the manifest, pruning: a hiccup of S3 passes in seconds."""
+RETRY_TRANSIENT_QUICK: dict[str, Any] = {
+    "retries": 2,
+    "retry_delay_seconds": [5, 20],
+    "retry_condition_fn": retry_transient,
+}
+"""Small checks before the work starts (tool versions, the backup slot)."""
+
+
 # A retried flow run (UI "Retry", `prefect flow-run retry`, same flow-run id) reuses
 # the persisted result of every task that completed before: the key is the run id,
 # the task's code and its inputs. The stack block is left out of the key: fixing a

@@ -23,11 +23,10 @@ import urllib3
 from minio import Minio
 from minio.deleteobjects import DeleteObject
 from minio.error import MinioException, S3Error
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from blocks.stack import Stack
-from tasks.errors import StorageError
-from tasks.manifest import (
+from tasks.decisions.manifest import (
     MANIFEST_NAME,
     BackupManifest,
     backup_id_time,
@@ -36,7 +35,9 @@ from tasks.manifest import (
     set_id_of_key,
     set_prefix,
     stack_prefix,
+    trust_manifest,
 )
+from tasks.errors import StorageError
 from tasks.retry import access_fix
 
 # Seconds to connect and between bytes on a read; a dead S3 endpoint fails fast
@@ -190,19 +191,11 @@ def list_set_ids(stack: Stack, client: Minio | None = None) -> list[str]:
 def _read_manifest(
     stack: Stack, backup_id: str, client: Minio
 ) -> tuple[BackupManifest | None, str | None]:
-    raw = read_optional_object(stack, manifest_key(stack.stack_name, backup_id), client)
+    key = manifest_key(stack.stack_name, backup_id)
+    raw = read_optional_object(stack, key, client)
     if raw is None:
         return None, "no manifest.json"
-    try:
-        manifest = BackupManifest.from_json(raw)
-    except ValidationError as exc:
-        return None, f"manifest.json does not parse ({exc.error_count()} error(s))"
-    if manifest.backup_id != backup_id or manifest.stack != stack.stack_name:
-        return None, (
-            f"manifest.json names set {manifest.stack}/{manifest.backup_id}, "
-            f"not {stack.stack_name}/{backup_id}"
-        )
-    return manifest, None
+    return trust_manifest(raw, stack.stack_name, backup_id, key)
 
 
 def group_backup_sets(stack_name: str, entries: list[StoredEntry]) -> dict[str, list[StoredEntry]]:

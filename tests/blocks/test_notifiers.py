@@ -10,8 +10,9 @@ from prefect.blocks.core import Block
 
 from blocks.pagerduty import PagerDutyEvents, events_for
 from blocks.slack import SlackBlockKit
+from tasks.decisions.alerts import Alert
 from tasks.errors import NotificationError
-from tasks.notify import Alert, deliver
+from tasks.notify import deliver
 
 SINCE = datetime(2026, 11, 22, 10, 2, tzinfo=UTC).isoformat()
 

@@ -17,7 +17,7 @@ from prefect.blocks.core import Block
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 
-from blocks.stack import NotificationRoute, Stack
+from blocks.stack import Stack
 from deployments.automations import (
     FAILURE_EVENTS,
     automation_names,
@@ -29,6 +29,7 @@ from deployments.bootstrap import BootstrapReport, bootstrap, main
 from deployments.settings import SCHEDULES, ControlPlaneSettings
 from devstack.core import Devstack
 from devstack.demo import bootstrap_env
+from tasks.decisions.alerts import NotificationRoute
 from tasks.notify import report_undeliverable
 
 
@@ -258,8 +259,9 @@ def test_an_automation_paused_by_an_operator_stays_paused(
 def test_the_pager_from_the_environment_triggers_and_resolves_one_incident_per_service(
     stack_env: dict[str, str], stack_name: str, devstack: Devstack, receiver
 ) -> None:
-    from tasks.alerting import dedup_key
-    from tasks.notify import Alert, deliver
+    from tasks.decisions.alerting import dedup_key
+    from tasks.decisions.alerts import Alert
+    from tasks.notify import deliver
 
     path = f"/pagerduty-{stack_name}"
     env = {

@@ -6,7 +6,6 @@ import pytest
 from prefect.blocks.notifications import DiscordWebhook
 
 from blocks.pagerduty import PagerDutyEvents
-from blocks.stack import NotificationRoute
 from deployments.channels import (
     CHANNEL_VARIABLES,
     CHANNELS,
@@ -14,8 +13,8 @@ from deployments.channels import (
     is_builtin,
     is_our_pager,
 )
+from tasks.decisions.alerts import Alert, NotificationRoute, part_for_route
 from tasks.errors import StackConfigError
-from tasks.notify import Alert, part_for_route
 
 ALL_SET = {
     "SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T000/B000/XXXX",
@@ -82,7 +81,7 @@ def test_severity_of_one_channel_can_be_overridden() -> None:
 
 
 def test_a_route_to_one_of_our_own_blocks_is_not_builtin() -> None:
-    from blocks.stack import NotificationRoute
+    from tasks.decisions.alerts import NotificationRoute
 
     assert not is_builtin(NotificationRoute(block="slack-block-kit/ops"))
     assert is_builtin(NotificationRoute(block="custom-webhook/ops"))

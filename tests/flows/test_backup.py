@@ -29,9 +29,9 @@ from devstack.core import PROJECT, Devstack
 from devstack.seed import clickhouse_client
 from flows.backup import BackupConfig, BackupSummary, backup
 from tasks.backup import ensure_backup_slot, one_backup_at_a_time
-from tasks.manifest import BackupManifest, manifest_key, new_backup_id, set_id_of_key
+from tasks.decisions.manifest import BackupManifest, manifest_key, new_backup_id, set_id_of_key
+from tasks.decisions.retention import RetentionPolicy
 from tasks.postgres import dump_hooks
-from tasks.retention import RetentionPolicy
 from tasks.storage import list_backup_sets, list_multipart_uploads
 from tests.prefect_api import run_logs, state_names, task_runs_when
 

@@ -38,9 +38,10 @@ from prefect.client.schemas.objects import State
 from pydantic import SecretStr
 
 from blocks.stack import Stack
-from devstack.core import STANDINS, Devstack
+from devstack.core import Devstack
+from devstack.standins import STANDINS
 from flows.deploy_verify import DeployVerifyConfig, deploy_verify
-from tasks.manifest import BackupManifest, PostgresDump, manifest_key, new_backup_id
+from tasks.decisions.manifest import BackupManifest, PostgresDump, manifest_key, new_backup_id
 from tests.prefect_api import run_logs
 
 ALL_CHECKS = [

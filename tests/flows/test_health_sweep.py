@@ -29,7 +29,7 @@ from prefect.variables import Variable
 
 from devstack.core import PROJECT, Devstack
 from flows.health_sweep import HealthSweepConfig, SweepSummary, health_sweep
-from tasks.alerting import Silence, StackState
+from tasks.decisions.alerting import Silence, StackState
 from tasks.health import HealthThresholds
 from tasks.health_state import (
     read_status,

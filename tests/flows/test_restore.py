@@ -15,8 +15,8 @@ from blocks.stack import Stack
 from devstack.core import Devstack
 from devstack.seed import clickhouse_client
 from flows.restore import RestoreConfig, restore
+from tasks.decisions.manifest import BackupManifest
 from tasks.errors import IntegrityError, RestoreError
-from tasks.manifest import BackupManifest
 from tasks.restore import _swap_pg, ch_client, pg_server, wait_ch_restore
 from tests.flows.test_restore_drill import (
     STACK,
@@ -28,7 +28,7 @@ from tests.flows.test_restore_drill import (
 
 
 def pg_counts(devstack: Devstack, database: str) -> dict[str, int]:
-    from tasks.postgres import count_rows
+    from tasks.pg_inventory import count_rows
 
     with psycopg.connect(devstack.admin_dsn(database)) as conn:
         return count_rows(conn)

@@ -26,7 +26,7 @@ from blocks.stack import Stack
 from devstack.core import PROJECT, Devstack
 from devstack.seed import clickhouse_client
 from flows.restore_drill import RestoreDrillConfig, restore_drill
-from tasks.manifest import BackupManifest, StoredObject, manifest_key, new_backup_id
+from tasks.decisions.manifest import BackupManifest, StoredObject, manifest_key, new_backup_id
 from tasks.storage import newest_complete_manifest
 from tests.prefect_api import run_logs
 

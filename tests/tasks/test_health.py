@@ -11,9 +11,8 @@ import httpx
 import psycopg
 import pytest
 
+from tasks.decisions.health import SERVICES, CheckResult
 from tasks.health import (
-    SERVICES,
-    CheckResult,
     HealthThresholds,
     disk_verdict,
     freshness_verdict,

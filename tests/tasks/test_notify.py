@@ -20,11 +20,11 @@ from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.orchestration import get_client
 from pydantic import SecretStr
 
-from blocks.stack import NotificationRoute, Stack
+from blocks.stack import Stack
 from devstack.core import Devstack
+from tasks.decisions.alerts import Alert, NotificationRoute
 from tasks.notify import (
     UNDELIVERABLE_EVENT,
-    Alert,
     alert_on_failure,
     block_secret_values,
     deliver,

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from tasks import postgres
+from tasks import pg_tools
 from tasks.errors import PostgresDumpError, ToolVersionError
-from tasks.postgres import (
-    DumpStream,
+from tasks.pg_tools import (
     choose_client_major,
     parse_tool_version,
     pg_client_tool,
     require_compatible,
 )
+from tasks.postgres import DumpStream
 
 
 @pytest.mark.parametrize(
@@ -84,7 +84,7 @@ def test_dump_and_restore_run_the_installed_client_of_the_servers_major(
 ) -> None:
     for name in ("pg_dump", "pg_restore"):
         fake_clients(tmp_path, name, {15: "15.10", 16: "16.6", 17: "17.2"})
-    monkeypatch.setattr(postgres, "PG_LIB", str(tmp_path))
+    monkeypatch.setattr(pg_tools, "PG_LIB", str(tmp_path))
     for name in ("pg_dump", "pg_restore"):
         tool = pg_client_tool(name, 16)
         assert (tool.path, tool.version, tool.major) == (f"{tmp_path}/16/bin/{name}", "16.6", 16)
@@ -95,7 +95,7 @@ def test_no_client_as_new_as_the_server_is_a_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake_clients(tmp_path, "pg_restore", {14: "14.9", 15: "15.10"})
-    monkeypatch.setattr(postgres, "PG_LIB", str(tmp_path))
+    monkeypatch.setattr(pg_tools, "PG_LIB", str(tmp_path))
     with pytest.raises(ToolVersionError) as caught:
         pg_client_tool("pg_restore", 16)
     message = str(caught.value)

@@ -15,7 +15,7 @@ from minio import Minio
 
 from blocks.stack import Stack
 from devstack.core import Devstack
-from tasks.manifest import (
+from tasks.decisions.manifest import (
     BackupManifest,
     PostgresDump,
     StoredObject,

@@ -6,7 +6,7 @@ thin HTTP front over it. Only the HTTP layer is imitated; every statement is
 executed by the engine itself, so SQL behaviour (MergeTree, BACKUP/RESTORE to
 S3, system tables) is real.
 
-    python tests/standins/clickhouse_http.py --port 18123 --data-dir /tmp/ch \
+    python devstack/standins/clickhouse_http.py --port 18123 --data-dir /tmp/ch \
         --user default --password secret
 
 Readiness: GET /ping -> "Ok.\\n". Stops cleanly on SIGTERM.

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tasks.drill import (
+from tasks.decisions.drill import (
     MAX_IDENTIFIER,
     Check,
     ComponentTiming,

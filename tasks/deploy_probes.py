@@ -1,9 +1,10 @@
 """Read-only checks of the stateful services' invariants, for deploy-verify.
 
 Each task looks at one system (Postgres, ClickHouse, Redis, S3) and returns a
-:class:`~tasks.verify.Finding`; the judgement itself lives in ``tasks.verify``. They
-write nothing except the S3 canary object, which they delete again. Every error text
-from a driver is scrubbed of secrets before it reaches a finding.
+:class:`~tasks.decisions.deploy_checks.Finding`; the judgement itself lives in
+``tasks.decisions.deploy_judges``. They write nothing except the S3 canary object, which
+they delete again. Every error text from a driver is scrubbed of secrets before it
+reaches a finding.
 """
 
 from __future__ import annotations
@@ -24,12 +25,9 @@ from psycopg import sql
 
 from blocks.stack import Stack
 from tasks.clickhouse import clickhouse_client
-from tasks.errors import OpsError
-from tasks.health import SERVICES, run_checks
-from tasks.storage import s3_client
-from tasks.verify import (
+from tasks.decisions.deploy_checks import Finding
+from tasks.decisions.deploy_judges import (
     BucketProbe,
-    Finding,
     ServiceHealth,
     judge_buckets,
     judge_clickhouse_tables,
@@ -37,6 +35,10 @@ from tasks.verify import (
     judge_redis,
     judge_tables,
 )
+from tasks.decisions.health import SERVICES
+from tasks.errors import OpsError
+from tasks.health import run_checks
+from tasks.storage import s3_client
 
 MIGRATIONS_TABLE = "_prisma_migrations"
 CANARY_PREFIX = "_deploy-verify"  # never a stack name, so never mistaken for a backup set

@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from tasks.manifest import LargeObjects
+from tasks.decisions.manifest import LargeObjects
 
 SCRATCH_PREFIX = "drill_"
 # Postgres truncates identifiers at 63 bytes: keep the whole name below that.

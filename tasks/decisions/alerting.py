@@ -36,9 +36,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from blocks.stack import SEVERITY_RANK, Severity
-from tasks.health import STATUS_RANK, CheckResult, HealthStatus
-from tasks.notify import Alert, group_title
+from tasks.decisions.alerts import SEVERITY_RANK, Alert, Severity, group_title
+from tasks.decisions.health import STATUS_RANK, CheckResult, HealthStatus
 
 NoticeKind = Literal["alert", "escalation", "reminder", "recovery"]
 

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from tasks.manifest import (
+from tasks.decisions.manifest import (
     BackupManifest,
     PostgresDump,
     StoredObject,

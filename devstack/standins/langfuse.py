@@ -6,8 +6,8 @@ LiteLLM's `langfuse` callback touch: health/readiness, legacy batch ingestion,
 OTLP trace export (what LiteLLM >= 1.106 with langfuse SDK v4 sends), project
 lookup and trace lookup. Everything is kept in memory.
 
-    python tests/standins/langfuse.py --port 13000 --public-key pk-lf-x --secret-key sk-lf-x
-    python tests/standins/langfuse.py --port 13030 --role worker
+    python devstack/standins/langfuse.py --port 13000 --public-key pk-lf-x --secret-key sk-lf-x
+    python devstack/standins/langfuse.py --port 13030 --role worker
 
 Test-only control (no auth), under /__standin/:
     POST /__standin/fault {"mode": "ok"|"hang"|"error500"|"drop_ingestion"}

@@ -7,7 +7,7 @@ latest deployment of each service instance, as Railway's API shapes it:
         serviceInstances { edges { node { environmentId latestDeployment { id status } } } }
     } } } }
 
-    python tests/standins/railway_api.py --port 14000 --token rw-token \
+    python devstack/standins/railway_api.py --port 14000 --token rw-token \
         --project-id proj-1 --environment-id env-1
 
 POST /graphql/v2      the query; `Authorization: Bearer <token>` required (401 otherwise);

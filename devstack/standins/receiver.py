@@ -5,7 +5,7 @@ custom webhooks all point at this one receiver, each under its own path prefix
 (e.g. /slack/..., /discord/..., /pagerduty/...). Tests then read back what
 was sent.
 
-    python tests/standins/receiver.py --port 15000
+    python devstack/standins/receiver.py --port 15000
 
 POST /<anything>     record {"path","headers","body","json","received_at"}; 200 "ok"
                      (header names lower-cased)

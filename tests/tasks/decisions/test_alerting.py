@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.alerting import (
+from tasks.decisions.alerting import (
     AlertPolicy,
     Decision,
     Notice,
@@ -21,7 +21,7 @@ from tasks.alerting import (
     group_notices,
     trailing,
 )
-from tasks.health import SERVICES, CheckResult, HealthStatus
+from tasks.decisions.health import SERVICES, CheckResult, HealthStatus
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 STATUS: dict[str, HealthStatus] = {"h": "healthy", "d": "degraded", "u": "unhealthy"}

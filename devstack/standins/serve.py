@@ -1,6 +1,6 @@
 """The one way every stand-in serves: threads, 127.0.0.1 only, a clean stop on SIGTERM.
 
-The stand-ins run as scripts (``python tests/standins/<name>.py``), so they import this
+The stand-ins run as scripts (``python devstack/standins/<name>.py``), so they import this
 module by its bare name: the script's folder is first on ``sys.path``.
 """
 

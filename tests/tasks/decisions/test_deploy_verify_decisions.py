@@ -9,17 +9,24 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tasks.verify import (
+from tasks.decisions.deploy_checks import (
     CHECK_NAMES,
     CHECKS,
-    BucketProbe,
     CheckSpec,
     Finding,
     Ledger,
+    blocked_reason,
+    plan_checks,
+    render_report,
+    table_rows,
+    validate_order,
+    verdict,
+)
+from tasks.decisions.deploy_judges import (
+    BucketProbe,
     RailwayService,
     SaltRecord,
     ServiceHealth,
-    blocked_reason,
     judge_backup_age,
     judge_buckets,
     judge_canary,
@@ -32,11 +39,6 @@ from tasks.verify import (
     judge_tables,
     judge_trace,
     judge_unauthenticated,
-    plan_checks,
-    render_report,
-    table_rows,
-    validate_order,
-    verdict,
 )
 
 statuses = st.sampled_from(["passed", "failed", "skipped"])

@@ -27,8 +27,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tasks.decisions.manifest import MANIFEST_NAME, backup_id_time, set_id_of_key
 from tasks.errors import RetentionError
-from tasks.manifest import MANIFEST_NAME, backup_id_time, set_id_of_key
 
 Action = Literal["keep", "delete"]
 # Objects outside any set listed one by one in the plan's table, the rest counted.

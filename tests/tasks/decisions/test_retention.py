@@ -8,9 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.errors import RetentionError
-from tasks.manifest import backup_id_time, manifest_key, new_backup_id, set_id_of_key
-from tasks.retention import (
+from tasks.decisions.manifest import backup_id_time, manifest_key, new_backup_id, set_id_of_key
+from tasks.decisions.retention import (
     ObjectRecord,
     RetentionPlan,
     RetentionPolicy,
@@ -18,6 +17,7 @@ from tasks.retention import (
     check_plan,
     plan_retention,
 )
+from tasks.errors import RetentionError
 
 STACK = "prod"
 NOW = datetime(2026, 11, 22, 3, 30, tzinfo=UTC)

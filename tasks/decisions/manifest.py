@@ -18,17 +18,20 @@ Everything here is pure (no I/O): the model, the key layout and the id format.
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 from datetime import UTC, datetime
 from importlib import metadata
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 MANIFEST_SCHEMA_VERSION: Literal[1] = 1
 MANIFEST_NAME = "manifest.json"
-BACKUP_ID_RE = re.compile(r"^(\d{8}T\d{6}Z)-([0-9a-f]{6})$")
+BACKUP_ID_PATTERN = r"^(\d{8}T\d{6}Z)-([0-9a-f]{6})$"
+"""``YYYYMMDDTHHMMSSZ-<6 hex>``: the one definition (flows' config fields use it too)."""
+BACKUP_ID_RE = re.compile(BACKUP_ID_PATTERN)
 _ID_TIME_FORMAT = "%Y%m%dT%H%M%SZ"
 
 ObjectKind = Literal["postgres-dump", "clickhouse-backup"]
@@ -238,3 +241,36 @@ class BackupManifest(BaseModel):
     @classmethod
     def from_json(cls, data: bytes | str) -> BackupManifest:
         return cls.model_validate_json(data)
+
+
+def trust_manifest(
+    raw: bytes, stack: str, backup_id: str, key: str
+) -> tuple[BackupManifest | None, str | None]:
+    """The one judge of a stored manifest: the manifest, or why it cannot be trusted.
+
+    Retention, freshness, the drill and the restore all ask here, so a set one of them
+    counts as complete is a set the others will restore: a schema this version reads,
+    every field valid, and naming the very set it is stored in.
+    """
+    try:
+        version = json.loads(raw).get("schema_version")
+    except (ValueError, AttributeError):
+        version = None
+    if version != MANIFEST_SCHEMA_VERSION:
+        return None, (
+            f"{key} has schema_version {version!r}, this version reads "
+            f"{MANIFEST_SCHEMA_VERSION}: restore with the release that wrote it"
+        )
+    try:
+        manifest = BackupManifest.from_json(raw)
+    except ValidationError as exc:
+        fields = [".".join(str(part) for part in error["loc"]) for error in exc.errors()]
+        shown = ", ".join(fields[:5]) + (
+            f" ... and {len(fields) - 5} more" if len(fields) > 5 else ""
+        )
+        return None, f"{key} does not parse ({exc.error_count()} error(s): {shown})"
+    if manifest.backup_id != backup_id or manifest.stack != stack:
+        return None, (
+            f"{key} names set {manifest.stack}/{manifest.backup_id}, not {stack}/{backup_id}"
+        )
+    return manifest, None

@@ -1,0 +1,347 @@
+"""ClickHouse for a restore: RESTORE, waiting for it, reading back what it restored, the swap.
+
+``RESTORE DATABASE src AS target FROM S3(...) ASYNC``, polled in ``system.backups``.
+RESTORE does not verify checksums (ClickHouse issue 65191), so every table is then
+checked (``CHECK TABLE``), read in full (``SELECT * ... FORMAT Null``) and counted. The
+statement holds the S3 secret: it is never logged, and errors are scrubbed. A restored
+copy lands on the live volumes, so the free space is checked first. :func:`_swap_ch` is
+how the real restore puts a verified staging database in place; :class:`ClickHouseEngine`
+is this module behind the engine interface.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from clickhouse_connect.driver.client import Client as ClickHouseClient
+from clickhouse_connect.driver.exceptions import ClickHouseError
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from blocks.stack import Stack
+from tasks.clickhouse import (
+    backup_state,
+    ch_error,
+    clickhouse_client,
+    quote_identifier,
+    restore_statement,
+)
+from tasks.decisions.drill import (
+    Check,
+    ComponentTiming,
+    check_required_tables,
+    check_row_counts,
+    failed,
+    passed,
+    shorten,
+)
+from tasks.decisions.manifest import ClickHouseBackup
+from tasks.errors import RestoreError
+from tasks.restore.engine import ComponentOutcome
+
+__all__ = [
+    "CHECKABLE_ENGINE",
+    "CH_POLL_S",
+    "CH_QUERY_TIMEOUT_S",
+    "CH_VERIFY_TIMEOUT_S",
+    "FREE_SPACE_MARGIN",
+    "REQUIRED_CLICKHOUSE_TABLES",
+    "ClickHouseEngine",
+    "ClickHouseSource",
+    "ch_client",
+    "ch_databases",
+    "check_ch_free_space",
+    "drop_ch_database",
+    "free_space_refusal",
+    "read_ch_tables",
+    "restore_clickhouse",
+    "run_ch_restore",
+    "wait_ch_restore",
+]
+
+CH_POLL_S = 0.5
+CH_QUERY_TIMEOUT_S = 600
+# One verification query (CHECK TABLE, a full read of one table) may take this long:
+# bounded on its own, not by the restore's hours-long limit.
+CH_VERIFY_TIMEOUT_S = 3600
+
+REQUIRED_CLICKHOUSE_TABLES: tuple[str, ...] = ("traces", "observations", "scores")
+# Engines CHECK TABLE understands; views and the like hold no data of their own.
+CHECKABLE_ENGINE = re.compile(r"MergeTree|^(Log|TinyLog|StripeLog)$")
+
+
+def ch_client(stack: Stack, timeout_s: float = CH_QUERY_TIMEOUT_S) -> ClickHouseClient:
+    return clickhouse_client(stack, timeout_s, error=RestoreError)
+
+
+def _ch_error(stack: Stack, action: str, exc: BaseException) -> RestoreError:
+    return ch_error(stack, action, exc, RestoreError)
+
+
+def ch_databases(stack: Stack) -> list[str]:
+    client = ch_client(stack)
+    try:
+        return [str(r[0]) for r in client.query("SELECT name FROM system.databases").result_rows]
+    except (ClickHouseError, OSError) as exc:
+        raise _ch_error(stack, "listing of databases", exc) from None
+    finally:
+        client.close()
+
+
+def drop_ch_database(stack: Stack, database: str) -> None:
+    client = ch_client(stack)
+    try:
+        client.command(f"DROP DATABASE IF EXISTS {quote_identifier(database)} SYNC")
+    except (ClickHouseError, OSError) as exc:
+        raise _ch_error(stack, f"DROP DATABASE {database}", exc) from None
+    finally:
+        client.close()
+
+
+def run_ch_restore(
+    stack: Stack, client: ClickHouseClient, backup: ClickHouseBackup, target: str, timeout_s: float
+) -> Check:
+    """RESTORE ... ASYNC and poll system.backups until RESTORED, a failure, or the deadline."""
+    name = f"clickhouse-restore[{backup.database}]"
+    try:
+        result = client.query(restore_statement(stack, backup.database, target, backup.s3_prefix))
+        operation_id = str(result.result_rows[0][0])
+    except (ClickHouseError, OSError, IndexError) as exc:
+        return failed(name, "clickhouse", _ch_error(stack, f"RESTORE into {target}", exc).args[0])
+    return wait_ch_restore(stack, client, operation_id, name, target, timeout_s)
+
+
+def wait_ch_restore(
+    stack: Stack,
+    client: ClickHouseClient,
+    operation_id: str,
+    name: str,
+    target: str,
+    timeout_s: float,
+) -> Check:
+    """Poll system.backups until RESTORED, a failure, a vanished row, or the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            state = backup_state(client, operation_id)
+        except (ClickHouseError, OSError) as exc:
+            return failed(
+                name, "clickhouse", _ch_error(stack, "polling system.backups", exc).args[0]
+            )
+        if state is None:
+            return failed(
+                name,
+                "clickhouse",
+                f"RESTORE {operation_id} into {target} vanished from system.backups (ClickHouse "
+                "restarted mid-restore?); the partial database is dropped, run it again",
+            )
+        status, error, _ = state
+        if status == "RESTORED":
+            return passed(name, "clickhouse", f"RESTORE into {target}: RESTORED")
+        if status != "RESTORING":
+            return failed(
+                name,
+                "clickhouse",
+                f"RESTORE into {target} ended {status}: "
+                f"{stack.scrub(error)[:600] or 'no error text'}",
+            )
+        if time.monotonic() >= deadline:
+            return failed(
+                name, "clickhouse", f"RESTORE into {target} still running after {timeout_s:.0f}s"
+            )
+        time.sleep(CH_POLL_S)
+
+
+def read_ch_tables(
+    stack: Stack, client: ClickHouseClient, backup: ClickHouseBackup, target: str
+) -> tuple[list[Check], dict[str, int]]:
+    """CHECK TABLE and a full read of every table (RESTORE verifies nothing), then counts."""
+    tag = f"[{backup.database}]"
+    counts: dict[str, int] = {}
+    problems: list[str] = []
+    try:
+        tables = client.query(
+            "SELECT name, engine FROM system.tables WHERE database = {db:String} ORDER BY name",
+            parameters={"db": target},
+        ).result_rows
+    except (ClickHouseError, OSError) as exc:
+        return [
+            failed(f"clickhouse-read{tag}", "clickhouse", _ch_error(stack, "listing", exc).args[0])
+        ], {}
+    for table, engine in tables:
+        qualified = f"{quote_identifier(target)}.{quote_identifier(str(table))}"
+        if not CHECKABLE_ENGINE.search(str(engine)):
+            continue
+        try:
+            verdict = client.query(
+                f"CHECK TABLE {qualified} SETTINGS check_query_single_value_result = 1"
+            ).result_rows
+            if not verdict or int(verdict[0][0]) != 1:
+                problems.append(f"CHECK TABLE {table} reports damaged parts")
+            client.command(f"SELECT * FROM {qualified} FORMAT Null")
+            rows = client.query(f"SELECT count() FROM {qualified}").result_rows
+            counts[str(table)] = int(rows[0][0])
+        except (ClickHouseError, OSError, ValueError) as exc:
+            problems.append(f"reading {table} failed: {stack.scrub(str(exc))[:300]}")
+    if problems:
+        read = failed(f"clickhouse-read{tag}", "clickhouse", shorten(problems))
+    else:
+        read = passed(
+            f"clickhouse-read{tag}",
+            "clickhouse",
+            f"{len(counts)} tables checked (CHECK TABLE) and read in full",
+        )
+    return [read], counts
+
+
+# A restored copy needs about the backup's size; keep this much more free on top.
+FREE_SPACE_MARGIN = 1.2
+
+
+def free_space_refusal(free: int, needed: int, margin: float = FREE_SPACE_MARGIN) -> str | None:
+    """Why a restore of ``needed`` bytes must not start on a disk with ``free`` bytes, or None."""
+    if free >= needed * margin:
+        return None
+    return (
+        f"not enough free disk: {free / 1e9:.2f} GB free, the copy needs about "
+        f"{needed / 1e9:.2f} GB (+{(margin - 1) * 100:.0f}% margin); restoring would fill "
+        "the live volume. Free space or grow the volume first"
+    )
+
+
+def check_ch_free_space(stack: Stack, client: ClickHouseClient, backup: ClickHouseBackup) -> Check:
+    """ClickHouse's disks have room for a full copy of the backup (it lands on live volumes)."""
+    name = f"clickhouse-free-space[{backup.database}]"
+    try:
+        row = client.query("SELECT sum(free_space) FROM system.disks").result_rows
+        free = int(row[0][0]) if row else 0
+    except (ClickHouseError, OSError) as exc:
+        return failed(name, "clickhouse", _ch_error(stack, "free-space lookup", exc).args[0])
+    refusal = free_space_refusal(free, backup.size)
+    if refusal is not None:
+        return failed(name, "clickhouse", refusal)
+    return passed(
+        name, "clickhouse", f"{free / 1e9:.1f} GB free for a {backup.size / 1e9:.2f} GB copy"
+    )
+
+
+@task(name="restore-clickhouse", cache_policy=NO_CACHE)
+def restore_clickhouse(
+    stack: Stack,
+    backup: ClickHouseBackup,
+    target: str,
+    timeout_s: float,
+    required_tables: list[str],
+) -> ComponentOutcome:
+    """RESTORE one database's backup as ``target``, then check, read and count every table."""
+    logger = get_run_logger()
+    tag = f"[{backup.database}]"
+    logger.info("restoring ClickHouse %s as %s from %s", backup.database, target, backup.s3_prefix)
+    client = ch_client(stack, CH_VERIFY_TIMEOUT_S)
+    started = time.monotonic()
+    try:
+        space = check_ch_free_space(stack, client, backup)
+        if not space.passed:
+            logger.error("%s %s: %s", space.name, space.outcome, space.reason)
+            return ComponentOutcome(checks=[space])
+        checks = [run_ch_restore(stack, client, backup, target, timeout_s)]
+        seconds = time.monotonic() - started
+        verify_started = time.monotonic()
+        if checks[0].passed:
+            read_checks, counts = read_ch_tables(stack, client, backup, target)
+            checks += read_checks
+            checks.append(
+                check_row_counts(
+                    f"clickhouse-row-counts{tag}", "clickhouse", backup.table_rows, counts
+                )
+            )
+            checks.append(
+                check_required_tables(
+                    f"clickhouse-required-tables{tag}", "clickhouse", required_tables, counts
+                )
+            )
+        verify_seconds = time.monotonic() - verify_started
+    finally:
+        client.close()
+    for check in checks:
+        log = logger.info if check.passed else logger.error
+        log("%s %s: %s", check.name, check.outcome, check.reason)
+    if not checks[0].passed:
+        # A RESTORE that did not complete has no recovery time to report.
+        return ComponentOutcome(checks=checks)
+    timing = ComponentTiming(
+        component="clickhouse",
+        target=target,
+        restore_seconds=seconds,
+        verify_seconds=verify_seconds,
+        bytes=backup.size,
+    )
+    return ComponentOutcome(checks=checks, timing=timing)
+
+
+# ---- the swap into place (the real restore) -------------------------------------------------
+
+
+def _swap_ch(stack: Stack, staging: str, target: str, previous: str | None) -> None:
+    client = ch_client(stack)
+    try:
+        if previous is not None:
+            old, new = quote_identifier(target), quote_identifier(previous)
+            client.command(f"RENAME DATABASE {old} TO {new}")
+        client.command(f"RENAME DATABASE {quote_identifier(staging)} TO {quote_identifier(target)}")
+    except (ClickHouseError, OSError) as exc:
+        moved = previous is not None and previous in ch_databases(stack)
+        state = (
+            f"{target} was already renamed to {previous}: rename it back, or rename "
+            f"{staging} to {target}"
+            if moved
+            else f"{target} is unchanged"
+        )
+        raise _ch_error(stack, f"rename of {staging} to {target} ({state})", exc) from None
+    finally:
+        client.close()
+
+
+# ---- behind the engine interface ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClickHouseSource:
+    """What :meth:`ClickHouseEngine.restore_into` restores: one database's backup."""
+
+    backup: ClickHouseBackup
+    timeout_s: float
+    required_tables: list[str]
+
+
+class ClickHouseEngine:
+    """ClickHouse (the stack's server) as a :class:`~tasks.restore.engine.RestoreEngine`."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+
+    @property
+    def name(self) -> Literal["clickhouse"]:
+        return "clickhouse"
+
+    @property
+    def live_database(self) -> str:
+        return self.stack.clickhouse_database
+
+    def exists(self, database: str) -> bool:
+        return database in ch_databases(self.stack)
+
+    def drop(self, database: str) -> None:
+        drop_ch_database(self.stack, database)
+
+    def rename(self, staging: str, target: str, previous: str | None) -> None:
+        _swap_ch(self.stack, staging, target, previous)
+
+    def restore_into(self, database: str, source: ClickHouseSource) -> ComponentOutcome:
+        return restore_clickhouse.fn(
+            self.stack, source.backup, database, source.timeout_s, source.required_tables
+        )

@@ -80,7 +80,7 @@ def task_runs_when(
     what: str,
     timeout_s: float = 60.0,
 ) -> list[TaskRun]:
-    """The run's task runs once ``condition`` holds for them.
+    """The run's task runs, in the order they were scheduled, once ``condition`` holds.
 
     Prefect 3.8 sends task-run states as events, which the server records later, so
     task runs read right after a flow run ends may still show an earlier state.
@@ -89,14 +89,14 @@ def task_runs_when(
     deadline = time.monotonic() + timeout_s
     with get_client(sync_client=True) as client:
         while True:
-            task_runs = client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            task_runs = sorted(
+                client.read_task_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+                ),
+                key=lambda run: run.expected_start_time or run.start_time or run.created,
             )
             if condition(task_runs):
-                return sorted(
-                    task_runs,
-                    key=lambda run: run.start_time or run.expected_start_time or run.created,
-                )
+                return task_runs
             if time.monotonic() >= deadline:
                 states = sorted((r.name, r.state.name if r.state else "?") for r in task_runs)
                 raise AssertionError(f"after {timeout_s:.0f}s, not yet {what}: {states[:10]}")

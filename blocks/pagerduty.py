@@ -24,6 +24,14 @@ from pydantic import BaseModel, Field, SecretStr, field_validator
 
 from tasks.errors import NotificationError
 
+__all__ = [
+    "PD_SEVERITY",
+    "EventAction",
+    "PagerDutyEvent",
+    "PagerDutyEvents",
+    "events_for",
+]
+
 if TYPE_CHECKING:
     from tasks.decisions.alerts import Alert
 

@@ -35,6 +35,15 @@ from slack_sdk.webhook import WebhookClient
 
 from tasks.errors import NotificationError
 
+__all__ = [
+    "KIND_LABEL",
+    "MAX_SERVICE_SECTIONS",
+    "STATUS_EMOJI",
+    "SlackBlockKit",
+    "alert_blocks",
+    "block_kit_payload",
+]
+
 if TYPE_CHECKING:
     from tasks.decisions.alerts import Alert
 

@@ -28,6 +28,18 @@ from pydantic import ConfigDict, Field, SecretStr, ValidationError, field_valida
 from tasks.decisions.alerts import NotificationRoute, Severity
 from tasks.errors import StackConfigError
 
+__all__ = [
+    "ENV_FIELDS",
+    "FIELD_ENV",
+    "FIX_HINTS",
+    "MIN_SECRET_CHARS",
+    "Stack",
+    "redact_url",
+    "scrub_values",
+    "secret_forms",
+    "secret_values_of",
+]
+
 # Environment variable -> field, in the original template's names.
 ENV_FIELDS: dict[str, str] = {
     "DATABASE_URL": "postgres_dsn",

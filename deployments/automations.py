@@ -37,6 +37,28 @@ from prefect.client.orchestration import PrefectClient
 
 from deployments.settings import FLOWS, HEALTH_SWEEP_FLOW
 
+__all__ = [
+    "FAILURE_BODY",
+    "FAILURE_EVENTS",
+    "FAILURE_FLOWS",
+    "FAILURE_SUBJECT",
+    "UNDELIVERABLE_BODY",
+    "UNDELIVERABLE_EVENT",
+    "UNDELIVERABLE_SUBJECT",
+    "WATCHER_BODY",
+    "WATCHER_SUBJECT",
+    "AutomationResult",
+    "Outcome",
+    "apply_automation",
+    "automation_names",
+    "failure_automation",
+    "failure_name",
+    "undeliverable_automation",
+    "undeliverable_name",
+    "watcher_automation",
+    "watcher_name",
+]
+
 FAILURE_EVENTS = frozenset({"prefect.flow-run.Crashed"})
 # Emitted by tasks.notify.report_undeliverable (kept equal to its UNDELIVERABLE_EVENT).
 UNDELIVERABLE_EVENT = "ops.alert.undeliverable"

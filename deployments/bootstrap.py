@@ -77,6 +77,27 @@ from deployments.settings import (
 from tasks.decisions.alerts import NotificationRoute
 from tasks.errors import ControlPlaneError, StackConfigError
 
+__all__ = [
+    "DEPLOY_TIMEOUT_S",
+    "BootstrapReport",
+    "Outcome",
+    "StepResult",
+    "apply_automations",
+    "block_document_ids",
+    "bootstrap",
+    "ensure_buckets",
+    "ensure_work_pool",
+    "main",
+    "our_block_classes",
+    "paused_schedules",
+    "register_block_types",
+    "run_deploy",
+    "save_block",
+    "save_channels",
+    "save_stack",
+    "wait_for_api",
+]
+
 Outcome = Literal["created", "updated", "unchanged"]
 DEPLOY_TIMEOUT_S = 600
 

@@ -49,6 +49,17 @@ from blocks.pagerduty import PagerDutyEvents
 from tasks.decisions.alerts import NotificationRoute, Severity
 from tasks.errors import StackConfigError
 
+__all__ = [
+    "BUILTIN_NOTIFICATION_TYPES",
+    "CHANNELS",
+    "CHANNEL_VARIABLES",
+    "Channel",
+    "ChannelDocument",
+    "channels_from_env",
+    "is_builtin",
+    "is_our_pager",
+]
+
 # Block types the Prefect server itself can load for an automation's SendNotification.
 BUILTIN_NOTIFICATION_TYPES: frozenset[str] = frozenset(
     {

@@ -35,6 +35,32 @@ from pydantic import BaseModel, Field
 from blocks.stack import ENV_FIELDS
 from deployments.settings import PROJECT_DIR
 
+__all__ = [
+    "EXPECTED_PUBLIC",
+    "LANGFUSE_SERVICES",
+    "PUBLIC_ONLY",
+    "RAILWAY_FILE",
+    "RAILWAY_PROVIDED",
+    "WORKER_SERVICE",
+    "Service",
+    "Template",
+    "Variable",
+    "check_langfuse_database",
+    "check_litellm_config",
+    "check_public",
+    "check_references",
+    "check_secrets",
+    "check_start_commands",
+    "check_template",
+    "check_worker_env",
+    "langfuse_schema",
+    "litellm_config_path",
+    "load_template",
+    "main",
+    "parse_template",
+    "references",
+]
+
 RAILWAY_FILE = PROJECT_DIR / "railway.toml"
 WORKER_SERVICE = "prefect-worker"
 EXPECTED_PUBLIC = frozenset({"litellm", "langfuse-web", "prefect-server"})

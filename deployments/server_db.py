@@ -26,6 +26,13 @@ from psycopg import sql
 from blocks.stack import redact_url
 from tasks.errors import ControlPlaneError
 
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "database_name",
+    "ensure_database",
+    "main",
+]
+
 CONNECT_TIMEOUT_S = 5
 
 

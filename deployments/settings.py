@@ -16,6 +16,18 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+__all__ = [
+    "DEPLOY_DEFAULTS",
+    "FLOWS",
+    "HEALTH_SWEEP_FLOW",
+    "PREFECT_FILE",
+    "PROJECT_DIR",
+    "SCHEDULES",
+    "ControlPlaneSettings",
+    "ScheduleSpec",
+    "deploy_env",
+]
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 PREFECT_FILE = PROJECT_DIR / "prefect.yaml"
 

@@ -35,6 +35,17 @@ from pydantic import ValidationError
 
 from tasks.health_state import HealthStatusDoc, status_variable
 
+__all__ = [
+    "CACHE_S",
+    "FIRST_READ_WAIT_S",
+    "STATUS_VALUE",
+    "StatusReader",
+    "health_body",
+    "main",
+    "make_handler",
+    "metrics_text",
+]
+
 STATUS_VALUE: dict[str, int] = {"healthy": 0, "degraded": 1, "unhealthy": 2}
 CACHE_S = 5.0
 FIRST_READ_WAIT_S = 2.0

@@ -38,6 +38,12 @@ from tasks.decisions.retention import RetentionPolicy
 from tasks.notify import alert_on_failure
 from tasks.postgres import check_pg_dump_version, dump_postgres
 
+__all__ = [
+    "BackupConfig",
+    "BackupSummary",
+    "backup",
+]
+
 
 class BackupConfig(BaseModel):
     """How the backup runs and what it keeps; production values live in prefect.yaml."""

@@ -71,6 +71,15 @@ from tasks.litellm import check_litellm_auth, check_litellm_models, send_canary_
 from tasks.notify import alert_on_failure
 from tasks.railway import check_railway_deployments
 
+__all__ = [
+    "DEFAULT_POSTGRES_TABLES",
+    "TABLE_PATTERN",
+    "DeployVerifyConfig",
+    "DeployVerifyResult",
+    "MaxMemoryPolicy",
+    "deploy_verify",
+]
+
 MaxMemoryPolicy = Literal[
     "noeviction",
     "allkeys-lru",

@@ -47,6 +47,13 @@ from tasks.health_state import (
 )
 from tasks.notify import DeliveryReport, run_link, send_alert
 
+__all__ = [
+    "HealthSweepConfig",
+    "SweepSummary",
+    "health_sweep",
+    "sweep_stack",
+]
+
 
 class HealthSweepConfig(BaseModel):
     """How a sweep checks and when it alerts; production values live in prefect.yaml."""

@@ -45,6 +45,13 @@ from tasks.restore import (
     verify_set_objects,
 )
 
+__all__ = [
+    "RestoreConfig",
+    "RestoreSummary",
+    "as_unswapped",
+    "restore",
+]
+
 
 class RestoreConfig(BaseModel):
     """What to restore, where, and the confirmation to replace existing data."""

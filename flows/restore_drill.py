@@ -49,6 +49,11 @@ from tasks.restore import (
     verify_set_objects,
 )
 
+__all__ = [
+    "RestoreDrillConfig",
+    "restore_drill",
+]
+
 
 class RestoreDrillConfig(BaseModel):
     """What to drill and how."""

@@ -66,6 +66,23 @@ from tasks.storage import (
     put_small_object,
 )
 
+__all__ = [
+    "ENDED_STATES",
+    "RetentionResult",
+    "apply_retention",
+    "backup_slot_name",
+    "ended_backup_runs",
+    "ensure_backup_slot",
+    "one_backup_at_a_time",
+    "plan_retention",
+    "publish_report",
+    "read_expected_dump_size",
+    "render_report",
+    "run_name_for_set",
+    "start_backup_set",
+    "write_manifest",
+]
+
 # ---- one backup per stack at a time ---------------------------------------------------
 
 

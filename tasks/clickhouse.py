@@ -38,6 +38,29 @@ from tasks.errors import ClickHouseBackupError, OpsError
 from tasks.retry import RUN_CACHE, access_fix
 from tasks.storage import delete_objects, list_prefix, read_object
 
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "DESCRIPTOR",
+    "DONE",
+    "QUERY_TIMEOUT_S",
+    "RUNNING",
+    "STOP_WAIT_S",
+    "ClickHouseBackupOutcome",
+    "backup_clickhouse",
+    "backup_state",
+    "backup_statement",
+    "backup_url",
+    "ch_error",
+    "clickhouse_client",
+    "quote_identifier",
+    "quote_string",
+    "restore_statement",
+    "running_backups",
+    "s3_clause",
+    "stop_backup",
+    "table_rows",
+]
+
 CONNECT_TIMEOUT_S = 10
 QUERY_TIMEOUT_S = 120
 DONE = "BACKUP_CREATED"

@@ -33,6 +33,15 @@ from tasks.decisions.deploy_judges import SaltRecord, judge_backup_age, judge_ma
 from tasks.errors import StorageError
 from tasks.storage import newest_complete_manifest
 
+__all__ = [
+    "check_backup_freshness",
+    "check_master_key",
+    "check_salt_key",
+    "publish_verify_report",
+    "report_key",
+    "salt_variable_name",
+]
+
 
 def salt_variable_name(stack: Stack) -> str:
     return f"deploy-verify-{stack.stack_name}-salt-fingerprint"

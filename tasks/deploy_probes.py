@@ -40,6 +40,17 @@ from tasks.errors import OpsError
 from tasks.health import run_checks
 from tasks.storage import s3_client
 
+__all__ = [
+    "CANARY_PREFIX",
+    "HEALTH_SERVICES",
+    "MIGRATIONS_TABLE",
+    "check_clickhouse_schema",
+    "check_postgres_schema",
+    "check_redis_persistence",
+    "check_s3_buckets",
+    "check_services_healthy",
+]
+
 MIGRATIONS_TABLE = "_prisma_migrations"
 CANARY_PREFIX = "_deploy-verify"  # never a stack name, so never mistaken for a backup set
 

@@ -20,6 +20,22 @@ code that raises them (see ``blocks.stack.Stack.scrub``).
 
 from __future__ import annotations
 
+__all__ = [
+    "BackupError",
+    "ClickHouseBackupError",
+    "ControlPlaneError",
+    "IntegrityError",
+    "NotificationError",
+    "OpsError",
+    "PostgresDumpError",
+    "RestoreError",
+    "RetentionError",
+    "StackConfigError",
+    "StorageError",
+    "ToolVersionError",
+    "VerificationError",
+]
+
 
 class OpsError(Exception):
     """Base of every error raised on purpose by this product."""

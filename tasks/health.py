@@ -50,6 +50,28 @@ from tasks.decisions.health import SERVICES, STATUS_RANK, CheckResult, HealthSta
 from tasks.errors import OpsError, StorageError
 from tasks.storage import newest_complete_manifest, s3_client
 
+__all__ = [
+    "CHECKS",
+    "Check",
+    "HealthThresholds",
+    "Verdict",
+    "check_backup_freshness",
+    "check_clickhouse",
+    "check_langfuse_web",
+    "check_langfuse_worker",
+    "check_litellm",
+    "check_litellm_readiness",
+    "check_object_storage",
+    "check_postgres",
+    "check_redis",
+    "check_services",
+    "disk_verdict",
+    "freshness_verdict",
+    "redis_verdict",
+    "run_check",
+    "run_checks",
+]
+
 # Blocking drivers run here. Sized for many stacks swept by one worker: a thread
 # stuck on a dead host holds its slot until its socket timeout, never longer.
 _BLOCKING = ThreadPoolExecutor(max_workers=128, thread_name_prefix="health-probe")

@@ -28,6 +28,24 @@ from blocks.stack import Stack
 from tasks.decisions.alerting import MAX_REASON, Silence, StackState, StatusChange, worst_status
 from tasks.decisions.health import CheckResult, HealthStatus
 
+__all__ = [
+    "MAX_VARIABLE_CHARS",
+    "HealthStatusDoc",
+    "ServiceStatusDoc",
+    "SweepInputs",
+    "emit_status_events",
+    "event_resource_id",
+    "load_sweep_inputs",
+    "publish_health",
+    "read_status",
+    "set_silences",
+    "silences_variable",
+    "state_variable",
+    "status_doc",
+    "status_variable",
+    "sweep_lateness_s",
+]
+
 MAX_VARIABLE_CHARS = 5000
 _SILENCES = TypeAdapter(list[Silence])
 

@@ -19,6 +19,10 @@ from blocks.stack import Stack
 from tasks.decisions.deploy_checks import Finding
 from tasks.decisions.deploy_judges import judge_trace
 
+__all__ = [
+    "wait_for_trace",
+]
+
 
 @task(name="wait-for-trace", cache_policy=NO_CACHE, persist_result=False)
 def wait_for_trace(

@@ -19,6 +19,13 @@ from blocks.stack import Stack
 from tasks.decisions.deploy_checks import Finding
 from tasks.decisions.deploy_judges import judge_canary, judge_models, judge_unauthenticated
 
+__all__ = [
+    "CANARY_PROMPT",
+    "check_litellm_auth",
+    "check_litellm_models",
+    "send_canary_completion",
+]
+
 CANARY_PROMPT = "Reply with the single word: pong"
 
 

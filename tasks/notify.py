@@ -35,6 +35,21 @@ from pydantic import BaseModel
 from blocks.stack import Stack, scrub_values, secret_forms
 from tasks.decisions.alerts import Alert, part_for_route
 
+__all__ = [
+    "SEND_TIMEOUT_S",
+    "UNDELIVERABLE_EVENT",
+    "ChannelResult",
+    "DeliveryReport",
+    "alert_on_failure",
+    "block_secret_values",
+    "deliver",
+    "redact_urls",
+    "report_undeliverable",
+    "run_link",
+    "scrub_channel_error",
+    "send_alert",
+]
+
 SEND_TIMEOUT_S = 10.0
 # Emitted when a failed run's alert reached no channel; the stack's
 # ``ops-undeliverable/<stack>`` automation notifies from the server instead.

@@ -14,6 +14,19 @@ from psycopg.rows import TupleRow
 from tasks.decisions.manifest import LargeObjects
 from tasks.errors import PostgresDumpError
 
+__all__ = [
+    "LARGE_OBJECT_COUNT",
+    "LARGE_OBJECT_DIGEST",
+    "PARTITIONED_TABLES",
+    "USER_TABLES",
+    "SnapshotInventory",
+    "count_rows",
+    "export_snapshot",
+    "large_objects",
+    "partitioned_tables",
+    "snapshot_inventory",
+]
+
 USER_TABLES = """
 SELECT n.nspname, c.relname
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace

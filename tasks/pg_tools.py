@@ -22,6 +22,20 @@ from pydantic import BaseModel, Field
 
 from tasks.errors import ToolVersionError
 
+__all__ = [
+    "PG_LIB",
+    "PgTool",
+    "PgVersions",
+    "choose_client_major",
+    "dsn_without_password",
+    "installed_pg_tools",
+    "parse_tool_version",
+    "pg_client_tool",
+    "require_compatible",
+    "server_version",
+    "tool_version",
+]
+
 PG_LIB = "/usr/lib/postgresql"
 
 

@@ -60,6 +60,23 @@ from tasks.pg_tools import (
 from tasks.retry import RETRY_TRANSIENT_QUICK, RUN_CACHE, access_fix
 from tasks.storage import s3_client, storage_error
 
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "COUNT_TIMEOUT_MS",
+    "MAX_PARTS",
+    "PG_LIB",
+    "PIPE_SIZE",
+    "PROGRESS_EVERY_S",
+    "DumpHooks",
+    "DumpStream",
+    "check_pg_dump_version",
+    "connect",
+    "dump_hooks",
+    "dump_postgres",
+    "fitting_part_size",
+    "pg_error",
+]
+
 CONNECT_TIMEOUT_S = 10
 COUNT_TIMEOUT_MS = 30 * 60 * 1000
 PROGRESS_EVERY_S = 5.0

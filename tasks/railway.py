@@ -17,6 +17,12 @@ from blocks.stack import Stack
 from tasks.decisions.deploy_checks import Finding
 from tasks.decisions.deploy_judges import RailwayService, judge_railway
 
+__all__ = [
+    "LATEST_DEPLOYMENTS_QUERY",
+    "check_railway_deployments",
+    "latest_statuses",
+]
+
 LATEST_DEPLOYMENTS_QUERY = """
 query DeployVerifyLatestDeployments($projectId: String!) {
   project(id: $projectId) {

@@ -25,6 +25,16 @@ from tasks.errors import (
     ToolVersionError,
 )
 
+__all__ = [
+    "PERMANENT",
+    "RETRY_TRANSIENT",
+    "RETRY_TRANSIENT_QUICK",
+    "RUN_CACHE",
+    "access_fix",
+    "is_transient",
+    "retry_transient",
+]
+
 PERMANENT: tuple[type[BaseException], ...] = (
     StackConfigError,
     ToolVersionError,

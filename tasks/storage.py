@@ -40,6 +40,30 @@ from tasks.decisions.manifest import (
 from tasks.errors import StorageError
 from tasks.retry import access_fix
 
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "READ_TIMEOUT_S",
+    "RETRY_STATUSES",
+    "BackupSetInfo",
+    "MultipartUpload",
+    "StoredEntry",
+    "abort_multipart_upload",
+    "delete_objects",
+    "group_backup_sets",
+    "list_backup_sets",
+    "list_multipart_uploads",
+    "list_prefix",
+    "list_set_ids",
+    "list_stack_objects",
+    "newest_complete_manifest",
+    "object_size",
+    "put_small_object",
+    "read_object",
+    "read_optional_object",
+    "s3_client",
+    "storage_error",
+]
+
 # Seconds to connect and between bytes on a read; a dead S3 endpoint fails fast
 # instead of hanging a task that a Prefect timeout cannot interrupt.
 CONNECT_TIMEOUT_S = 10.0

@@ -39,6 +39,29 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tasks.decisions.alerts import SEVERITY_RANK, Alert, Severity, group_title
 from tasks.decisions.health import STATUS_RANK, CheckResult, HealthStatus
 
+__all__ = [
+    "DEPENDS_ON",
+    "MAX_REASON",
+    "ROOT_SERVICES",
+    "AlertPolicy",
+    "Decision",
+    "Notice",
+    "NoticeKind",
+    "ServiceState",
+    "Silence",
+    "StackState",
+    "StatusChange",
+    "decide",
+    "dedup_key",
+    "flips",
+    "group_notices",
+    "impacted_by",
+    "is_bad",
+    "step",
+    "trailing",
+    "worst_status",
+]
+
 NoticeKind = Literal["alert", "escalation", "reminder", "recovery"]
 
 # The dependencies whose outage explains other services' failures.

@@ -23,6 +23,25 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+__all__ = [
+    "CHECKS",
+    "CHECK_NAMES",
+    "MARKS",
+    "CheckOutcome",
+    "CheckSpec",
+    "CheckStatus",
+    "Finding",
+    "Ledger",
+    "ServiceStatus",
+    "Verdict",
+    "blocked_reason",
+    "plan_checks",
+    "render_report",
+    "table_rows",
+    "validate_order",
+    "verdict",
+]
+
 CheckStatus = Literal["passed", "failed", "skipped"]
 ServiceStatus = Literal["healthy", "degraded", "unhealthy"]
 

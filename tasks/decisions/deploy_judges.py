@@ -17,6 +17,28 @@ from tasks.decisions.deploy_checks import (
     ServiceStatus,
 )
 
+__all__ = [
+    "RAILWAY_OK",
+    "BucketProbe",
+    "RailwayService",
+    "SaltRecord",
+    "ServiceHealth",
+    "judge_backup_age",
+    "judge_buckets",
+    "judge_canary",
+    "judge_clickhouse_tables",
+    "judge_health",
+    "judge_master_key",
+    "judge_models",
+    "judge_railway",
+    "judge_redis",
+    "judge_salt",
+    "judge_tables",
+    "judge_trace",
+    "judge_unauthenticated",
+    "quote_table",
+]
+
 
 def judge_master_key(starts_with_sk: bool) -> Finding:
     if starts_with_sk:

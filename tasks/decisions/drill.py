@@ -25,6 +25,38 @@ from pydantic import BaseModel, Field
 
 from tasks.decisions.manifest import LargeObjects
 
+__all__ = [
+    "MAX_IDENTIFIER",
+    "SCRATCH_PREFIX",
+    "SHOWN_MAX",
+    "TARGET_NAME_RE",
+    "Check",
+    "Component",
+    "ComponentTiming",
+    "DrillReport",
+    "Outcome",
+    "check_large_objects",
+    "check_object",
+    "check_required_tables",
+    "check_row_counts",
+    "failed",
+    "format_age",
+    "format_bytes",
+    "is_scratch_database",
+    "is_staging_database",
+    "operator_steps",
+    "orphan_scratch_databases",
+    "passed",
+    "previous_database_name",
+    "restore_refusal",
+    "rpo_seconds",
+    "scratch_database_name",
+    "shorten",
+    "skipped",
+    "staging_database_name",
+    "throughput_mb_s",
+]
+
 SCRATCH_PREFIX = "drill_"
 # Postgres truncates identifiers at 63 bytes: keep the whole name below that.
 MAX_IDENTIFIER = 63

@@ -27,6 +27,31 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+__all__ = [
+    "BACKUP_ID_PATTERN",
+    "BACKUP_ID_RE",
+    "MANIFEST_NAME",
+    "MANIFEST_SCHEMA_VERSION",
+    "BackupManifest",
+    "ClickHouseBackup",
+    "LargeObjects",
+    "ObjectKind",
+    "PostgresDump",
+    "StoredObject",
+    "backup_id_time",
+    "clickhouse_prefix",
+    "is_backup_id",
+    "manifest_key",
+    "new_backup_id",
+    "postgres_dump_key",
+    "product_version",
+    "set_id_of_key",
+    "set_prefix",
+    "split_table_name",
+    "stack_prefix",
+    "trust_manifest",
+]
+
 MANIFEST_SCHEMA_VERSION: Literal[1] = 1
 MANIFEST_NAME = "manifest.json"
 BACKUP_ID_PATTERN = r"^(\d{8}T\d{6}Z)-([0-9a-f]{6})$"

@@ -30,6 +30,19 @@ from pydantic import BaseModel, ConfigDict, Field
 from tasks.decisions.manifest import MANIFEST_NAME, backup_id_time, set_id_of_key
 from tasks.errors import RetentionError
 
+__all__ = [
+    "IGNORED_SHOWN",
+    "Action",
+    "ObjectRecord",
+    "RetentionPlan",
+    "RetentionPolicy",
+    "SetDecision",
+    "UploadDecision",
+    "UploadRecord",
+    "check_plan",
+    "plan_retention",
+]
+
 Action = Literal["keep", "delete"]
 # Objects outside any set listed one by one in the plan's table, the rest counted.
 IGNORED_SHOWN = 20

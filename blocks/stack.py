@@ -16,27 +16,23 @@ On Railway the document is built from the service's environment by the bootstrap
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
-from urllib.parse import quote, quote_plus, unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from prefect.blocks.core import Block
 from pydantic import ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from tasks.decisions.alerts import NotificationRoute, Severity
+from tasks.decisions.redaction import error_line, redact_url, scrub_values, secret_forms
 from tasks.errors import StackConfigError
 
 __all__ = [
     "ENV_FIELDS",
     "FIELD_ENV",
     "FIX_HINTS",
-    "MIN_SECRET_CHARS",
     "Stack",
-    "redact_url",
-    "scrub_values",
-    "secret_forms",
     "secret_values_of",
 ]
 
@@ -99,57 +95,6 @@ FIX_HINTS: dict[str, str] = {
 }
 
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``, safe to print."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if parts.password is None:
-        return url
-    user = quote(unquote(parts.username or ""), safe="")
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-MIN_SECRET_CHARS = 4
-
-
-def secret_forms(values: Iterable[str]) -> list[str]:
-    """``values`` and every escaped form each takes in logs, SQL, URLs and JSON.
-
-    Forms: as is; in a single-quoted SQL string (backslash and quote escaped, as
-    ``tasks.clickhouse.quote_string`` writes it); URL-encoded (``quote`` and
-    ``quote_plus``); JSON-escaped. Values shorter than 4 characters are left out: they
-    would scrub ordinary words.
-    """
-    forms: list[str] = []
-    for value in values:
-        if len(value) < MIN_SECRET_CHARS:
-            continue
-        for form in (
-            value,
-            value.replace("\\", "\\\\").replace("'", "\\'"),
-            quote(value, safe=""),
-            quote_plus(value, safe=""),
-            json.dumps(value)[1:-1],
-        ):
-            if form not in forms:
-                forms.append(form)
-    return forms
-
-
-def scrub_values(text: str, values: Iterable[str]) -> str:
-    """``text`` with each of ``values`` replaced by ``***``, longest first."""
-    for value in sorted(set(values), key=len, reverse=True):
-        if value:
-            text = text.replace(value, "***")
-    return text
 
 
 def _check_base_url(value: str, schemes: tuple[str, ...], allow_path: bool = False) -> str:
@@ -388,6 +333,10 @@ class Stack(Block):
     def scrub(self, text: str) -> str:
         """``text`` with every secret value (in any of its escaped forms) replaced by ``***``."""
         return scrub_values(text, self.secret_values())
+
+    def error_line(self, exc: BaseException | str, *, limit: int = 600) -> str:
+        """``exc`` as one scrubbed, bounded piece of a message."""
+        return error_line(exc, self.scrub, limit=limit)
 
     def salt_fingerprint(self, salt: str) -> str | None:
         """A salted hash of the LiteLLM salt key: proves it unchanged without storing it."""

@@ -36,14 +36,11 @@ import importlib
 import inspect
 import os
 import pkgutil
-import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from uuid import UUID
 
 import httpx
@@ -51,7 +48,7 @@ from prefect.blocks.core import Block
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.exceptions import ObjectNotFound
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import ValidationError
 
 import blocks
 from blocks.stack import Stack
@@ -68,20 +65,15 @@ from deployments.channels import (
     is_builtin,
     is_our_pager,
 )
+from deployments.deploy import paused_schedules, run_deploy
+from deployments.report import BootstrapReport, Outcome, StepResult
 from deployments.settings import (
-    PREFECT_FILE,
-    SCHEDULES,
     ControlPlaneSettings,
-    deploy_env,
 )
 from tasks.decisions.alerts import NotificationRoute
 from tasks.errors import ControlPlaneError, StackConfigError
 
 __all__ = [
-    "DEPLOY_TIMEOUT_S",
-    "BootstrapReport",
-    "Outcome",
-    "StepResult",
     "apply_automations",
     "block_document_ids",
     "bootstrap",
@@ -89,46 +81,12 @@ __all__ = [
     "ensure_work_pool",
     "main",
     "our_block_classes",
-    "paused_schedules",
     "register_block_types",
-    "run_deploy",
     "save_block",
     "save_channels",
     "save_stack",
     "wait_for_api",
 ]
-
-Outcome = Literal["created", "updated", "unchanged"]
-DEPLOY_TIMEOUT_S = 600
-
-
-class StepResult(BaseModel):
-    """What one step did to one object on the server."""
-
-    kind: str
-    name: str
-    outcome: Outcome | Literal["deployed", "skipped"]
-    note: str = ""
-
-
-class BootstrapReport(BaseModel):
-    stack: str
-    work_pool: str
-    steps: list[StepResult] = Field(default_factory=list)
-    warnings: list[str] = Field(default_factory=list)
-
-    def changed(self) -> list[StepResult]:
-        """Steps that created or updated something (deploys excluded)."""
-        return [step for step in self.steps if step.outcome in ("created", "updated")]
-
-    def render(self) -> str:
-        lines = [f"bootstrap of stack {self.stack!r} (work pool {self.work_pool!r}):"]
-        for step in self.steps:
-            note = f"  ({step.note})" if step.note else ""
-            lines.append(f"  {step.kind:<18} {step.name:<40} {step.outcome}{note}")
-        lines.extend(f"  warning: {warning}" for warning in self.warnings)
-        return "\n".join(lines)
-
 
 # ---- steps ----------------------------------------------------------------------------
 
@@ -368,78 +326,6 @@ def ensure_buckets(stack: Stack, report: BootstrapReport) -> None:
             )
             continue
         report.steps.append(StepResult(kind="bucket", name=bucket, outcome=outcome))
-
-
-async def paused_schedules(
-    client: PrefectClient, env: Mapping[str, str], settings: ControlPlaneSettings
-) -> tuple[dict[str, str], list[StepResult]]:
-    """``OPS_<FLOW>_ACTIVE=false`` for every schedule paused on the server and not set in ``env``.
-
-    ``prefect deploy`` sets each schedule's ``active`` from its variable; without this,
-    a schedule paused in the UI would be re-activated by every worker start.
-    """
-    overrides: dict[str, str] = {}
-    steps: list[StepResult] = []
-    for flow, spec in SCHEDULES.items():
-        if env.get(spec.active_variable, "") != "":
-            continue  # the operator's variable wins
-        try:
-            deployment = await client.read_deployment_by_name(f"{flow}/{settings.stack}")
-        except ObjectNotFound:
-            continue
-        paused = [s for s in deployment.schedules if s.slug == spec.slug and not s.active]
-        if not paused:
-            continue
-        overrides[spec.active_variable] = "false"
-        steps.append(
-            StepResult(
-                kind="schedule",
-                name=f"{flow}/{settings.stack} {spec.slug}",
-                outcome="unchanged",
-                note=(
-                    "stays paused as set in the UI; resume it with the UI toggle, "
-                    f"or set {spec.active_variable}=true"
-                ),
-            )
-        )
-    return overrides, steps
-
-
-def run_deploy(
-    env: Mapping[str, str], settings: ControlPlaneSettings, stack: Stack | None
-) -> StepResult:
-    """``prefect deploy --all`` from the project folder, with every placeholder filled."""
-    prefect = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
-    argv = [prefect, "--no-prompt", "deploy", "--all", "--prefect-file", str(PREFECT_FILE)]
-    try:
-        done = subprocess.run(
-            argv,
-            cwd=settings.project_dir,
-            env=deploy_env(env, settings),
-            capture_output=True,
-            text=True,
-            timeout=DEPLOY_TIMEOUT_S,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise ControlPlaneError(
-            f"`prefect deploy --all` did not finish within {DEPLOY_TIMEOUT_S}s; "
-            "check that the Prefect API answers"
-        ) from None
-    if done.returncode != 0:
-        output = (done.stdout + done.stderr)[-3000:]
-        if stack is not None:
-            output = stack.scrub(output)
-        raise ControlPlaneError(
-            f"`prefect deploy --all` failed (exit {done.returncode}) for stack "
-            f"{settings.stack!r}:\n{output}"
-        )
-    return StepResult(
-        kind="deployments",
-        name=f"*/{settings.stack}",
-        outcome="deployed",
-        note=str(PREFECT_FILE.name),
-    )
 
 
 # ---- the whole bootstrap -----------------------------------------------------------

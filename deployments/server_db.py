@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import psycopg
 from psycopg import sql
 
-from blocks.stack import redact_url
+from tasks.decisions.redaction import redact_url
 from tasks.errors import ControlPlaneError
 
 __all__ = [

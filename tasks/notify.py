@@ -32,8 +32,9 @@ from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 from pydantic import BaseModel
 
-from blocks.stack import Stack, scrub_values, secret_forms
+from blocks.stack import Stack
 from tasks.decisions.alerts import Alert, part_for_route
+from tasks.decisions.redaction import scrub_values, secret_forms
 
 __all__ = [
     "SEND_TIMEOUT_S",

@@ -100,7 +100,7 @@ def connect(stack: Stack, **options: str) -> psycopg.Connection[TupleRow]:
 
 
 def pg_error(stack: Stack, action: str, exc: BaseException) -> PostgresDumpError:
-    reason = stack.scrub(f"{type(exc).__name__}: {exc}".strip())[:600]
+    reason = stack.error_line(exc)
     fix = access_fix(exc)
     advice = (
         f"No retry can fix this: {fix}."

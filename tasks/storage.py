@@ -103,7 +103,7 @@ def s3_client(stack: Stack, timeout_s: float = READ_TIMEOUT_S, retries: int = 2)
 
 def storage_error(stack: Stack, action: str, exc: BaseException) -> StorageError:
     """A StorageError saying what was attempted and why it failed, with secrets scrubbed."""
-    reason = stack.scrub(f"{type(exc).__name__}: {exc}")[:600]
+    reason = stack.error_line(exc)
     fix = access_fix(exc)
     advice = (
         f"No retry can fix this: {fix}."

@@ -10,5 +10,6 @@ them; tests exercise them directly, many with Hypothesis.
     deploy_checks  deploy-verify's checks, their order and skipping, the verdict, the report
     deploy_judges  deploy-verify's judges: what a probe observed -> a finding with the fix
     health         health statuses, the services, one check's result
+    redaction      secrets out of text: URL passwords, escaped forms, one error line
     retention      which backup sets to keep or delete, and the invariants a plan must hold
 """

@@ -23,7 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from psycopg import sql
 
-from blocks.stack import Stack, redact_url
+from blocks.stack import Stack
 from tasks.decisions.drill import (
     ComponentTiming,
     check_large_objects,
@@ -33,6 +33,7 @@ from tasks.decisions.drill import (
     skipped,
 )
 from tasks.decisions.manifest import BackupManifest, LargeObjects
+from tasks.decisions.redaction import error_line, redact_url
 from tasks.errors import RestoreError, StackConfigError, ToolVersionError
 from tasks.pg_inventory import count_rows, large_objects
 from tasks.pg_tools import (
@@ -168,8 +169,7 @@ def describe_drill_target(stack: Stack, server_block: str | None) -> str:
 
 def _pg_error(server: PgServer, action: str, exc: BaseException) -> RestoreError:
     return RestoreError(
-        f"Postgres {action} failed on {server.redacted}: "
-        f"{server.scrub(f'{type(exc).__name__}: {exc}')[:600]}"
+        f"Postgres {action} failed on {server.redacted}: {error_line(exc, server.scrub)}"
     )
 
 

@@ -8,9 +8,10 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from blocks.stack import Stack, redact_url, scrub_values, secret_forms
+from blocks.stack import Stack
 from tasks.clickhouse import quote_string
 from tasks.decisions.alerts import NotificationRoute
+from tasks.decisions.redaction import redact_url, scrub_values, secret_forms
 from tasks.errors import StackConfigError
 
 SECRETS = {

@@ -58,7 +58,7 @@ def main() -> int:
     from flows.backup import backup
     from flows.restore_drill import RestoreDrillConfig, restore_drill
     from tasks.restore import pg_server
-    from tasks.storage import newest_complete_manifest, s3_client
+    from tasks.storage import newest_complete_manifest
 
     stack = Stack.from_env(dev.env(), stack_name="devstack")
     grow(dev, opts.size_mb)
@@ -77,9 +77,7 @@ def main() -> int:
         results: dict[str, list[float]] = {}
         with tempfile.TemporaryDirectory() as folder:
             local = Path(folder) / "dump.pgdump"
-            s3_client(stack).fget_object(
-                stack.backup_bucket, manifest.postgres.dump_key, str(local)
-            )
+            stack.s3().fget_object(stack.backup_bucket, manifest.postgres.dump_key, str(local))
             for _ in range(opts.rounds):
                 for jobs in (1, 2):
                     name = f"local-file pg_restore -j{jobs}"

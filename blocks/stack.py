@@ -18,81 +18,35 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from prefect.blocks.core import Block
 from pydantic import ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from blocks.stack_env import ENV_FIELDS, _describe, _missing_stack, _parse_routes
 from tasks.decisions.alerts import NotificationRoute, Severity
 from tasks.decisions.redaction import error_line, redact_url, scrub_values, secret_forms
 from tasks.errors import StackConfigError
 
+if TYPE_CHECKING:
+    import psycopg
+    from clickhouse_connect.driver.client import Client as ClickHouseClient
+    from minio import Minio
+    from psycopg.rows import TupleRow
+    from redis import Redis
+    from redis.asyncio import Redis as AsyncRedis
+
 __all__ = [
-    "ENV_FIELDS",
-    "FIELD_ENV",
-    "FIX_HINTS",
     "Stack",
     "secret_values_of",
 ]
 
-# Environment variable -> field, in the original template's names.
-ENV_FIELDS: dict[str, str] = {
-    "DATABASE_URL": "postgres_dsn",
-    "CLICKHOUSE_URL": "clickhouse_url",
-    "CLICKHOUSE_USER": "clickhouse_user",
-    "CLICKHOUSE_PASSWORD": "clickhouse_password",
-    "CLICKHOUSE_DB": "clickhouse_database",
-    "CLICKHOUSE_S3_ENDPOINT": "clickhouse_s3_endpoint",
-    "REDIS_HOST": "redis_host",
-    "REDIS_PORT": "redis_port",
-    "REDIS_PASSWORD": "redis_password",
-    "MINIO_ENDPOINT": "s3_endpoint",
-    "MINIO_ROOT_USER": "s3_access_key",
-    "MINIO_ROOT_PASSWORD": "s3_secret_key",
-    "S3_REGION": "s3_region",
-    "BACKUP_BUCKET": "backup_bucket",
-    "LANGFUSE_S3_BUCKET": "langfuse_bucket",
-    "LITELLM_URL": "litellm_url",
-    "LITELLM_MASTER_KEY": "litellm_master_key",
-    "LITELLM_SALT_KEY": "litellm_salt_key",
-    "LITELLM_REQUIRES_DB": "litellm_requires_db",
-    "LANGFUSE_URL": "langfuse_url",
-    "LANGFUSE_WORKER_URL": "langfuse_worker_url",
-    "LANGFUSE_PUBLIC_KEY": "langfuse_public_key",
-    "LANGFUSE_SECRET_KEY": "langfuse_secret_key",
-    "RAILWAY_API_TOKEN": "railway_api_token",
-    "RAILWAY_API_URL": "railway_api_url",
-    "RAILWAY_PROJECT_ID": "railway_project_id",
-    "RAILWAY_ENVIRONMENT_ID": "railway_environment_id",
-    "PREFECT_UI_URL": "ui_url",
-}
-FIELD_ENV: dict[str, str] = {field: env for env, field in ENV_FIELDS.items()}
-
-FIX_HINTS: dict[str, str] = {
-    "postgres_dsn": "set DATABASE_URL to postgresql://USER:PASSWORD@HOST:5432/DATABASE",
-    "clickhouse_url": "set CLICKHOUSE_URL to http://HOST:8123 (scheme, host and port, no path)",
-    "clickhouse_s3_endpoint": "set CLICKHOUSE_S3_ENDPOINT to http://HOST:9000 (no path), "
-    "or leave it unset to use MINIO_ENDPOINT",
-    "clickhouse_user": "set CLICKHOUSE_USER (Langfuse's default is 'clickhouse')",
-    "clickhouse_password": "set CLICKHOUSE_PASSWORD to the ClickHouse user's password",
-    "redis_host": "set REDIS_HOST to the Redis host name (e.g. redis.railway.internal)",
-    "redis_port": "set REDIS_PORT to a port between 1 and 65535 (Redis uses 6379)",
-    "s3_endpoint": "set MINIO_ENDPOINT to http://HOST:9000 (scheme, host and port, no path)",
-    "s3_access_key": "set MINIO_ROOT_USER to the S3 access key",
-    "s3_secret_key": "set MINIO_ROOT_PASSWORD to the S3 secret key",
-    "backup_bucket": "set BACKUP_BUCKET to an S3 bucket name (3-63 lowercase letters, "
-    "digits, dots or dashes)",
-    "langfuse_bucket": "set LANGFUSE_S3_BUCKET to the bucket Langfuse uploads events to",
-    "litellm_url": "set LITELLM_URL to http://HOST:4000",
-    "litellm_master_key": "set LITELLM_MASTER_KEY to a key that starts with 'sk-'",
-    "litellm_requires_db": "set LITELLM_REQUIRES_DB to true or false (or leave it unset: true)",
-    "langfuse_url": "set LANGFUSE_URL to http://HOST:3000",
-    "langfuse_worker_url": "set LANGFUSE_WORKER_URL to http://HOST:3030",
-    "langfuse_public_key": "set LANGFUSE_PUBLIC_KEY to the project's public key (pk-lf-...)",
-    "langfuse_secret_key": "set LANGFUSE_SECRET_KEY to the project's secret key (sk-lf-...)",
-    "railway_api_url": "set RAILWAY_API_URL to the GraphQL endpoint, or leave it unset",
-}
+# Seconds to connect to any of the stack's services, and between bytes on an S3 read: a
+# dead endpoint fails fast instead of hanging a task a Prefect timeout cannot interrupt.
+CONNECT_TIMEOUT_S = 10.0
+S3_READ_TIMEOUT_S = 120.0
+S3_RETRY_STATUSES = (500, 502, 503, 504)
 
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
@@ -334,6 +288,134 @@ class Stack(Block):
         """``text`` with every secret value (in any of its escaped forms) replaced by ``***``."""
         return scrub_values(text, self.secret_values())
 
+    # ---- clients: the one way tasks, probes and flows reach the stack's systems ------
+    # Drivers are imported when a client is asked for: the Prefect server imports this
+    # module (block registry) and needs none of them.
+
+    def postgres(
+        self,
+        database: str | None = None,
+        *,
+        timeout_s: float = CONNECT_TIMEOUT_S,
+        statement_timeout_s: float | None = None,
+        application_name: str = "litellm-langfuse-ops",
+        autocommit: bool = False,
+        settings: Mapping[str, str] | None = None,
+    ) -> psycopg.Connection[TupleRow]:
+        """A connection to the stack's Postgres (``database``, default the DSN's).
+
+        ``timeout_s`` bounds the connect; ``statement_timeout_s`` each statement;
+        ``settings`` become session settings (``-c key=value``).
+        """
+        import psycopg
+
+        return psycopg.connect(
+            self._dsn(database),
+            connect_timeout=max(1, int(timeout_s)),
+            application_name=application_name,
+            autocommit=autocommit,
+            options=self._pg_options(statement_timeout_s, dict(settings or {})),
+        )
+
+    async def postgres_async(
+        self,
+        database: str | None = None,
+        *,
+        timeout_s: float = CONNECT_TIMEOUT_S,
+        application_name: str = "litellm-langfuse-ops",
+        autocommit: bool = True,
+    ) -> psycopg.AsyncConnection[TupleRow]:
+        """:meth:`postgres` for asyncio code (the health sweep)."""
+        import psycopg
+
+        return await psycopg.AsyncConnection.connect(
+            self._dsn(database),
+            connect_timeout=max(2, int(timeout_s)),
+            autocommit=autocommit,
+            application_name=application_name,
+        )
+
+    def _dsn(self, database: str | None) -> str:
+        return self.postgres_dsn_for(database) if database else self.postgres_dsn.get_secret_value()
+
+    @staticmethod
+    def _pg_options(statement_timeout_s: float | None, settings: dict[str, str]) -> str:
+        if statement_timeout_s is not None:
+            settings = {"statement_timeout": str(int(statement_timeout_s * 1000)), **settings}
+        return " ".join(f"-c {key}={value}" for key, value in settings.items())
+
+    def redis(self, *, timeout_s: float = 5.0) -> Redis:
+        """A client of the stack's Redis; every socket operation bounded by ``timeout_s``."""
+        import redis
+
+        return redis.Redis(**self._redis_settings(timeout_s))
+
+    def redis_async(self, *, timeout_s: float = 5.0) -> AsyncRedis:
+        """:meth:`redis` for asyncio code; a timeout is not retried (a probe reports it)."""
+        import redis.asyncio
+
+        return redis.asyncio.Redis(**self._redis_settings(timeout_s), retry_on_timeout=False)
+
+    def _redis_settings(self, timeout_s: float) -> dict[str, Any]:
+        return {
+            "host": self.redis_host,
+            "port": self.redis_port,
+            "password": self.redis_password.get_secret_value() if self.redis_password else None,
+            "socket_timeout": timeout_s,
+            "socket_connect_timeout": timeout_s,
+        }
+
+    def clickhouse(
+        self, *, timeout_s: float = 300.0, connect_timeout_s: float = CONNECT_TIMEOUT_S
+    ) -> ClickHouseClient:
+        """A clickhouse-connect client: ``timeout_s`` bounds each query. Raises the
+        driver's error when the server refuses or cannot be reached."""
+        import clickhouse_connect
+
+        parts = urlsplit(self.clickhouse_url)
+        return clickhouse_connect.get_client(
+            host=parts.hostname or "localhost",
+            port=parts.port or (8443 if parts.scheme == "https" else 8123),
+            secure=parts.scheme == "https",
+            username=self.clickhouse_user,
+            password=self.clickhouse_password.get_secret_value(),
+            connect_timeout=connect_timeout_s,
+            send_receive_timeout=timeout_s,
+            autogenerate_session_id=False,
+        )
+
+    def s3(self, *, timeout_s: float = S3_READ_TIMEOUT_S, retries: int = 2) -> Minio:
+        """A minio client for the stack's S3 endpoint.
+
+        ``timeout_s`` bounds the wait between bytes (and the connect, at most
+        :data:`CONNECT_TIMEOUT_S`); ``retries`` retries connection errors and 5xx answers
+        with a short backoff. Probes that must answer within seconds pass a small timeout
+        and ``retries=0``; backups keep the defaults.
+        """
+        import urllib3
+        from minio import Minio
+
+        retry = urllib3.Retry(
+            total=retries,
+            backoff_factor=0.2,
+            status_forcelist=S3_RETRY_STATUSES if retries > 0 else None,
+            # The last 5xx answer reaches minio, which turns it into an S3Error with a code.
+            raise_on_status=False,
+        )
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=min(CONNECT_TIMEOUT_S, timeout_s), read=timeout_s),
+            maxsize=10,
+            retries=retry,
+        )
+        return Minio(
+            self.s3_host,
+            access_key=self.s3_access_key,
+            secret_key=self.s3_secret_key.get_secret_value(),
+            secure=self.s3_secure,
+            region=self.s3_region,
+            http_client=http,
+        )
+
     def error_line(self, exc: BaseException | str, *, limit: int = 600) -> str:
         """``exc`` as one scrubbed, bounded piece of a message."""
         return error_line(exc, self.scrub, limit=limit)
@@ -390,46 +472,6 @@ class Stack(Block):
             f"  alerts      {', '.join(r.block for r in self.notifications) or 'none'}",
         ]
         return "\n".join(lines)
-
-
-def _missing_stack(name: str, exc: ValueError) -> StackConfigError:
-    return StackConfigError(
-        f"no stack block named {name!r} ({exc}). Create it with "
-        f"`python -m deployments.bootstrap --stack {name}` from the stack's "
-        "environment, or in the UI under Blocks -> LLM Stack."
-    )
-
-
-def _parse_routes(raw: str, problems: list[str]) -> list[NotificationRoute]:
-    """``NOTIFICATION_ROUTES=slack-webhook/ops:warning,pager-duty-webhook/pager:critical``."""
-    routes: list[NotificationRoute] = []
-    for item in (part.strip() for part in raw.split(",")):
-        if not item:
-            continue
-        block, _, severity = item.partition(":")
-        try:
-            routes.append(NotificationRoute(block=block, min_severity=severity or "warning"))
-        except ValidationError:
-            problems.append(
-                f"NOTIFICATION_ROUTES: {item!r} is not '<block-type-slug>/<name>[:info|warning|"
-                "critical]', e.g. 'slack-webhook/ops-chat:warning'"
-            )
-    return routes
-
-
-def _describe(exc: ValidationError, from_env: bool) -> list[str]:
-    problems = []
-    for error in exc.errors(include_input=False, include_url=False):
-        field = str(error["loc"][0]) if error["loc"] else "?"
-        label = f"{FIELD_ENV[field]} ({field})" if from_env and field in FIELD_ENV else field
-        reason = (
-            "is missing"
-            if error["type"] == "missing"
-            else error["msg"].removeprefix("Value error, ")
-        )
-        hint = FIX_HINTS.get(field)
-        problems.append(f"{label}: {reason}" + (f"; {hint}" if hint else ""))
-    return problems
 
 
 def secret_values_of(stacks: Iterable[Stack]) -> list[str]:

@@ -307,9 +307,7 @@ def ensure_buckets(stack: Stack, report: BootstrapReport) -> None:
     from minio.error import S3Error
     from urllib3.exceptions import HTTPError
 
-    from tasks.storage import s3_client
-
-    client = s3_client(stack)
+    client = stack.s3()
     for bucket in dict.fromkeys((stack.backup_bucket, stack.langfuse_bucket)):
         try:
             if client.bucket_exists(bucket):

@@ -32,7 +32,7 @@ from urllib.parse import parse_qs, urlsplit
 import yaml
 from pydantic import BaseModel, Field
 
-from blocks.stack import ENV_FIELDS
+from blocks.stack_env import ENV_FIELDS
 from deployments.settings import PROJECT_DIR
 
 __all__ = [

@@ -23,9 +23,7 @@ import contextlib
 import hashlib
 import time
 from typing import TypeVar
-from urllib.parse import urlsplit
 
-import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 from prefect import task
@@ -88,18 +86,8 @@ def clickhouse_client(
 
     ``timeout_s`` bounds each query; a failed connect raises ``error`` (scrubbed).
     """
-    parts = urlsplit(stack.clickhouse_url)
     try:
-        return clickhouse_connect.get_client(
-            host=parts.hostname or "localhost",
-            port=parts.port or (8443 if parts.scheme == "https" else 8123),
-            secure=parts.scheme == "https",
-            username=stack.clickhouse_user,
-            password=stack.clickhouse_password.get_secret_value(),
-            connect_timeout=connect_timeout_s,
-            send_receive_timeout=timeout_s,
-            autogenerate_session_id=False,
-        )
+        return stack.clickhouse(timeout_s=timeout_s, connect_timeout_s=connect_timeout_s)
     except (ClickHouseError, OSError) as exc:
         raise ch_error(stack, "connect", exc, error) from None
 

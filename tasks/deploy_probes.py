@@ -38,7 +38,6 @@ from tasks.decisions.deploy_judges import (
 from tasks.decisions.health import SERVICES
 from tasks.errors import OpsError
 from tasks.health import run_checks
-from tasks.storage import s3_client
 
 __all__ = [
     "CANARY_PREFIX",
@@ -80,11 +79,7 @@ def check_postgres_schema(stack: Stack, tables: Sequence[str], timeout_s: float)
     """Every required ``schema.table`` exists; every Prisma migration there has finished."""
     schemas = sorted({t.partition(".")[0] for t in tables})
     try:
-        with psycopg.connect(
-            stack.postgres_dsn.get_secret_value(),
-            connect_timeout=max(1, int(timeout_s)),
-            options=f"-c statement_timeout={int(timeout_s * 1000)}",
-        ) as conn:
+        with stack.postgres(timeout_s=timeout_s, statement_timeout_s=timeout_s) as conn:
             present = [
                 row[0]
                 for row in conn.execute(
@@ -139,13 +134,7 @@ def check_redis_persistence(
     stack: Stack, expected_policy: str, require_aof: bool, timeout_s: float
 ) -> Finding:
     """AOF is on and maxmemory-policy is what Langfuse's queues need."""
-    client = redis.Redis(
-        host=stack.redis_host,
-        port=stack.redis_port,
-        password=stack.redis_password.get_secret_value() if stack.redis_password else None,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-    )
+    client = stack.redis(timeout_s=timeout_s)
     try:
         appendonly = client.config_get("appendonly").get("appendonly", "unknown")
         policy = client.config_get("maxmemory-policy").get("maxmemory-policy", "unknown")
@@ -191,7 +180,7 @@ def _probe_bucket(client: Minio, stack: Stack, bucket: str, role: str, key: str)
 @task(name="check-s3-buckets", cache_policy=NO_CACHE, persist_result=False)
 def check_s3_buckets(stack: Stack, canary_name: str, timeout_s: float) -> Finding:
     """Both buckets exist, and a canary object can be written, read and deleted in each."""
-    client = s3_client(stack, timeout_s=timeout_s, retries=1)
+    client = stack.s3(timeout_s=timeout_s, retries=1)
     key = f"{CANARY_PREFIX}/{canary_name}.txt"
     probes = [
         _probe_bucket(client, stack, stack.langfuse_bucket, "Langfuse events", key),

@@ -35,7 +35,6 @@ from typing import Any, NamedTuple, TypeVar
 import certifi
 import httpx
 import psycopg
-import redis.asyncio as aioredis
 from clickhouse_connect.driver.exceptions import ClickHouseError
 from minio.error import S3Error
 from prefect import task
@@ -48,7 +47,7 @@ from blocks.stack import Stack
 from tasks.clickhouse import clickhouse_client
 from tasks.decisions.health import SERVICES, STATUS_RANK, CheckResult, HealthStatus
 from tasks.errors import OpsError, StorageError
-from tasks.storage import newest_complete_manifest, s3_client
+from tasks.storage import newest_complete_manifest
 
 __all__ = [
     "CHECKS",
@@ -191,12 +190,7 @@ async def check_langfuse_worker(stack: Stack, timeout_s: float, th: HealthThresh
 
 async def check_postgres(stack: Stack, timeout_s: float, th: HealthThresholds) -> Verdict:
     try:
-        conn = await psycopg.AsyncConnection.connect(
-            stack.postgres_dsn.get_secret_value(),
-            connect_timeout=max(2, int(timeout_s)),
-            autocommit=True,
-            application_name="ops-health-sweep",
-        )
+        conn = await stack.postgres_async(timeout_s=timeout_s, application_name="ops-health-sweep")
     except psycopg.OperationalError as exc:
         text = str(exc)
         if "too many clients" in text or "connection slots are reserved" in text:
@@ -264,14 +258,7 @@ def disk_verdict(free: int, total: int, th: HealthThresholds) -> Verdict:
 
 
 async def check_redis(stack: Stack, timeout_s: float, th: HealthThresholds) -> Verdict:
-    client = aioredis.Redis(
-        host=stack.redis_host,
-        port=stack.redis_port,
-        password=stack.redis_password.get_secret_value() if stack.redis_password else None,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        retry_on_timeout=False,
-    )
+    client = stack.redis_async(timeout_s=timeout_s)
     try:
         await client.ping()
         memory: dict[str, Any] = await client.info("memory")
@@ -321,7 +308,7 @@ def redis_verdict(
 
 
 async def check_object_storage(stack: Stack, timeout_s: float, th: HealthThresholds) -> Verdict:
-    client = s3_client(stack, timeout_s=timeout_s, retries=0)
+    client = stack.s3(timeout_s=timeout_s, retries=0)
     try:
         exists = await _in_thread(lambda: client.bucket_exists(stack.backup_bucket))
     except S3Error as exc:
@@ -338,7 +325,7 @@ async def check_object_storage(stack: Stack, timeout_s: float, th: HealthThresho
 async def check_backup_freshness(stack: Stack, timeout_s: float, th: HealthThresholds) -> Verdict:
     try:
         # Sockets give up after timeout_s and never retry: a probe answers in time.
-        client = s3_client(stack, timeout_s=timeout_s, retries=0)
+        client = stack.s3(timeout_s=timeout_s, retries=0)
         manifest = await _in_thread(lambda: newest_complete_manifest(stack, client))
     except StorageError as exc:
         return Verdict("unhealthy", "cannot list backup sets: " + _first_line(str(exc)))

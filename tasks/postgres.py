@@ -58,7 +58,7 @@ from tasks.pg_tools import (
     server_version,
 )
 from tasks.retry import RETRY_TRANSIENT_QUICK, RUN_CACHE, access_fix
-from tasks.storage import s3_client, storage_error
+from tasks.storage import storage_error
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
@@ -87,13 +87,9 @@ PIPE_SIZE = 1 << 20  # a 1 MiB pipe lets pg_dump run ahead while a part is hande
 
 def connect(stack: Stack, **options: str) -> psycopg.Connection[TupleRow]:
     """A connection to the stack's database, with a connect timeout and session options."""
-    opts = " ".join(f"-c {key}={value}" for key, value in options.items())
     try:
-        return psycopg.connect(
-            stack.postgres_dsn.get_secret_value(),
-            connect_timeout=CONNECT_TIMEOUT_S,
-            application_name="ops-backup",
-            options=opts,
+        return stack.postgres(
+            timeout_s=CONNECT_TIMEOUT_S, application_name="ops-backup", settings=options
         )
     except psycopg.Error as exc:
         raise pg_error(stack, "connect", exc) from None
@@ -430,7 +426,7 @@ def _stream_dump(
 
     stream = DumpStream(process, stderr_tail, timed_out, timeout_s, on_bytes)
     try:
-        s3_client(stack).put_object(
+        stack.s3().put_object(
             stack.backup_bucket,
             key,
             stream,  # type: ignore[arg-type]

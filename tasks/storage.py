@@ -10,7 +10,7 @@ Read side, shared by every flow that needs "the last good backup":
 then manifests newest first; the health sweep asks it every minute). A set is complete
 only when its ``manifest.json`` exists and parses, never because objects exist.
 
-:func:`s3_client` is the one place an S3 client is built, with the caller's timeout
+:meth:`blocks.stack.Stack.s3` is the one place an S3 client is built, with the caller's timeout
 and retries.
 """
 
@@ -41,9 +41,6 @@ from tasks.errors import StorageError
 from tasks.retry import access_fix
 
 __all__ = [
-    "CONNECT_TIMEOUT_S",
-    "READ_TIMEOUT_S",
-    "RETRY_STATUSES",
     "BackupSetInfo",
     "MultipartUpload",
     "StoredEntry",
@@ -60,45 +57,8 @@ __all__ = [
     "put_small_object",
     "read_object",
     "read_optional_object",
-    "s3_client",
     "storage_error",
 ]
-
-# Seconds to connect and between bytes on a read; a dead S3 endpoint fails fast
-# instead of hanging a task that a Prefect timeout cannot interrupt.
-CONNECT_TIMEOUT_S = 10.0
-READ_TIMEOUT_S = 120.0
-RETRY_STATUSES = (500, 502, 503, 504)
-
-
-def s3_client(stack: Stack, timeout_s: float = READ_TIMEOUT_S, retries: int = 2) -> Minio:
-    """A minio client for the stack's S3 endpoint: the one place S3 clients are built.
-
-    ``timeout_s`` bounds the wait between bytes (and the connect, at most
-    :data:`CONNECT_TIMEOUT_S`); ``retries`` retries connection errors and 5xx answers
-    with a short backoff. Probes that must answer within seconds pass a small timeout
-    and ``retries=0``; backups keep the defaults.
-    """
-    retry = urllib3.Retry(
-        total=retries,
-        backoff_factor=0.2,
-        status_forcelist=RETRY_STATUSES if retries > 0 else None,
-        # The last 5xx answer reaches minio, which turns it into an S3Error with a code.
-        raise_on_status=False,
-    )
-    http = urllib3.PoolManager(
-        timeout=urllib3.Timeout(connect=min(CONNECT_TIMEOUT_S, timeout_s), read=timeout_s),
-        maxsize=10,
-        retries=retry,
-    )
-    return Minio(
-        stack.s3_host,
-        access_key=stack.s3_access_key,
-        secret_key=stack.s3_secret_key.get_secret_value(),
-        secure=stack.s3_secure,
-        region=stack.s3_region,
-        http_client=http,
-    )
 
 
 def storage_error(stack: Stack, action: str, exc: BaseException) -> StorageError:
@@ -140,7 +100,7 @@ class BackupSetInfo(BaseModel):
 
 def list_stack_objects(stack: Stack, client: Minio | None = None) -> list[StoredEntry]:
     """Every object under ``<bucket>/<stack>/`` (sets and anything else placed there)."""
-    client = client or s3_client(stack)
+    client = client or stack.s3()
     try:
         return [
             StoredEntry(key=obj.object_name, size=obj.size or 0, last_modified=obj.last_modified)
@@ -157,7 +117,7 @@ def list_stack_objects(stack: Stack, client: Minio | None = None) -> list[Stored
 
 def read_object(stack: Stack, key: str, client: Minio | None = None) -> bytes:
     """A whole (small) object: manifests, descriptors."""
-    client = client or s3_client(stack)
+    client = client or stack.s3()
     try:
         response = client.get_object(stack.backup_bucket, key)
         try:
@@ -174,7 +134,7 @@ _MISSING = ("NoSuchKey", "NoSuchObject", "ResourceNotFound")
 
 def read_optional_object(stack: Stack, key: str, client: Minio | None = None) -> bytes | None:
     """A whole (small) object, or None when it does not exist (one GET either way)."""
-    client = client or s3_client(stack)
+    client = client or stack.s3()
     try:
         response = client.get_object(stack.backup_bucket, key)
     except S3Error as exc:
@@ -198,7 +158,7 @@ def list_set_ids(stack: Stack, client: Minio | None = None) -> list[str]:
     S3 answers with the set prefixes only (delimiter ``/``), never with the thousands
     of objects inside them, so this costs one request per 1,000 sets.
     """
-    client = client or s3_client(stack)
+    client = client or stack.s3()
     prefix = stack_prefix(stack.stack_name)
     try:
         names = [
@@ -239,7 +199,7 @@ def list_backup_sets(stack: Stack) -> list[BackupSetInfo]:
     else under ``<stack>/<backup-id>/`` is an incomplete set (a failed run, or one in
     flight), reported with the time of its newest object.
     """
-    client = s3_client(stack)
+    client = stack.s3()
     sets: list[BackupSetInfo] = []
     for backup_id, entries in sorted(
         group_backup_sets(stack.stack_name, list_stack_objects(stack, client)).items()
@@ -276,7 +236,7 @@ def newest_complete_manifest(stack: Stack, client: Minio | None = None) -> Backu
     one more per set, whatever the number of objects in the sets. Pass a ``client``
     with a short timeout for probes.
     """
-    client = client or s3_client(stack)
+    client = client or stack.s3()
     for backup_id in reversed(list_set_ids(stack, client)):
         manifest, _problem = _read_manifest(stack, backup_id, client)
         if manifest is not None:
@@ -291,7 +251,7 @@ _ERRORS = (MinioException, urllib3.exceptions.HTTPError, OSError)
 
 def list_prefix(stack: Stack, prefix: str) -> list[StoredEntry]:
     """Every object under ``prefix`` in the backup bucket."""
-    client = s3_client(stack)
+    client = stack.s3()
     try:
         return [
             StoredEntry(key=obj.object_name, size=obj.size or 0, last_modified=obj.last_modified)
@@ -304,7 +264,7 @@ def list_prefix(stack: Stack, prefix: str) -> list[StoredEntry]:
 
 def put_small_object(stack: Stack, key: str, data: bytes, content_type: str) -> None:
     """Write a small object (a manifest) in one request."""
-    client = s3_client(stack)
+    client = stack.s3()
     try:
         client.put_object(
             stack.backup_bucket, key, io.BytesIO(data), len(data), content_type=content_type
@@ -315,7 +275,7 @@ def put_small_object(stack: Stack, key: str, data: bytes, content_type: str) -> 
 
 def object_size(stack: Stack, key: str) -> int | None:
     """The stored size of ``key``, or None when it does not exist."""
-    client = s3_client(stack)
+    client = stack.s3()
     try:
         return client.stat_object(stack.backup_bucket, key).size
     except S3Error as exc:
@@ -330,7 +290,7 @@ def delete_objects(stack: Stack, keys: list[str]) -> int:
     """Delete ``keys`` (batched); an object that is already gone counts as deleted."""
     if not keys:
         return 0
-    client = s3_client(stack)
+    client = stack.s3()
     try:
         failures = [
             error
@@ -362,7 +322,7 @@ class MultipartUpload(BaseModel):
 
 def list_multipart_uploads(stack: Stack) -> list[MultipartUpload]:
     """Unfinished multipart uploads under ``<stack>/``."""
-    client = s3_client(stack)
+    client = stack.s3()
     uploads: list[MultipartUpload] = []
     marker: str | None = None
     try:
@@ -394,7 +354,7 @@ def list_multipart_uploads(stack: Stack) -> list[MultipartUpload]:
 
 def abort_multipart_upload(stack: Stack, upload: MultipartUpload) -> None:
     """Abort one unfinished upload; one that is already gone counts as aborted."""
-    client = s3_client(stack)
+    client = stack.s3()
     try:
         client._abort_multipart_upload(stack.backup_bucket, upload.key, upload.upload_id)
     except S3Error as exc:

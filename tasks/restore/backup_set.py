@@ -27,7 +27,7 @@ from tasks.decisions.manifest import (
     manifest_key,
     trust_manifest,
 )
-from tasks.storage import list_prefix, newest_complete_manifest, read_optional_object, s3_client
+from tasks.storage import list_prefix, newest_complete_manifest, read_optional_object
 
 __all__ = [
     "ManifestOutcome",
@@ -129,7 +129,7 @@ def verify_set_objects(stack: Stack, manifest: BackupManifest) -> SetVerificatio
     of every data file of the backup, so a removed or cut file shows before RESTORE.
     """
     logger = get_run_logger()
-    client = s3_client(stack)
+    client = stack.s3()
     sizes = object_sizes(stack, manifest.prefix)
     dump = manifest.postgres
     pg_check = check_object(

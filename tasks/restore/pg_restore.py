@@ -36,7 +36,7 @@ from blocks.stack import Stack
 from tasks.decisions.drill import Check, check_object, failed, passed, skipped
 from tasks.decisions.manifest import BackupManifest
 from tasks.errors import RestoreError
-from tasks.storage import s3_client, storage_error
+from tasks.storage import storage_error
 
 if TYPE_CHECKING:
     # tasks.restore.postgres runs the restore from here: a runtime import would be a cycle.
@@ -63,7 +63,7 @@ def _stream_object(
     without it, so the digest still covers the whole object: the report can then say
     whether the dump itself was damaged.
     """
-    client = s3_client(stack)
+    client = stack.s3()
     digest = hashlib.sha256()
     size = 0
     write_error: BaseException | None = None

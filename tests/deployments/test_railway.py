@@ -6,7 +6,8 @@ import tomllib
 
 import pytest
 
-from blocks.stack import ENV_FIELDS, Stack
+from blocks.stack import Stack
+from blocks.stack_env import ENV_FIELDS
 from deployments.railway import (
     EXPECTED_PUBLIC,
     RAILWAY_FILE,

@@ -293,8 +293,11 @@ def test_the_watcher_fires_when_the_sweeps_stop(control_plane: Devstack, receive
         WATCHER_WINDOW_S * 6,
         "the watcher's notification",
     )
-    assert (_at(alerts[0]) - sweep.end_time).total_seconds() >= WATCHER_WINDOW_S
+    delay = (_at(alerts[0]) - sweep.end_time).total_seconds()
+    assert delay >= WATCHER_WINDOW_S
     assert f"health-sweep/{STACK_NAME}" in alerts[0]["json"]["text"]
+    # The bound Prefect gives (README): between 1x and 2x the window; printed, not asserted.
+    print(f"watcher fired {delay:.1f}s after the last completed sweep (window {WATCHER_WINDOW_S}s)")
 
 
 def _at(message: dict[str, Any]) -> datetime:

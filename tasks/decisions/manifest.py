@@ -278,10 +278,11 @@ def trust_manifest(
     every field valid, and naming the very set it is stored in.
     """
     try:
-        version = json.loads(raw).get("schema_version")
-    except (ValueError, AttributeError):
-        version = None
-    if version != MANIFEST_SCHEMA_VERSION:
+        data = json.loads(raw)
+    except ValueError:
+        return None, f"{key} does not parse (not JSON)"
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    if version is not None and version != MANIFEST_SCHEMA_VERSION:
         return None, (
             f"{key} has schema_version {version!r}, this version reads "
             f"{MANIFEST_SCHEMA_VERSION}: restore with the release that wrote it"

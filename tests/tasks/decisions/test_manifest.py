@@ -96,3 +96,17 @@ def test_a_manifest_of_another_schema_version_or_id_does_not_parse() -> None:
         BackupManifest.model_validate({**data, "schema_version": 2})
     with pytest.raises(ValidationError):
         BackupManifest.model_validate({**data, "backup_id": "latest"})
+
+
+def test_a_stored_manifest_is_trusted_only_when_it_is_this_schema_and_names_its_set() -> None:
+    from tasks.decisions.manifest import trust_manifest
+
+    key = "prod/20261122T030000Z-3fa9c2/manifest.json"
+    assert trust_manifest(b"not json", "prod", "20261122T030000Z-3fa9c2", key) == (
+        None,
+        f"{key} does not parse (not JSON)",
+    )
+    _, problem = trust_manifest(b'{"schema_version": 2}', "prod", "20261122T030000Z-3fa9c2", key)
+    assert problem is not None and "has schema_version 2, this version reads 1" in problem
+    _, problem = trust_manifest(b'{"stack": "prod"}', "prod", "20261122T030000Z-3fa9c2", key)
+    assert problem is not None and "does not parse" in problem

@@ -33,7 +33,7 @@ from pydantic import BaseModel
 from blocks.stack import Stack
 from tasks.decisions.manifest import ClickHouseBackup, StoredObject, clickhouse_prefix
 from tasks.errors import ClickHouseBackupError, OpsError
-from tasks.retry import RUN_CACHE, access_fix
+from tasks.retry import RUN_CACHE, advice
 from tasks.storage import delete_objects, list_prefix, read_object
 
 __all__ = [
@@ -102,10 +102,9 @@ def ch_error(
     text = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
     # ClickHouse appends a native stack trace to its messages: keep the first part.
     text = text.split("Stack trace")[0].strip().rstrip(",").strip()
-    fix = None if isinstance(exc, str) else access_fix(exc)
-    advice = f" No retry can fix this: {fix}." if fix else ""
     return error(
-        f"ClickHouse {action} failed on {stack.clickhouse_url}: {stack.scrub(text)[:800]}{advice}"
+        f"ClickHouse {action} failed on {stack.clickhouse_url}: {stack.scrub(text)[:800]}"
+        + (f" {hint}" if (hint := advice(exc)) else "")
     )
 
 

@@ -57,7 +57,7 @@ from tasks.pg_tools import (
     require_compatible,
     server_version,
 )
-from tasks.retry import RETRY_TRANSIENT_QUICK, RUN_CACHE, access_fix
+from tasks.retry import RETRY_TRANSIENT_QUICK, RUN_CACHE, advice
 from tasks.storage import storage_error
 
 __all__ = [
@@ -97,14 +97,9 @@ def connect(stack: Stack, **options: str) -> psycopg.Connection[TupleRow]:
 
 def pg_error(stack: Stack, action: str, exc: BaseException) -> PostgresDumpError:
     reason = stack.error_line(exc)
-    fix = access_fix(exc)
-    advice = (
-        f"No retry can fix this: {fix}."
-        if fix
-        else "Check that the database is up and reachable from the worker."
-    )
+    hint = advice(exc, "Check that the database is up and reachable from the worker.")
     return PostgresDumpError(
-        f"PostgreSQL {action} failed on {stack.postgres_dsn_redacted}: {reason}. {advice}"
+        f"PostgreSQL {action} failed on {stack.postgres_dsn_redacted}: {reason}. {hint}"
     )
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "RETRY_TRANSIENT_QUICK",
     "RUN_CACHE",
     "access_fix",
+    "advice",
     "is_transient",
     "retry_transient",
 ]
@@ -110,6 +111,12 @@ def access_fix(exc: BaseException) -> str | None:
         ):
             return "Redis refused the password: fix REDIS_PASSWORD"
     return None
+
+
+def advice(exc: BaseException | str, otherwise: str = "") -> str:
+    """What to tell the reader: the fix when no retry can help, else ``otherwise``."""
+    fix = None if isinstance(exc, str) else access_fix(exc)
+    return f"No retry can fix this: {fix}." if fix else otherwise
 
 
 def _chain(exc: BaseException) -> list[BaseException]:

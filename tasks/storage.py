@@ -38,7 +38,7 @@ from tasks.decisions.manifest import (
     trust_manifest,
 )
 from tasks.errors import StorageError
-from tasks.retry import access_fix
+from tasks.retry import advice
 
 __all__ = [
     "BackupSetInfo",
@@ -64,14 +64,12 @@ __all__ = [
 def storage_error(stack: Stack, action: str, exc: BaseException) -> StorageError:
     """A StorageError saying what was attempted and why it failed, with secrets scrubbed."""
     reason = stack.error_line(exc)
-    fix = access_fix(exc)
-    advice = (
-        f"No retry can fix this: {fix}."
-        if fix
-        else "Check that the S3 service is up and that the access key may read and write "
-        f"bucket {stack.backup_bucket!r}."
+    hint = advice(
+        exc,
+        "Check that the S3 service is up and that the access key may read and write "
+        f"bucket {stack.backup_bucket!r}.",
     )
-    return StorageError(f"S3 {action} failed on {stack.s3_endpoint}: {reason}. {advice}")
+    return StorageError(f"S3 {action} failed on {stack.s3_endpoint}: {reason}. {hint}")
 
 
 class StoredEntry(BaseModel):

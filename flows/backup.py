@@ -151,7 +151,7 @@ def backup(stack: str = "production", config: BackupConfig | None = None) -> Bac
         manifest = write_manifest(ops, backup_id, versions, dump, clickhouse)
 
         logger.info("== Retention")
-        plan = plan_retention(ops, backup_id, config.retention, config.dry_run)
+        plan = plan_retention(ops, backup_id, policy=config.retention, dry_run=config.dry_run)
         pruned = apply_retention(ops, plan, config.dry_run)
         report = publish_report(ops, manifest, pruned, plan)
 

@@ -127,9 +127,10 @@ def restore(stack: str = "production", config: RestoreConfig | None = None) -> R
     manifest = found.manifest
     verified = verify_set_objects(ops, manifest)
     if not all(c.passed for c in verified.checks):
-        raise IntegrityError("set failed verification: " + "; ".join(
-            f"{c.name}: {c.reason}" for c in verified.checks if not c.passed
-        ))  # fmt: skip
+        raise IntegrityError(
+            "set failed verification: "
+            + "; ".join(f"{c.name}: {c.reason}" for c in verified.checks if not c.passed)
+        )
 
     targets = (config.postgres_target, config.clickhouse_target)
     for step in operator_steps(
@@ -139,9 +140,12 @@ def restore(stack: str = "production", config: RestoreConfig | None = None) -> R
     if config.dry_run:
         logger.info("dry run: set %s verified; would restore %s", manifest.backup_id, plans)
         return RestoreSummary(
-            stack=ops.stack_name, backup_id=manifest.backup_id, dry_run=True,
-            restored=[], steps_after=[],
-        )  # fmt: skip
+            stack=ops.stack_name,
+            backup_id=manifest.backup_id,
+            dry_run=True,
+            restored=[],
+            steps_after=[],
+        )
 
     backup = manifest.clickhouse_for(ops.clickhouse_database) or (
         manifest.clickhouse[0] if manifest.clickhouse else None
@@ -155,14 +159,24 @@ def restore(stack: str = "production", config: RestoreConfig | None = None) -> R
         if plan.engine == "postgres":
             staged.append(
                 stage_postgres_restore(
-                    ops, manifest, plan, config.postgres_mode, config.jobs,
-                    config.restore_timeout_s, config.work_dir, list(REQUIRED_POSTGRES_TABLES),
+                    ops,
+                    manifest,
+                    plan=plan,
+                    mode=config.postgres_mode,
+                    jobs=config.jobs,
+                    timeout_s=config.restore_timeout_s,
+                    work_dir=config.work_dir,
+                    required_tables=list(REQUIRED_POSTGRES_TABLES),
                 )
-            )  # fmt: skip
+            )
         elif backup is not None:
             staged.append(
                 stage_clickhouse_restore(
-                    ops, backup, plan, config.restore_timeout_s, list(REQUIRED_CLICKHOUSE_TABLES)
+                    ops,
+                    backup,
+                    plan=plan,
+                    timeout_s=config.restore_timeout_s,
+                    required_tables=list(REQUIRED_CLICKHOUSE_TABLES),
                 )
             )
 
@@ -184,6 +198,9 @@ def restore(stack: str = "production", config: RestoreConfig | None = None) -> R
     for step in steps:
         logger.warning("AFTER: %s", step)
     return RestoreSummary(
-        stack=ops.stack_name, backup_id=manifest.backup_id, dry_run=False,
-        restored=restored, steps_after=steps,
-    )  # fmt: skip
+        stack=ops.stack_name,
+        backup_id=manifest.backup_id,
+        dry_run=False,
+        restored=restored,
+        steps_after=steps,
+    )

@@ -133,10 +133,16 @@ def restore_drill(
             if config.postgres and verified.postgres.passed:
                 logger.info("== restoring Postgres into %s", names.postgres)
                 pg = restore_postgres(
-                    ops, config.drill_server_block, manifest, names.postgres,
-                    config.postgres_mode, config.jobs, config.restore_timeout_s,
-                    config.work_dir, config.required_postgres_tables,
-                )  # fmt: skip
+                    ops,
+                    config.drill_server_block,
+                    manifest=manifest,
+                    database=names.postgres,
+                    mode=config.postgres_mode,
+                    jobs=config.jobs,
+                    timeout_s=config.restore_timeout_s,
+                    work_dir=config.work_dir,
+                    required_tables=config.required_postgres_tables,
+                )
                 checks += pg.checks
                 timings += [pg.timing] if pg.timing else []
             elif config.postgres:
@@ -144,15 +150,21 @@ def restore_drill(
             for backup, target in zip(ch_backups, names.clickhouse, strict=True):
                 if not verified.clickhouse_ok(backup.database):
                     checks.append(
-                        skipped(f"clickhouse-restore[{backup.database}]", "clickhouse",
-                                "backup failed verification")
-                    )  # fmt: skip
+                        skipped(
+                            f"clickhouse-restore[{backup.database}]",
+                            "clickhouse",
+                            "backup failed verification",
+                        )
+                    )
                     continue
                 logger.info("== restoring ClickHouse %s into %s", backup.database, target)
                 ch = restore_clickhouse(
-                    ops, backup, target, config.restore_timeout_s,
-                    config.required_clickhouse_tables,
-                )  # fmt: skip
+                    ops,
+                    backup,
+                    target=target,
+                    timeout_s=config.restore_timeout_s,
+                    required_tables=config.required_clickhouse_tables,
+                )
                 checks += ch.checks
                 timings += [ch.timing] if ch.timing else []
         checks.append(check_no_scratch_left(ops, names))

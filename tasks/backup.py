@@ -274,7 +274,7 @@ class RetentionResult(BaseModel):
     **RETRY_TRANSIENT,
 )
 def plan_retention(
-    stack: Stack, backup_id: str, policy: RetentionPolicy, dry_run: bool
+    stack: Stack, backup_id: str, *, policy: RetentionPolicy, dry_run: bool
 ) -> RetentionPlan:
     """List the bucket and decide, per set, keep or delete; publish the plan artifact."""
     logger = get_run_logger()
@@ -288,9 +288,15 @@ def plan_retention(
         for u in list_multipart_uploads(stack)
     ]
     plan = retention.plan_retention(
-        stack.stack_name, objects, complete, uploads, policy, datetime.now(UTC), backup_id,
+        stack.stack_name,
+        objects,
+        complete_ids=complete,
+        uploads=uploads,
+        policy=policy,
+        now=datetime.now(UTC),
+        current_backup_id=backup_id,
         failed_runs=ended_backup_runs(stack.stack_name),
-    )  # fmt: skip
+    )
     create_table_artifact(
         key=f"backup-retention-{stack.stack_name}",
         table=plan.rows(),

@@ -14,7 +14,9 @@ on writing otherwise), and a retried run first stops any BACKUP of an earlier at
 still writing into the same prefix before it removes that attempt's files.
 
 This module also holds the one ClickHouse client factory, error mapper and ``S3(...)``
-clause builder that restore, health and deploy-verify use.
+clause builder that restore, health and deploy-verify use, and the one poller of a
+BACKUP or RESTORE in ``system.backups`` (:func:`wait_for_operation`), which KILLs
+either one at its deadline.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Literal, TypeVar
 
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
@@ -41,9 +44,12 @@ __all__ = [
     "DESCRIPTOR",
     "DONE",
     "QUERY_TIMEOUT_S",
+    "RESTORED",
+    "RESTORING",
     "RUNNING",
     "STOP_WAIT_S",
     "ClickHouseBackupOutcome",
+    "OperationEnd",
     "backup_clickhouse",
     "backup_state",
     "backup_statement",
@@ -56,13 +62,18 @@ __all__ = [
     "running_backups",
     "s3_clause",
     "stop_backup",
+    "stop_operation",
+    "stopped_text",
     "table_rows",
+    "wait_for_operation",
 ]
 
 CONNECT_TIMEOUT_S = 10
 QUERY_TIMEOUT_S = 120
 DONE = "BACKUP_CREATED"
 RUNNING = "CREATING_BACKUP"
+RESTORED = "RESTORED"
+RESTORING = "RESTORING"
 DESCRIPTOR = ".backup"
 STOP_WAIT_S = 60.0
 
@@ -165,42 +176,6 @@ def backup_state(client: Client, backup_id: str) -> tuple[str, str, int] | None:
     return str(status), str(error), int(total or 0)
 
 
-def _wait(
-    stack: Stack, client: Client, database: str, backup_id: str, timeout_s: float, poll_s: float
-) -> int:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        state = backup_state(client, backup_id)
-        if state is None:
-            raise ClickHouseBackupError(
-                f"ClickHouse backup {backup_id} of {database!r} vanished from system.backups "
-                "(the server restarted mid-backup?). The set stays incomplete; the next run "
-                "makes a new one."
-            )
-        status, error, total = state
-        if status == DONE:
-            return total
-        if status != RUNNING:
-            raise ch_error(
-                stack,
-                f"BACKUP of database {database!r} (backup {backup_id}, status {status})",
-                error or "no error text",
-            )
-        if time.monotonic() >= deadline:
-            final = stop_backup(client, backup_id, STOP_WAIT_S, poll_s)
-            stopped = (
-                f"it was cancelled ({final})"
-                if final != RUNNING
-                else f"KILL did not stop it within {STOP_WAIT_S:.0f} s: it may still be writing"
-            )
-            raise ClickHouseBackupError(
-                f"ClickHouse backup {backup_id} of {database!r} did not finish within "
-                f"{timeout_s:.0f} s; {stopped}. Raise the backup config's "
-                "clickhouse_timeout_s, or check ClickHouse's load and its access to S3."
-            )
-        time.sleep(poll_s)
-
-
 def running_backups(client: Client, stack: Stack, prefix: str) -> list[str]:
     """Ids of backups still writing into ``prefix`` (an earlier, timed-out attempt)."""
     result = client.query(
@@ -211,21 +186,129 @@ def running_backups(client: Client, stack: Stack, prefix: str) -> list[str]:
     return [str(row[0]) for row in result.result_rows]
 
 
-def stop_backup(client: Client, backup_id: str, wait_s: float, poll_s: float) -> str:
-    """KILL a running BACKUP and wait for its final status (``RUNNING`` if it goes on)."""
+def stop_operation(
+    client: Client, operation_id: str, *, running_status: str, wait_s: float, poll_s: float
+) -> str:
+    """KILL a running BACKUP or RESTORE and wait for its final status.
+
+    Returns ``running_status`` if it goes on past ``wait_s``, ``"gone"`` if it left
+    system.backups.
+    """
     with contextlib.suppress(ClickHouseError, OSError):
         client.command(
-            "KILL QUERY WHERE query_id = {id:String} ASYNC", parameters={"id": backup_id}
+            "KILL QUERY WHERE query_id = {id:String} ASYNC", parameters={"id": operation_id}
         )
     deadline = time.monotonic() + wait_s
     while True:
         with contextlib.suppress(ClickHouseError, OSError):
-            state = backup_state(client, backup_id)
-            if state is None or state[0] != RUNNING:
+            state = backup_state(client, operation_id)
+            if state is None or state[0] != running_status:
                 return state[0] if state else "gone"
         if time.monotonic() >= deadline:
-            return RUNNING
+            return running_status
         time.sleep(poll_s)
+
+
+def stop_backup(client: Client, backup_id: str, wait_s: float, poll_s: float) -> str:
+    """KILL a running BACKUP and wait for its final status (``RUNNING`` if it goes on)."""
+    return stop_operation(client, backup_id, running_status=RUNNING, wait_s=wait_s, poll_s=poll_s)
+
+
+@dataclass(frozen=True)
+class OperationEnd:
+    """How a BACKUP or RESTORE ended, as :func:`wait_for_operation` saw it.
+
+    ``outcome`` is ``done`` (it reached its done status), ``failed`` (it reached any
+    other status: ``status`` and ``error`` say which), ``vanished`` (it left
+    system.backups: the server restarted) or ``timed_out`` (still running at the
+    deadline, so it was KILLed: ``status`` is its status after the KILL, the running
+    status if it did not stop).
+    """
+
+    outcome: Literal["done", "failed", "vanished", "timed_out"]
+    status: str
+    error: str = ""
+    total_size: int = 0
+
+
+def wait_for_operation(
+    client: Client,
+    operation_id: str,
+    *,
+    running_status: str,
+    done_status: str,
+    timeout_s: float,
+    poll_s: float,
+) -> OperationEnd:
+    """Poll system.backups for one BACKUP or RESTORE until it ends; KILL it at the deadline.
+
+    ``running_status`` is its status while it runs (``CREATING_BACKUP``, ``RESTORING``),
+    ``done_status`` the one it ends with when it succeeds (``BACKUP_CREATED``,
+    ``RESTORED``); any other status is a failure. A row gone from system.backups (it
+    lives in memory) ends the wait at once. At the deadline it is KILLed (it would go on
+    writing otherwise) and waited for up to ``STOP_WAIT_S``. Errors of the polling query
+    itself are not caught: the caller names them.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state = backup_state(client, operation_id)
+        if state is None:
+            return OperationEnd(outcome="vanished", status="gone")
+        status, error, total = state
+        if status == done_status:
+            return OperationEnd(outcome="done", status=status, error=error, total_size=total)
+        if status != running_status:
+            return OperationEnd(outcome="failed", status=status, error=error, total_size=total)
+        if time.monotonic() >= deadline:
+            final = stop_operation(
+                client,
+                operation_id,
+                running_status=running_status,
+                wait_s=STOP_WAIT_S,
+                poll_s=poll_s,
+            )
+            return OperationEnd(outcome="timed_out", status=final, error=error)
+        time.sleep(poll_s)
+
+
+def stopped_text(end: OperationEnd, running_status: str) -> str:
+    """What the KILL of a timed-out operation achieved, for its error message."""
+    if end.status != running_status:
+        return f"it was cancelled ({end.status})"
+    return f"KILL did not stop it within {STOP_WAIT_S:.0f} s: it may still be writing"
+
+
+def _wait(
+    stack: Stack, client: Client, database: str, backup_id: str, timeout_s: float, poll_s: float
+) -> int:
+    """Wait for this BACKUP (:func:`wait_for_operation`); its total size, or the error."""
+    end = wait_for_operation(
+        client,
+        backup_id,
+        running_status=RUNNING,
+        done_status=DONE,
+        timeout_s=timeout_s,
+        poll_s=poll_s,
+    )
+    if end.outcome == "done":
+        return end.total_size
+    if end.outcome == "vanished":
+        raise ClickHouseBackupError(
+            f"ClickHouse backup {backup_id} of {database!r} vanished from system.backups "
+            "(the server restarted mid-backup?). The set stays incomplete; the next run "
+            "makes a new one."
+        )
+    if end.outcome == "failed":
+        raise ch_error(
+            stack,
+            f"BACKUP of database {database!r} (backup {backup_id}, status {end.status})",
+            end.error or "no error text",
+        )
+    raise ClickHouseBackupError(
+        f"ClickHouse backup {backup_id} of {database!r} did not finish within "
+        f"{timeout_s:.0f} s; {stopped_text(end, RUNNING)}. Raise the backup config's "
+        "clickhouse_timeout_s, or check ClickHouse's load and its access to S3."
+    )
 
 
 def _stop_earlier_attempts(stack: Stack, client: Client, prefix: str, poll_s: float) -> None:

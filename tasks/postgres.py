@@ -311,9 +311,15 @@ def dump_postgres(
             counting = pool.submit(snapshot_inventory, conn)
             try:
                 size, sha256 = _stream_dump(
-                    stack, versions, snapshot_id, key, part_size, upload_threads, timeout_s,
-                    expected_bytes,
-                )  # fmt: skip
+                    stack,
+                    versions,
+                    snapshot_id=snapshot_id,
+                    key=key,
+                    part_size=part_size,
+                    upload_threads=upload_threads,
+                    timeout_s=timeout_s,
+                    expected_bytes=expected_bytes,
+                )
             except BaseException:
                 with contextlib.suppress(Exception):
                     conn.cancel_safe(timeout=5)
@@ -360,6 +366,7 @@ def dump_postgres(
 def _stream_dump(
     stack: Stack,
     versions: PgVersions,
+    *,
     snapshot_id: str,
     key: str,
     part_size: int,

@@ -142,12 +142,12 @@ def shorten(items: list[str], limit: int = SHOWN_MAX) -> str:
 def check_object(
     name: str,
     component: Component,
+    *,
     key: str,
     expected_size: int,
     expected_sha256: str | None,
     actual_size: int | None,
     actual_sha256: str | None,
-    *,
     set_prefix: str | None = None,
 ) -> Check:
     """An object read back against the manifest: in its set, present, same size and sha256.

@@ -226,6 +226,7 @@ def _last_activity(started: datetime, objects: Iterable[ObjectRecord]) -> dateti
 def plan_retention(
     stack: str,
     objects: list[ObjectRecord],
+    *,
     complete_ids: set[str],
     uploads: list[UploadRecord],
     policy: RetentionPolicy,

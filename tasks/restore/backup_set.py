@@ -133,9 +133,15 @@ def verify_set_objects(stack: Stack, manifest: BackupManifest) -> SetVerificatio
     sizes = object_sizes(stack, manifest.prefix)
     dump = manifest.postgres
     pg_check = check_object(
-        "postgres-dump-present", "postgres", dump.dump_key, dump.dump_size, None,
-        sizes.get(dump.dump_key), None, set_prefix=manifest.prefix,
-    )  # fmt: skip
+        "postgres-dump-present",
+        "postgres",
+        key=dump.dump_key,
+        expected_size=dump.dump_size,
+        expected_sha256=None,
+        actual_size=sizes.get(dump.dump_key),
+        actual_sha256=None,
+        set_prefix=manifest.prefix,
+    )
     ch_checks: list[Check] = []
     for backup in manifest.clickhouse:
         ch_checks += _verify_clickhouse_backup(stack, manifest, backup, sizes, client)
@@ -172,10 +178,15 @@ def _verify_clickhouse_backup(
     raw = read_optional_object(stack, descriptor.key, client)
     actual_sha = hashlib.sha256(raw).hexdigest() if raw is not None else None
     desc_check = check_object(
-        f"clickhouse-descriptor{tag}", "clickhouse", descriptor.key, descriptor.size,
-        descriptor.sha256, len(raw) if raw is not None else None, actual_sha,
+        f"clickhouse-descriptor{tag}",
+        "clickhouse",
+        key=descriptor.key,
+        expected_size=descriptor.size,
+        expected_sha256=descriptor.sha256,
+        actual_size=len(raw) if raw is not None else None,
+        actual_sha256=actual_sha,
         set_prefix=manifest.prefix,
-    )  # fmt: skip
+    )
     if not desc_check.passed or raw is None:
         return [desc_check]
     try:

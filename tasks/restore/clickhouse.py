@@ -1,6 +1,7 @@
 """ClickHouse for a restore: RESTORE, waiting for it, reading back what it restored, the swap.
 
-``RESTORE DATABASE src AS target FROM S3(...) ASYNC``, polled in ``system.backups``.
+``RESTORE DATABASE src AS target FROM S3(...) ASYNC``, polled in ``system.backups`` by the
+poller the backup uses (KILLed at its deadline).
 RESTORE does not verify checksums (ClickHouse issue 65191), so every table is then
 checked (``CHECK TABLE``), read in full (``SELECT * ... FORMAT Null``) and counted. The
 statement holds the S3 secret: it is never logged, and errors are scrubbed. A restored
@@ -24,11 +25,14 @@ from prefect.logging import get_run_logger
 
 from blocks.stack import Stack
 from tasks.clickhouse import (
-    backup_state,
+    RESTORED,
+    RESTORING,
     ch_error,
     clickhouse_client,
     quote_identifier,
     restore_statement,
+    stopped_text,
+    wait_for_operation,
 )
 from tasks.decisions.drill import (
     Check,
@@ -103,7 +107,12 @@ def drop_ch_database(stack: Stack, database: str) -> None:
 
 
 def run_ch_restore(
-    stack: Stack, client: ClickHouseClient, backup: ClickHouseBackup, target: str, timeout_s: float
+    stack: Stack,
+    client: ClickHouseClient,
+    *,
+    backup: ClickHouseBackup,
+    target: str,
+    timeout_s: float,
 ) -> Check:
     """RESTORE ... ASYNC and poll system.backups until RESTORED, a failure, or the deadline."""
     name = f"clickhouse-restore[{backup.database}]"
@@ -123,37 +132,44 @@ def wait_ch_restore(
     target: str,
     timeout_s: float,
 ) -> Check:
-    """Poll system.backups until RESTORED, a failure, a vanished row, or the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            state = backup_state(client, operation_id)
-        except (ClickHouseError, OSError) as exc:
-            return failed(
-                name, "clickhouse", _ch_error(stack, "polling system.backups", exc).args[0]
-            )
-        if state is None:
-            return failed(
-                name,
-                "clickhouse",
-                f"RESTORE {operation_id} into {target} vanished from system.backups (ClickHouse "
-                "restarted mid-restore?); the partial database is dropped, run it again",
-            )
-        status, error, _ = state
-        if status == "RESTORED":
-            return passed(name, "clickhouse", f"RESTORE into {target}: RESTORED")
-        if status != "RESTORING":
-            return failed(
-                name,
-                "clickhouse",
-                f"RESTORE into {target} ended {status}: "
-                f"{stack.scrub(error)[:600] or 'no error text'}",
-            )
-        if time.monotonic() >= deadline:
-            return failed(
-                name, "clickhouse", f"RESTORE into {target} still running after {timeout_s:.0f}s"
-            )
-        time.sleep(CH_POLL_S)
+    """Poll system.backups until RESTORED, a failure, a vanished row, or the deadline.
+
+    :func:`~tasks.clickhouse.wait_for_operation` polls; a RESTORE still running at the
+    deadline is KILLed (it would go on writing into the database about to be dropped).
+    """
+    try:
+        end = wait_for_operation(
+            client,
+            operation_id,
+            running_status=RESTORING,
+            done_status=RESTORED,
+            timeout_s=timeout_s,
+            poll_s=CH_POLL_S,
+        )
+    except (ClickHouseError, OSError) as exc:
+        return failed(name, "clickhouse", _ch_error(stack, "polling system.backups", exc).args[0])
+    if end.outcome == "done":
+        return passed(name, "clickhouse", f"RESTORE into {target}: {RESTORED}")
+    if end.outcome == "vanished":
+        return failed(
+            name,
+            "clickhouse",
+            f"RESTORE {operation_id} into {target} vanished from system.backups (ClickHouse "
+            "restarted mid-restore?); the partial database is dropped, run it again",
+        )
+    if end.outcome == "failed":
+        return failed(
+            name,
+            "clickhouse",
+            f"RESTORE into {target} ended {end.status}: "
+            f"{stack.scrub(end.error)[:600] or 'no error text'}",
+        )
+    return failed(
+        name,
+        "clickhouse",
+        f"RESTORE into {target} still running after {timeout_s:.0f}s; "
+        f"{stopped_text(end, RESTORING)}",
+    )
 
 
 def read_ch_tables(
@@ -233,6 +249,7 @@ def check_ch_free_space(stack: Stack, client: ClickHouseClient, backup: ClickHou
 def restore_clickhouse(
     stack: Stack,
     backup: ClickHouseBackup,
+    *,
     target: str,
     timeout_s: float,
     required_tables: list[str],
@@ -248,7 +265,7 @@ def restore_clickhouse(
         if not space.passed:
             logger.error("%s %s: %s", space.name, space.outcome, space.reason)
             return ComponentOutcome(checks=[space])
-        checks = [run_ch_restore(stack, client, backup, target, timeout_s)]
+        checks = [run_ch_restore(stack, client, backup=backup, target=target, timeout_s=timeout_s)]
         seconds = time.monotonic() - started
         verify_started = time.monotonic()
         if checks[0].passed:
@@ -343,5 +360,9 @@ class ClickHouseEngine:
 
     def restore_into(self, database: str, source: ClickHouseSource) -> ComponentOutcome:
         return restore_clickhouse.fn(
-            self.stack, source.backup, database, source.timeout_s, source.required_tables
+            self.stack,
+            source.backup,
+            target=database,
+            timeout_s=source.timeout_s,
+            required_tables=source.required_tables,
         )

@@ -158,6 +158,7 @@ def _write_to(stream: IO[bytes] | None) -> Callable[[bytes], object]:
 def restore_postgres_dump(
     server: PgServer,
     tool: str,
+    *,
     stack: Stack,
     manifest: BackupManifest,
     database: str,
@@ -200,7 +201,13 @@ def restore_postgres_dump(
 
 def _dump_check(key: str, size: int, sha256: str, digest: _Digest) -> Check:
     return check_object(
-        "postgres-dump-checksum", "postgres", key, size, sha256, digest.size, digest.sha256
+        "postgres-dump-checksum",
+        "postgres",
+        key=key,
+        expected_size=size,
+        expected_sha256=sha256,
+        actual_size=digest.size,
+        actual_sha256=digest.sha256,
     )
 
 

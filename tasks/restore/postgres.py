@@ -244,6 +244,7 @@ def count_pg_rows(server: PgServer, database: str) -> dict[str, int]:
 def restore_postgres(
     stack: Stack,
     server_block: str | None,
+    *,
     manifest: BackupManifest,
     database: str,
     mode: PostgresMode,
@@ -278,11 +279,23 @@ def restore_postgres(
         )
     logger.info(
         "restoring %s (%d bytes) into %s on %s (%s mode)",
-        dump.dump_key, dump.dump_size, database, server.redacted, mode,
-    )  # fmt: skip
+        dump.dump_key,
+        dump.dump_size,
+        database,
+        server.redacted,
+        mode,
+    )
     create_pg_database(server, database)
     checks, seconds = restore_postgres_dump(
-        server, tool.path, stack, manifest, database, mode, jobs, timeout_s, work_dir
+        server,
+        tool.path,
+        stack=stack,
+        manifest=manifest,
+        database=database,
+        mode=mode,
+        jobs=jobs,
+        timeout_s=timeout_s,
+        work_dir=work_dir,
     )
     verify_started = time.monotonic()
     restored_ok = all(c.passed for c in checks)
@@ -428,6 +441,13 @@ class PostgresEngine:
 
     def restore_into(self, database: str, source: PostgresSource) -> ComponentOutcome:
         return restore_postgres.fn(
-            self.stack, self.server_block, source.manifest, database, source.mode,
-            source.jobs, source.timeout_s, source.work_dir, source.required_tables,
-        )  # fmt: skip
+            self.stack,
+            self.server_block,
+            manifest=source.manifest,
+            database=database,
+            mode=source.mode,
+            jobs=source.jobs,
+            timeout_s=source.timeout_s,
+            work_dir=source.work_dir,
+            required_tables=source.required_tables,
+        )

@@ -88,12 +88,15 @@ def plan_restore_targets(
         live = target == engine.live_database
         plans.append(
             TargetPlan(
-                engine=name, target=target, exists=exists, live=live,
+                engine=name,
+                target=target,
+                exists=exists,
+                live=live,
                 refusal=restore_refusal(
                     target, exists=exists, live=live, confirmed=confirm, engine=name
                 ),
             )
-        )  # fmt: skip
+        )
     return plans
 
 
@@ -149,15 +152,19 @@ def _stage(
             raise
         outcome = ComponentOutcome(checks=[failed(f"{engine.name}-restore", engine.name, str(exc))])
     return StagedRestore(
-        engine=engine.name, target=plan.target, staging=staging, checks=outcome.checks,
+        engine=engine.name,
+        target=plan.target,
+        staging=staging,
+        checks=outcome.checks,
         timing=outcome.timing,
-    )  # fmt: skip
+    )
 
 
 @task(name="stage-postgres-restore", cache_policy=NO_CACHE)
 def stage_postgres_restore(
     stack: Stack,
     manifest: BackupManifest,
+    *,
     plan: TargetPlan,
     mode: PostgresMode,
     jobs: int,
@@ -174,6 +181,7 @@ def stage_postgres_restore(
 def stage_clickhouse_restore(
     stack: Stack,
     backup: ClickHouseBackup,
+    *,
     plan: TargetPlan,
     timeout_s: float,
     required_tables: list[str],
@@ -223,13 +231,18 @@ def swap_into_place(stack: Stack, staged: list[StagedRestore]) -> list[RestoredT
                 "(ALTER DATABASE / RENAME DATABASE), or drop them."
             ) from None
         logger.info(
-            "%s: %s now holds the restored data%s", item.engine, item.target,
+            "%s: %s now holds the restored data%s",
+            item.engine,
+            item.target,
             f"; the old one is kept as {previous}" if previous else "",
-        )  # fmt: skip
+        )
         restored.append(
             RestoredTarget(
-                engine=item.engine, target=item.target, checks=item.checks,
-                timing=item.timing, previous=previous,
+                engine=item.engine,
+                target=item.target,
+                checks=item.checks,
+                timing=item.timing,
+                previous=previous,
             )
-        )  # fmt: skip
+        )
     return restored

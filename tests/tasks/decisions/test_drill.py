@@ -109,24 +109,80 @@ def test_scratch_token_must_be_hex():
 
 def test_object_check_names_missing_truncated_and_changed_objects():
     key = "prod/id/postgres/railway.dump"
-    missing = check_object("dump", "postgres", key, 100, SHA_A, None, None)
+    missing = check_object(
+        "dump",
+        "postgres",
+        key=key,
+        expected_size=100,
+        expected_sha256=SHA_A,
+        actual_size=None,
+        actual_sha256=None,
+    )
     assert not missing.passed and "missing" in missing.reason and key in missing.reason
-    short = check_object("dump", "postgres", key, 100, SHA_A, 60, SHA_A)
+    short = check_object(
+        "dump",
+        "postgres",
+        key=key,
+        expected_size=100,
+        expected_sha256=SHA_A,
+        actual_size=60,
+        actual_sha256=SHA_A,
+    )
     assert not short.passed and "truncated" in short.reason and "60" in short.reason
-    changed = check_object("dump", "postgres", key, 100, SHA_A, 100, SHA_B)
+    changed = check_object(
+        "dump",
+        "postgres",
+        key=key,
+        expected_size=100,
+        expected_sha256=SHA_A,
+        actual_size=100,
+        actual_sha256=SHA_B,
+    )
     assert not changed.passed and "sha256 mismatch" in changed.reason
-    good = check_object("dump", "postgres", key, 100, SHA_A, 100, SHA_A)
+    good = check_object(
+        "dump",
+        "postgres",
+        key=key,
+        expected_size=100,
+        expected_sha256=SHA_A,
+        actual_size=100,
+        actual_sha256=SHA_A,
+    )
     assert good.passed and good.outcome == "passed"
-    size_only = check_object("dump", "postgres", key, 100, SHA_A, 100, None)
+    size_only = check_object(
+        "dump",
+        "postgres",
+        key=key,
+        expected_size=100,
+        expected_sha256=SHA_A,
+        actual_size=100,
+        actual_sha256=None,
+    )
     assert size_only.passed and "size matches" in size_only.reason
 
 
 def test_an_object_outside_the_set_is_named_as_such_even_when_it_exists():
     key = "prod/other-id/postgres/railway.dump"
-    outside = check_object("dump", "postgres", key, 100, SHA_A, 100, SHA_A, set_prefix="prod/id/")
+    outside = check_object(
+        "dump",
+        "postgres",
+        key=key,
+        expected_size=100,
+        expected_sha256=SHA_A,
+        actual_size=100,
+        actual_sha256=SHA_A,
+        set_prefix="prod/id/",
+    )
     assert not outside.passed and "outside the set (prod/id/)" in outside.reason
     inside = check_object(
-        "dump", "postgres", "prod/id/x.dump", 100, SHA_A, 100, SHA_A, set_prefix="prod/id/"
+        "dump",
+        "postgres",
+        key="prod/id/x.dump",
+        expected_size=100,
+        expected_sha256=SHA_A,
+        actual_size=100,
+        actual_sha256=SHA_A,
+        set_prefix="prod/id/",
     )
     assert inside.passed
 
@@ -138,7 +194,15 @@ def test_an_object_outside_the_set_is_named_as_such_even_when_it_exists():
     st.sampled_from([SHA_A, SHA_B]),
 )
 def test_object_check_passes_only_when_size_and_digest_agree(want, got, sha_want, sha_got):
-    check = check_object("o", "set", "k", want, sha_want, got, sha_got)
+    check = check_object(
+        "o",
+        "set",
+        key="k",
+        expected_size=want,
+        expected_sha256=sha_want,
+        actual_size=got,
+        actual_sha256=sha_got,
+    )
     assert check.passed == (want == got and sha_want == sha_got)
 
 

@@ -127,11 +127,11 @@ def plan_for(history: dict[str, object]) -> RetentionPlan:
     return plan_retention(
         STACK,
         history["objects"],  # type: ignore[arg-type]
-        history["complete"],  # type: ignore[arg-type]
-        history["uploads"],  # type: ignore[arg-type]
-        history["policy"],  # type: ignore[arg-type]
-        NOW,
-        history["current"],  # type: ignore[arg-type]
+        complete_ids=history["complete"],  # type: ignore[arg-type]
+        uploads=history["uploads"],  # type: ignore[arg-type]
+        policy=history["policy"],  # type: ignore[arg-type]
+        now=NOW,
+        current_backup_id=history["current"],  # type: ignore[arg-type]
     )
 
 
@@ -316,11 +316,11 @@ def test_a_set_whose_run_ended_is_not_called_in_flight() -> None:
     plan = plan_retention(
         STACK,
         history["objects"],  # type: ignore[arg-type]
-        history["complete"],  # type: ignore[arg-type]
-        [],
-        RetentionPolicy(),
-        NOW,
-        history["current"],  # type: ignore[arg-type]
+        complete_ids=history["complete"],  # type: ignore[arg-type]
+        uploads=[],
+        policy=RetentionPolicy(),
+        now=NOW,
+        current_backup_id=history["current"],  # type: ignore[arg-type]
         failed_runs={failed_id: "Failed"},
     )
     reasons = {d.backup_id: " ".join(d.reasons) for d in plan.sets}

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from devstack.core import Devstack  # noqa: E402
-from devstack.seed import POSTGRES_DATA, POSTGRES_SCHEMA  # noqa: E402
+from devstack.seed import POSTGRES_DATA, create_postgres_schema  # noqa: E402
 
 BYTES_PER_ROW = 800  # LiteLLM_SpendLogs rows as seeded: ~800 bytes on disk each
 
@@ -72,7 +72,7 @@ def seed_database(stack: Devstack, name: str, rows: int) -> int:
             conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
         conn.execute(f"CREATE DATABASE {name}")
     with psycopg.connect(stack.admin_dsn(name)) as conn:
-        conn.execute(POSTGRES_SCHEMA)  # type: ignore[arg-type]
+        create_postgres_schema(conn)
         conn.execute(POSTGRES_DATA.replace("{rows}", str(rows)))  # type: ignore[arg-type]
         conn.commit()
         conn.autocommit = True

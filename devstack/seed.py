@@ -1,8 +1,11 @@
-"""Realistic data for the devstack: tables shaped like LiteLLM's and Langfuse's.
+"""Realistic data for the devstack: LiteLLM's own schema, Langfuse's tables as modelled.
 
-Postgres (database ``railway``): LiteLLM's Prisma tables with their mixed-case quoted
-names in ``public`` (jsonb, bytea, timestamps, arrays; ``LiteLLM_SpendLogs`` large
-enough to matter), and Langfuse's tables in schema ``langfuse``. ClickHouse (database
+Postgres (database ``railway``): LiteLLM's tables in ``public`` come from the migrations
+the ``litellm-proxy-extras`` package ships (the ones ``litellm`` applies with ``prisma
+migrate deploy`` at start), applied in order and recorded in ``_prisma_migrations`` the
+way Prisma records them, so the schema is LiteLLM's own (97 tables, mixed-case quoted
+names, jsonb, arrays; ``LiteLLM_SpendLogs`` large enough to matter). Langfuse's tables in
+schema ``langfuse`` are modelled (bytea included). ClickHouse (database
 ``default``): ``traces``, ``observations`` and ``scores`` as Langfuse v3 shapes them.
 Seeding is idempotent: it runs once per state folder.
 
@@ -13,7 +16,10 @@ other way round.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import psycopg
@@ -29,7 +35,10 @@ __all__ = [
     "POSTGRES_SCHEMA",
     "SPEND_LOG_ROWS",
     "SeedTarget",
+    "apply_litellm_migrations",
     "clickhouse_client",
+    "create_postgres_schema",
+    "litellm_migrations",
     "seed_all",
     "seed_clickhouse",
     "seed_postgres",
@@ -47,35 +56,86 @@ class SeedTarget(Protocol):
 SPEND_LOG_ROWS = int(os.environ.get("DEVSTACK_SPEND_LOG_ROWS", "120000"))
 CH_TRACE_ROWS = int(os.environ.get("DEVSTACK_CH_TRACE_ROWS", "50000"))
 
+# Langfuse's Postgres tables stay modelled (the template's ``?schema=langfuse``); its
+# ``_prisma_migrations`` has Prisma's own shape.
+_LITELLM_VENV = Path(
+    os.environ.get("LITELLM_VENV", Path(__file__).resolve().parents[1] / ".venv-litellm")
+)
+
+# Prisma's own bookkeeping table, as ``prisma migrate deploy`` creates it.
+PRISMA_MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS {schema}."_prisma_migrations" (
+    id varchar(36) PRIMARY KEY NOT NULL, checksum varchar(64) NOT NULL, finished_at timestamptz,
+    migration_name varchar(255) NOT NULL, logs text, rolled_back_at timestamptz,
+    started_at timestamptz NOT NULL DEFAULT now(), applied_steps_count integer NOT NULL DEFAULT 0)
+"""
+
+
+def litellm_migrations(venv: Path = _LITELLM_VENV) -> list[tuple[str, str]]:
+    """(name, SQL) of every migration ``litellm-proxy-extras`` ships, oldest first."""
+    found = sorted(venv.glob("lib/python*/site-packages/litellm_proxy_extras/migrations"))
+    if not found:
+        raise FileNotFoundError(
+            f"litellm-proxy-extras migrations not found under {venv}: run scripts/setup.sh "
+            "(it builds LiteLLM's own virtualenv)"
+        )
+    folders = sorted(p for p in found[-1].iterdir() if (p / "migration.sql").is_file())
+    return [(p.name, (p / "migration.sql").read_text(encoding="utf-8")) for p in folders]
+
+
+def apply_litellm_migrations(conn: psycopg.Connection[tuple[object, ...]]) -> int:
+    """Apply LiteLLM's migrations not yet recorded, in order; how many were applied.
+
+    Recorded like Prisma does: a row per migration with the SHA-256 of its script,
+    ``started_at`` before and ``finished_at`` after, one applied step. Scripts run as
+    Prisma runs them, outside an explicit transaction (some build indexes
+    ``CONCURRENTLY``); a script that fails leaves its row unfinished, as Prisma would.
+    """
+    conn.commit()
+    was_autocommit, conn.autocommit = conn.autocommit, True
+    try:
+        conn.execute(PRISMA_MIGRATIONS_TABLE.format(schema="public"))  # type: ignore[arg-type]
+        done = {
+            str(row[0])
+            for row in conn.execute(
+                'SELECT migration_name FROM public."_prisma_migrations" '
+                "WHERE finished_at IS NOT NULL"
+            )
+        }
+        applied = 0
+        for name, sql in litellm_migrations():
+            if name in done:
+                continue
+            row_id = str(uuid.uuid4())
+            conn.execute(
+                'INSERT INTO public."_prisma_migrations" (id, checksum, migration_name) '
+                "VALUES (%s, %s, %s)",
+                (row_id, hashlib.sha256(sql.encode()).hexdigest(), name),
+            )
+            conn.execute(sql)  # type: ignore[call-overload]
+            conn.execute(
+                'UPDATE public."_prisma_migrations" SET finished_at = now(), '
+                "applied_steps_count = 1 WHERE id = %s",
+                (row_id,),
+            )
+            applied += 1
+        return applied
+    finally:
+        conn.autocommit = was_autocommit
+
+
+def create_postgres_schema(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """LiteLLM's schema from its migrations, then Langfuse's modelled tables."""
+    apply_litellm_migrations(conn)
+    conn.execute(POSTGRES_SCHEMA)  # type: ignore[arg-type]
+
+
 POSTGRES_SCHEMA = """
-CREATE TABLE IF NOT EXISTS public."_prisma_migrations" (
+CREATE SCHEMA IF NOT EXISTS langfuse;
+CREATE TABLE IF NOT EXISTS langfuse."_prisma_migrations" (
     id varchar(36) PRIMARY KEY, checksum varchar(64) NOT NULL, finished_at timestamptz,
     migration_name varchar(255) NOT NULL, logs text, rolled_back_at timestamptz,
     started_at timestamptz NOT NULL DEFAULT now(), applied_steps_count integer NOT NULL DEFAULT 0);
-CREATE TABLE IF NOT EXISTS public."LiteLLM_UserTable" (
-    user_id text PRIMARY KEY, user_email text, max_budget double precision,
-    spend double precision NOT NULL DEFAULT 0, models text[] NOT NULL DEFAULT '{}',
-    metadata jsonb NOT NULL DEFAULT '{}', created_at timestamptz NOT NULL DEFAULT now());
-CREATE TABLE IF NOT EXISTS public."LiteLLM_VerificationToken" (
-    token text PRIMARY KEY, key_name text, key_alias text, spend double precision NOT NULL DEFAULT 0,
-    expires timestamptz, models text[] NOT NULL DEFAULT '{}', "user_id" text
-    REFERENCES public."LiteLLM_UserTable"(user_id), metadata jsonb NOT NULL DEFAULT '{}',
-    created_at timestamptz NOT NULL DEFAULT now(), "updatedAt" timestamptz NOT NULL DEFAULT now());
-CREATE TABLE IF NOT EXISTS public."LiteLLM_ProxyModelTable" (
-    model_id text PRIMARY KEY, model_name text NOT NULL, litellm_params bytea NOT NULL,
-    model_info jsonb, created_at timestamptz NOT NULL DEFAULT now());
-CREATE TABLE IF NOT EXISTS public."LiteLLM_Config" (param_name text PRIMARY KEY, param_value jsonb);
-CREATE TABLE IF NOT EXISTS public."LiteLLM_SpendLogs" (
-    request_id text PRIMARY KEY, call_type text NOT NULL, api_key text NOT NULL DEFAULT '',
-    spend double precision NOT NULL DEFAULT 0, total_tokens integer NOT NULL DEFAULT 0,
-    prompt_tokens integer NOT NULL DEFAULT 0, completion_tokens integer NOT NULL DEFAULT 0,
-    "startTime" timestamp(3) NOT NULL, "endTime" timestamp(3) NOT NULL, model text NOT NULL DEFAULT '',
-    "user" text, metadata jsonb DEFAULT '{}', cache_hit text, request_tags jsonb DEFAULT '[]',
-    messages jsonb DEFAULT '{}', response jsonb DEFAULT '{}');
-CREATE INDEX IF NOT EXISTS "LiteLLM_SpendLogs_startTime_idx" ON public."LiteLLM_SpendLogs"("startTime");
-
-CREATE SCHEMA IF NOT EXISTS langfuse;
-CREATE TABLE IF NOT EXISTS langfuse."_prisma_migrations" (LIKE public."_prisma_migrations" INCLUDING ALL);
 CREATE TABLE IF NOT EXISTS langfuse.organizations (
     id text PRIMARY KEY, name text NOT NULL, created_at timestamp(3) NOT NULL DEFAULT now(),
     cloud_config jsonb);
@@ -96,9 +156,6 @@ CREATE TABLE IF NOT EXISTS langfuse.prompts (
 """
 
 POSTGRES_DATA = """
-INSERT INTO public."_prisma_migrations" (id, checksum, finished_at, migration_name, applied_steps_count)
-SELECT md5('litellm' || g), md5('c' || g), now(), format('2024%s_litellm_%s', lpad(g::text, 4, '0'), g), 1
-FROM generate_series(1, 60) g;
 INSERT INTO langfuse."_prisma_migrations" (id, checksum, finished_at, migration_name, applied_steps_count)
 SELECT md5('langfuse' || g), md5('l' || g), now(), format('2024%s_langfuse_%s', lpad(g::text, 4, '0'), g), 1
 FROM generate_series(1, 180) g;
@@ -111,9 +168,11 @@ SELECT encode(sha256(('key' || g)::bytea), 'hex'), 'sk-...' || right(md5(g::text
        g * 0.11, now() + (g || ' days')::interval, ARRAY['gpt-4o-mini'], 'user-' || (1 + g % 500),
        jsonb_build_object('purpose', 'seed', 'n', g, 'ünïcode', '✓')
 FROM generate_series(1, 2000) g;
-INSERT INTO public."LiteLLM_ProxyModelTable" (model_id, model_name, litellm_params, model_info)
-SELECT 'model-' || g, 'model ' || g, decode(md5('enc' || g) || md5('params' || g), 'hex') || '\\x00ff00'::bytea,
-       jsonb_build_object('mode', 'chat', 'max_tokens', 4096 * g)
+INSERT INTO public."LiteLLM_ProxyModelTable"
+    (model_id, model_name, litellm_params, model_info, created_by, updated_by)
+SELECT 'model-' || g, 'model ' || g,
+       jsonb_build_object('model', 'openai/gpt-4o-mini', 'api_key', encode(sha256(('enc' || g)::bytea), 'base64')),
+       jsonb_build_object('mode', 'chat', 'max_tokens', 4096 * g), 'seed', 'seed'
 FROM generate_series(1, 40) g;
 INSERT INTO public."LiteLLM_Config" (param_name, param_value)
 VALUES ('general_settings', '{"alerting": ["slack"], "max_parallel_requests": 100}'),
@@ -209,7 +268,7 @@ def seed_postgres(stack: SeedTarget) -> None:
             count = conn.execute('SELECT count(*) FROM public."LiteLLM_SpendLogs"').fetchone()
             if count and count[0] > 0:
                 return
-        conn.execute(POSTGRES_SCHEMA)  # type: ignore[arg-type]
+        create_postgres_schema(conn)
         conn.execute(POSTGRES_DATA.replace("{rows}", str(SPEND_LOG_ROWS)))  # type: ignore[arg-type]
         conn.execute("ANALYZE")
 

@@ -24,6 +24,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
+import xml.etree.ElementTree as ElementTree
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
@@ -34,6 +36,7 @@ from prefect.logging import get_run_logger
 from pydantic import BaseModel
 
 from blocks.stack import Stack
+from tasks.decisions.clickhouse_backup import parse_row_count, part_count_files
 from tasks.decisions.manifest import ClickHouseBackup, StoredObject, clickhouse_prefix
 from tasks.errors import ClickHouseBackupError, OpsError
 from tasks.retry import RUN_CACHE, advice
@@ -53,6 +56,7 @@ __all__ = [
     "backup_clickhouse",
     "backup_state",
     "backup_statement",
+    "backup_table_rows",
     "backup_url",
     "ch_error",
     "clickhouse_client",
@@ -146,22 +150,61 @@ def backup_statement(stack: Stack, database: str, prefix: str) -> str:
     return f"BACKUP DATABASE {quote_identifier(database)} TO {s3_clause(stack, prefix)} ASYNC"
 
 
-def restore_statement(stack: Stack, database: str, target: str, prefix: str) -> str:
-    """``RESTORE DATABASE db AS target FROM S3(...) ASYNC``. Holds a secret: never log it."""
+def restore_statement(
+    stack: Stack, database: str, target: str, prefix: str, *, structure_only: bool = False
+) -> str:
+    """``RESTORE DATABASE db AS target FROM S3(...) ASYNC``. Holds a secret: never log it.
+
+    ``structure_only`` creates the tables without their data.
+    """
+    settings = " SETTINGS structure_only = 1" if structure_only else ""
     return (
         f"RESTORE DATABASE {quote_identifier(database)} AS {quote_identifier(target)} "
-        f"FROM {s3_clause(stack, prefix)} ASYNC"
+        f"FROM {s3_clause(stack, prefix)}{settings} ASYNC"
     )
 
 
 def table_rows(client: Client, database: str) -> dict[str, int]:
-    """Rows per table (MergeTree-family parts' row totals; views have none)."""
+    """Rows per MergeTree-family table (its parts' row totals; views have none)."""
     result = client.query(
-        "SELECT name, total_rows FROM system.tables "
-        "WHERE database = {db:String} AND total_rows IS NOT NULL ORDER BY name",
+        "SELECT name, total_rows FROM system.tables WHERE database = {db:String} "
+        "AND engine LIKE '%MergeTree%' AND total_rows IS NOT NULL ORDER BY name",
         parameters={"db": database},
     )
     return {str(name): int(rows) for name, rows in result.result_rows}
+
+
+def backup_table_rows(
+    stack: Stack, prefix: str, descriptor: bytes, database: str, *, tables: Iterable[str]
+) -> dict[str, int]:
+    """Rows per table that the backup under ``prefix`` holds, from its parts' ``count.txt``.
+
+    Not the live tables' counts: inserts land and ReplacingMergeTree merges drop rows
+    while a BACKUP runs (:mod:`tasks.decisions.clickhouse_backup`). ``tables`` (the
+    database's MergeTree tables when the BACKUP started) are listed with 0 rows when the
+    backup holds no part of theirs.
+    """
+    try:
+        count_files = part_count_files(descriptor, database)
+    except (ElementTree.ParseError, ValueError) as exc:
+        raise ClickHouseBackupError(
+            f"the .backup descriptor under {prefix} cannot be read for row counts ({exc}); "
+            "the set stays incomplete, the next run makes a new one"
+        ) from None
+    client = stack.s3()
+    rows = dict.fromkeys(tables, 0)
+    for table, names in count_files.items():
+        total = 0
+        for name in names:
+            key = prefix + name
+            try:
+                total += parse_row_count(key, read_object(stack, key, client))
+            except ValueError as exc:
+                raise ClickHouseBackupError(
+                    f"{exc}; the set stays incomplete, the next run makes a new one"
+                ) from None
+        rows[table] = total
+    return dict(sorted(rows.items()))
 
 
 def backup_state(client: Client, backup_id: str) -> tuple[str, str, int] | None:
@@ -358,7 +401,6 @@ def backup_clickhouse(
             raise ClickHouseBackupError(f"BACKUP of {database!r} returned no backup id")
         ch_backup_id = str(rows[0][0])
         _wait(stack, client, database, ch_backup_id, timeout_s, poll_s)
-        rows_after = table_rows(client, database)
     except ClickHouseBackupError:
         raise
     except (ClickHouseError, OSError) as exc:
@@ -374,23 +416,18 @@ def backup_clickhouse(
             "and bucket (CLICKHOUSE_S3_ENDPOINT)."
         )
     descriptor = read_object(stack, descriptor_key)
+    rows_held = backup_table_rows(stack, prefix, descriptor, database, tables=rows_before)
     seconds = time.monotonic() - started
     size = sum(entry.size for entry in stored)
-    if rows_after != rows_before:
-        # Inserts or merges landed while BACKUP ran; the backup holds the parts of the
-        # moment each table was copied. Record what was there once it finished.
-        logger.warning(
-            "ClickHouse: row counts of %s changed during the backup (%d -> %d rows)",
-            database,
-            sum(rows_before.values()),
-            sum(rows_after.values()),
-        )
     logger.info(
-        "ClickHouse: %s stored, %d objects, %.1f MB in %.1f s",
+        "ClickHouse: %s stored, %d objects, %.1f MB, %d rows in %.1f s "
+        "(%d rows in the live tables when it started)",
         prefix,
         len(stored),
         size / 1e6,
+        sum(rows_held.values()),
         seconds,
+        sum(rows_before.values()),
     )
     return ClickHouseBackupOutcome(
         backup=ClickHouseBackup(
@@ -401,8 +438,8 @@ def backup_clickhouse(
             size=size,
             files=len(stored),
             s3_prefix=prefix,
-            table_rows=rows_after,
-            rows_exact=rows_after == rows_before,
+            table_rows=rows_held,
+            rows_exact=True,
             seconds=seconds,
         ),
         descriptor=StoredObject(

@@ -1,14 +1,16 @@
 """Session fixtures: one real devstack on 127.0.0.1 for the whole test session.
 
-The stack is the same one ``python -m devstack up`` runs for the demo, in its own
-state folder (``.devstack-test``), started fresh for each session unless
-``DEVSTACK_REUSE=1`` (handy while iterating on one test). The Prefect settings point
+The stack is the same one ``python -m devstack up`` runs for the demo, in a state
+folder of its own per session (``.devstack-test/s<pid>``, locked while the session
+runs), started fresh unless ``DEVSTACK_REUSE=1`` (``.devstack-test/reuse``, handy while
+iterating on one test). The Prefect settings point
 this process at the devstack's Prefect server before Prefect is imported, so flows
 called from tests run against a real server, not the ephemeral one.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 from collections.abc import Iterator
@@ -28,11 +30,59 @@ from tests import prefect_logs
 settings.register_profile("ops", deadline=None)
 settings.load_profile("ops")
 
-TEST_ROOT = Path(os.environ.get("DEVSTACK_TEST_DIR", PROJECT / ".devstack-test"))
+# Each session runs its own devstack in its own folder under the test base, and holds a
+# lock on it while it runs; a session removes only the folders whose lock nobody holds
+# (their session ended or died), never the stack of a suite running beside it.
+TEST_BASE = Path(os.environ.get("DEVSTACK_TEST_DIR", PROJECT / ".devstack-test"))
+_REUSE = bool(os.environ.get("DEVSTACK_REUSE"))
+TEST_ROOT = TEST_BASE / ("reuse" if _REUSE else f"s{os.getpid()}")
+_LOCK_NAME = "session.lock"
 
-if not os.environ.get("DEVSTACK_REUSE") and TEST_ROOT.exists():
+
+def _try_lock(folder: Path) -> int | None:
+    """A file descriptor holding ``folder``'s session lock, or None when a session holds it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / _LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _remove_ended_sessions(base: Path) -> None:
+    if not base.is_dir():
+        return
+    for folder in sorted(base.iterdir()):
+        if not folder.is_dir() or folder == TEST_ROOT or not (folder / _LOCK_NAME).exists():
+            continue
+        fd = _try_lock(folder)
+        if fd is None:
+            continue  # a running session's stack
+        try:
+            Devstack(folder, log=lambda _m: None).down()
+            shutil.rmtree(folder, ignore_errors=True)
+        finally:
+            os.close(fd)
+
+
+_remove_ended_sessions(TEST_BASE)
+_SESSION_LOCK = _try_lock(TEST_ROOT)
+if _SESSION_LOCK is None:
+    raise pytest.UsageError(
+        f"{TEST_ROOT} is in use by another test session (DEVSTACK_REUSE=1 shares one folder): "
+        "wait for it, or run without DEVSTACK_REUSE"
+    )
+if not _REUSE:
+    # A new session starts fresh (a reused pid's folder would hold a dead stack's state).
     Devstack(TEST_ROOT, log=lambda _m: None).down()
-    shutil.rmtree(TEST_ROOT, ignore_errors=True)
+    for leftover in TEST_ROOT.iterdir():
+        if leftover.name != _LOCK_NAME:
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink()
 
 _DEVSTACK = Devstack(TEST_ROOT, log=lambda _m: None)
 for _key, _value in _DEVSTACK.client_env().items():
@@ -104,6 +154,8 @@ def devstack() -> Iterator[Devstack]:
             for name, problems in found.items()
         )
         pytest.fail(f"the Prefect server or worker logged errors no test expected:\n{report}")
+    if not _REUSE and not os.environ.get("DEVSTACK_KEEP"):
+        shutil.rmtree(TEST_ROOT, ignore_errors=True)  # kept when the logs hold errors
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import time
 import uuid
 
@@ -13,6 +15,7 @@ import redis
 
 from blocks.stack import Stack
 from devstack.core import Devstack, pid_alive, port_is_bound
+from devstack.seed import litellm_migrations
 from tests.conftest import Receiver
 
 
@@ -32,14 +35,21 @@ def test_postgres_answers_through_psycopg_with_seeded_tables(stack: Stack) -> No
         params = conn.execute(
             'SELECT litellm_params FROM "LiteLLM_ProxyModelTable" LIMIT 1'
         ).fetchone()
+        image = conn.execute("SELECT image FROM langfuse.users LIMIT 1").fetchone()
+        migrations = conn.execute(
+            "SELECT count(*), count(finished_at), min(applied_steps_count) "
+            'FROM public."_prisma_migrations"'
+        ).fetchone()
     assert {'"LiteLLM_VerificationToken"', '"LiteLLM_SpendLogs"', "langfuse.projects"} <= {
         t.removeprefix("public.") for t in tables
     }
     assert spend_logs is not None and spend_logs[0] >= 10_000
     assert token is not None and token[0]["purpose"] == "seed" and token[1] == ["gpt-4o-mini"]
-    assert (
-        params is not None and isinstance(params[0], bytes) and params[0].endswith(b"\x00\xff\x00")
-    )
+    assert params is not None and params[0]["model"] == "openai/gpt-4o-mini"  # jsonb, as LiteLLM's
+    assert image is not None and isinstance(image[0], bytes) and len(image[0]) == 128
+    # LiteLLM's own schema: every migration litellm-proxy-extras ships, recorded as Prisma does.
+    shipped = litellm_migrations()
+    assert migrations == (len(shipped), len(shipped), 1) and len(shipped) > 100
 
 
 def test_redis_answers_with_aof_on_and_a_password(stack: Stack) -> None:
@@ -200,3 +210,29 @@ def test_up_twice_then_down_leaves_no_process_and_no_port(devstack: Devstack) ->
     assert not any(pid_alive(pid) for pid in first.values())
     assert [port for port in other.ports.values() if port_is_bound(port)] == []
     shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_session_removes_ended_sessions_stacks_and_never_a_running_ones(tmp_path) -> None:
+    from tests import conftest
+
+    running, ended = tmp_path / "s1", tmp_path / "s2"
+    for folder in (running, ended):
+        (folder / "logs").mkdir(parents=True)
+        (folder / conftest._LOCK_NAME).touch()
+    # Another session (another process) holds its folder's lock while it runs.
+    hold = (
+        "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR); "
+        "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); sys.stdin.read()"
+    )
+    lock = str(running / conftest._LOCK_NAME)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold, lock], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        conftest._remove_ended_sessions(tmp_path)
+        assert running.is_dir() and not ended.exists()
+    finally:
+        holder.communicate("")  # the other session ends: its lock is released
+    conftest._remove_ended_sessions(tmp_path)
+    assert not running.exists()

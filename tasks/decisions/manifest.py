@@ -210,11 +210,13 @@ class ClickHouseBackup(BaseModel):
     size: int = Field(ge=0, description="Bytes stored under the prefix.")
     files: int = Field(ge=0, description="Number of objects under the prefix.")
     s3_prefix: str = Field(description="Key prefix of the backup inside the bucket.")
-    table_rows: dict[str, int] = Field(description="Row count per table name at backup time.")
+    table_rows: dict[str, int] = Field(
+        description="Rows per table that the backup holds (its parts' count.txt summed)."
+    )
     rows_exact: bool = Field(
         default=True,
-        description="False when counts changed while BACKUP ran (inserts or merges): the "
-        "backup then holds each table as it was when copied, near these counts.",
+        description="True: table_rows were read from the backup itself. Sets made before "
+        "that carry False when the live counts changed while BACKUP ran.",
     )
     seconds: float = Field(ge=0)
 

@@ -20,6 +20,7 @@ from prefect.logging import get_run_logger
 from pydantic import BaseModel, Field
 
 from blocks.stack import Stack
+from tasks.decisions.clickhouse_backup import descriptor_files
 from tasks.decisions.drill import Check, check_object, failed, passed, shorten
 from tasks.decisions.manifest import (
     BackupManifest,
@@ -217,20 +218,3 @@ def _verify_clickhouse_backup(
             f"all {len(listed)} files listed in the descriptor are present with their sizes",
         )
     return [desc_check, files_check]
-
-
-def descriptor_files(raw: bytes) -> list[tuple[str, int]]:
-    """``(object name, size)`` of each file a ClickHouse ``.backup`` descriptor stores.
-
-    Empty files are not stored; a deduplicated entry points at its ``data_file``; files
-    kept in a base backup (``use_base``) are not in this folder.
-    """
-    root = ElementTree.fromstring(raw)
-    files: list[tuple[str, int]] = []
-    for entry in root.iter("file"):
-        size = int(entry.findtext("size") or "0")
-        if size == 0 or (entry.findtext("use_base") or "").lower() in ("true", "1"):
-            continue
-        name = entry.findtext("data_file") or entry.findtext("name") or ""
-        files.append((name, size))
-    return sorted(set(files))

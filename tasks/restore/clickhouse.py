@@ -1,7 +1,11 @@
 """ClickHouse for a restore: RESTORE, waiting for it, reading back what it restored, the swap.
 
 ``RESTORE DATABASE src AS target FROM S3(...) ASYNC``, polled in ``system.backups`` by the
-poller the backup uses (KILLed at its deadline).
+poller the backup uses (KILLed at its deadline). It runs in two steps: the tables first
+(``structure_only``), then, with merges stopped on them, the data; so the rows of the
+restored parts are counted exactly as the backup holds them (the manifest's counts are
+its parts' ``count.txt``, see :mod:`tasks.decisions.clickhouse_backup`) before a merge of a
+ReplacingMergeTree table can fold duplicate versions. Merges start again once counted.
 RESTORE does not verify checksums (ClickHouse issue 65191), so every table is then
 checked (``CHECK TABLE``), read in full (``SELECT * ... FORMAT Null``) and counted. The
 statement holds the S3 secret: it is never logged, and errors are scrubbed. A restored
@@ -61,9 +65,12 @@ __all__ = [
     "check_ch_free_space",
     "drop_ch_database",
     "free_space_refusal",
+    "merge_tree_tables",
     "read_ch_tables",
     "restore_clickhouse",
+    "restored_part_rows",
     "run_ch_restore",
+    "set_merges",
     "wait_ch_restore",
 ]
 
@@ -114,14 +121,58 @@ def run_ch_restore(
     target: str,
     timeout_s: float,
 ) -> Check:
-    """RESTORE ... ASYNC and poll system.backups until RESTORED, a failure, or the deadline."""
+    """RESTORE the tables, stop their merges, RESTORE the data; each polled to its end."""
     name = f"clickhouse-restore[{backup.database}]"
-    try:
-        result = client.query(restore_statement(stack, backup.database, target, backup.s3_prefix))
-        operation_id = str(result.result_rows[0][0])
-    except (ClickHouseError, OSError, IndexError) as exc:
-        return failed(name, "clickhouse", _ch_error(stack, f"RESTORE into {target}", exc).args[0])
-    return wait_ch_restore(stack, client, operation_id, name, target, timeout_s)
+    deadline = time.monotonic() + timeout_s
+    for structure_only in (True, False):
+        try:
+            statement = restore_statement(
+                stack, backup.database, target, backup.s3_prefix, structure_only=structure_only
+            )
+            operation_id = str(client.query(statement).result_rows[0][0])
+        except (ClickHouseError, OSError, IndexError) as exc:
+            action = f"RESTORE {'of the tables ' if structure_only else ''}into {target}"
+            return failed(name, "clickhouse", _ch_error(stack, action, exc).args[0])
+        left = max(deadline - time.monotonic(), 1.0)
+        check = wait_ch_restore(stack, client, operation_id, name, target, left)
+        if not check.passed:
+            return check
+        if structure_only:
+            try:
+                set_merges(client, target, running=False)
+            except (ClickHouseError, OSError) as exc:
+                return failed(
+                    name, "clickhouse", _ch_error(stack, "SYSTEM STOP MERGES", exc).args[0]
+                )
+    return check
+
+
+def merge_tree_tables(client: ClickHouseClient, database: str) -> list[str]:
+    rows = client.query(
+        "SELECT name FROM system.tables WHERE database = {db:String} "
+        "AND engine LIKE '%MergeTree%' ORDER BY name",
+        parameters={"db": database},
+    ).result_rows
+    return [str(row[0]) for row in rows]
+
+
+def set_merges(client: ClickHouseClient, database: str, *, running: bool) -> None:
+    """``SYSTEM START|STOP MERGES`` on every MergeTree table of ``database``."""
+    verb = "START" if running else "STOP"
+    for table in merge_tree_tables(client, database):
+        client.command(
+            f"SYSTEM {verb} MERGES {quote_identifier(database)}.{quote_identifier(table)}"
+        )
+
+
+def restored_part_rows(client: ClickHouseClient, database: str) -> dict[str, int]:
+    """Rows per table in the active parts of ``database`` (what ``count.txt`` counts)."""
+    rows = client.query(
+        "SELECT table, sum(rows) FROM system.parts WHERE database = {db:String} AND active "
+        "GROUP BY table",
+        parameters={"db": database},
+    ).result_rows
+    return {str(table): int(count) for table, count in rows}
 
 
 def wait_ch_restore(
@@ -199,10 +250,16 @@ def read_ch_tables(
             if not verdict or int(verdict[0][0]) != 1:
                 problems.append(f"CHECK TABLE {table} reports damaged parts")
             client.command(f"SELECT * FROM {qualified} FORMAT Null")
-            rows = client.query(f"SELECT count() FROM {qualified}").result_rows
-            counts[str(table)] = int(rows[0][0])
+            if "MergeTree" in str(engine):
+                counts[str(table)] = 0  # counted from its parts below
         except (ClickHouseError, OSError, ValueError) as exc:
             problems.append(f"reading {table} failed: {stack.scrub(str(exc))[:300]}")
+    try:
+        for table, rows in restored_part_rows(client, target).items():
+            if table in counts:
+                counts[table] = rows
+    except (ClickHouseError, OSError, ValueError) as exc:
+        problems.append(f"counting the restored parts failed: {stack.scrub(str(exc))[:300]}")
     if problems:
         read = failed(f"clickhouse-read{tag}", "clickhouse", shorten(problems))
     else:
@@ -245,6 +302,17 @@ def check_ch_free_space(stack: Stack, client: ClickHouseClient, backup: ClickHou
     )
 
 
+def _start_merges(stack: Stack, client: ClickHouseClient, target: str) -> None:
+    """Merges run again on the counted copy (a real restore puts it in the live place)."""
+    try:
+        set_merges(client, target, running=True)
+    except (ClickHouseError, OSError) as exc:
+        # Not fatal: merges also start again when ClickHouse restarts.
+        get_run_logger().warning(
+            "%s", _ch_error(stack, f"SYSTEM START MERGES on {target}", exc).args[0]
+        )
+
+
 @task(name="restore-clickhouse", cache_policy=NO_CACHE)
 def restore_clickhouse(
     stack: Stack,
@@ -269,7 +337,10 @@ def restore_clickhouse(
         seconds = time.monotonic() - started
         verify_started = time.monotonic()
         if checks[0].passed:
-            read_checks, counts = read_ch_tables(stack, client, backup, target)
+            try:
+                read_checks, counts = read_ch_tables(stack, client, backup, target)
+            finally:
+                _start_merges(stack, client, target)
             checks += read_checks
             checks.append(
                 check_row_counts(

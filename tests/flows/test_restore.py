@@ -102,7 +102,7 @@ def test_restore_into_fresh_databases_gives_the_seeded_data_back(
         psycopg.connect(devstack.admin_dsn(pg)) as new,
         psycopg.connect(devstack.admin_dsn("railway")) as live,
     ):
-        query = "SELECT md5(string_agg(t::text, ',' ORDER BY model_id)) FROM public.\"LiteLLM_ProxyModelTable\" t"
+        query = "SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM langfuse.users t"
         assert new.execute(query).fetchone() == live.execute(query).fetchone()  # bytea intact
     client = clickhouse_client(devstack)
     try:

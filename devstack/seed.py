@@ -94,7 +94,7 @@ def apply_litellm_migrations(conn: psycopg.Connection[tuple[object, ...]]) -> in
     conn.commit()
     was_autocommit, conn.autocommit = conn.autocommit, True
     try:
-        conn.execute(PRISMA_MIGRATIONS_TABLE.format(schema="public"))  # type: ignore[arg-type]
+        conn.execute(PRISMA_MIGRATIONS_TABLE.format(schema="public"))
         done = {
             str(row[0])
             for row in conn.execute(
@@ -112,7 +112,7 @@ def apply_litellm_migrations(conn: psycopg.Connection[tuple[object, ...]]) -> in
                 "VALUES (%s, %s, %s)",
                 (row_id, hashlib.sha256(sql.encode()).hexdigest(), name),
             )
-            conn.execute(sql)  # type: ignore[call-overload]
+            conn.execute(sql)
             conn.execute(
                 'UPDATE public."_prisma_migrations" SET finished_at = now(), '
                 "applied_steps_count = 1 WHERE id = %s",
@@ -127,7 +127,7 @@ def apply_litellm_migrations(conn: psycopg.Connection[tuple[object, ...]]) -> in
 def create_postgres_schema(conn: psycopg.Connection[tuple[object, ...]]) -> None:
     """LiteLLM's schema from its migrations, then Langfuse's modelled tables."""
     apply_litellm_migrations(conn)
-    conn.execute(POSTGRES_SCHEMA)  # type: ignore[arg-type]
+    conn.execute(POSTGRES_SCHEMA)
 
 
 POSTGRES_SCHEMA = """
@@ -269,7 +269,7 @@ def seed_postgres(stack: SeedTarget) -> None:
             if count and count[0] > 0:
                 return
         create_postgres_schema(conn)
-        conn.execute(POSTGRES_DATA.replace("{rows}", str(SPEND_LOG_ROWS)))  # type: ignore[arg-type]
+        conn.execute(POSTGRES_DATA.replace("{rows}", str(SPEND_LOG_ROWS)))
         conn.execute("ANALYZE")
 
 
@@ -284,7 +284,7 @@ def seed_clickhouse(stack: SeedTarget, database: str = "default") -> None:
         client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
         for ddl in CLICKHOUSE_SCHEMA:
             client.command(ddl.format(db=database))
-        if int(client.command(f"SELECT count() FROM {database}.traces")) > 0:
+        if int(client.query(f"SELECT count() FROM {database}.traces").result_rows[0][0]) > 0:
             return
         for insert in CLICKHOUSE_DATA:
             # str.replace, not format: the statements hold JSON braces.

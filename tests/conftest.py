@@ -176,3 +176,30 @@ def receiver(devstack: Devstack) -> Iterator[Receiver]:
     client.clear()
     yield client
     client.clear()
+
+
+# Requests per second through LiteLLM while backup, drill and restore tests run: the
+# stack keeps moving under them as a live one does (the acceptance test in
+# tests/flows/test_under_traffic.py drives 20/s; here a lighter load keeps the suite short).
+SUITE_TRAFFIC_RATE = 5.0
+
+
+@pytest.fixture(scope="module")
+def traffic(devstack: Devstack) -> Iterator[Any]:
+    """Traffic through the real stack for a whole test module, checked when it stops.
+
+    Requests flow before the module's first test starts; at the end every failure must
+    be one injected on purpose (a test that stops Postgres or ClickHouse costs spend-log
+    or trace writes, never a LiteLLM request).
+    """
+    from devstack.traffic import Traffic
+
+    flowing = Traffic(devstack, rate=SUITE_TRAFFIC_RATE, stream_share=0.2, fail_share=0.05)
+    flowing.start()
+    try:
+        flowing.wait_for(requests=int(SUITE_TRAFFIC_RATE * 2), timeout_s=120)
+        yield flowing
+    finally:
+        report = flowing.stop()
+    assert report.unexpected == 0, report.summary()
+    assert report.failed_on_purpose == report.sent_to_failing, report.summary()

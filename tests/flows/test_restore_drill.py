@@ -31,6 +31,8 @@ from tasks.storage import newest_complete_manifest
 from tests.prefect_api import run_logs
 
 STACK = "devstack"
+# Every test here runs while traffic flows through the stack (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("traffic")
 
 
 # ---- helpers shared with test_restore.py ------------------------------------------------------

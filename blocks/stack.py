@@ -26,7 +26,7 @@ from pydantic import ConfigDict, Field, SecretStr, ValidationError, field_valida
 
 from blocks.stack_env import ENV_FIELDS, _describe, _missing_stack, _parse_routes
 from tasks.decisions.alerts import NotificationRoute, Severity
-from tasks.decisions.redaction import error_line, redact_url, scrub_values, secret_forms
+from tasks.decisions.redaction import Lines, error_line, redact_url, scrub_values, secret_forms
 from tasks.errors import StackConfigError
 
 if TYPE_CHECKING:
@@ -416,9 +416,11 @@ class Stack(Block):
             http_client=http,
         )
 
-    def error_line(self, exc: BaseException | str, *, limit: int = 600) -> str:
-        """``exc`` as one scrubbed, bounded piece of a message."""
-        return error_line(exc, self.scrub, limit=limit)
+    def error_line(
+        self, exc: BaseException | str, *, limit: int = 600, lines: Lines = "keep"
+    ) -> str:
+        """``exc`` as one scrubbed, bounded piece of a message (see ``error_line``)."""
+        return error_line(exc, self.scrub, limit=limit, lines=lines)
 
     def salt_fingerprint(self, salt: str) -> str | None:
         """A salted hash of the LiteLLM salt key: proves it unchanged without storing it."""

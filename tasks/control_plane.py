@@ -97,7 +97,7 @@ def check_backup_freshness(
     except StorageError as exc:
         return failed(
             "backup-fresh",
-            f"could not list the backup sets: {stack.scrub(str(exc))[:300]}",
+            f"could not list the backup sets: {stack.error_line(str(exc), limit=300)}",
             fix="check the backup bucket and the S3 credentials' list/read permissions",
         )
     started_run: str | None = None

@@ -59,7 +59,8 @@ HEALTH_SERVICES: tuple[str, ...] = tuple(s for s in SERVICES if s != "backup-fre
 
 
 def _error(stack: Stack, exc: BaseException) -> str:
-    return stack.scrub(" ".join(f"{type(exc).__name__}: {exc}".split()))[:300]
+    """Error text in a check's message: scrubbed, on one line, short enough for a table cell."""
+    return stack.error_line(exc, limit=300, lines="join")
 
 
 @task(name="check-services-healthy", cache_policy=NO_CACHE, persist_result=False)

@@ -123,6 +123,11 @@ def _ok(reason: str) -> Reading:
     return Reading("healthy", reason)
 
 
+def _reason(stack: Stack, error: BaseException | str) -> str:
+    """An error as part of a reason: scrubbed, its first line, at most 200 characters."""
+    return stack.error_line(error, limit=200, lines="first")
+
+
 async def _in_thread(fn: Callable[[], T]) -> T:
     return await asyncio.get_running_loop().run_in_executor(_BLOCKING, fn)
 
@@ -203,7 +208,7 @@ async def check_postgres(stack: Stack, timeout_s: float, th: HealthThresholds) -
                 "connection limit reached: new connections are refused (max_connections); "
                 "find the client holding them in pg_stat_activity",
             )
-        return Reading("unhealthy", "cannot connect: " + _first_line(stack.scrub(text)))
+        return Reading("unhealthy", "cannot connect: " + _reason(stack, text))
     async with conn:
         cur = await conn.execute(
             "SELECT 1, (SELECT count(*) FROM pg_stat_activity WHERE backend_type = "
@@ -217,10 +222,6 @@ async def check_postgres(stack: Stack, timeout_s: float, th: HealthThresholds) -
     if pct >= th.postgres_connections_degraded_pct:
         return Reading("degraded", f"{reason}, near max_connections: new clients soon refused")
     return _ok(reason)
-
-
-def _first_line(text: str) -> str:
-    return (text.strip().splitlines() or [""])[0][:200]
 
 
 # ---- ClickHouse -------------------------------------------------------------------------
@@ -244,7 +245,7 @@ async def check_clickhouse(stack: Stack, timeout_s: float, th: HealthThresholds)
     try:
         free, total = await _in_thread(query)
     except (ClickHouseError, OpsError) as exc:
-        return Reading("unhealthy", "query failed: " + _first_line(stack.scrub(str(exc))))
+        return Reading("unhealthy", "query failed: " + _reason(stack, str(exc)))
     return disk_reading(free, total, th)
 
 
@@ -270,9 +271,7 @@ async def check_redis(stack: Stack, timeout_s: float, th: HealthThresholds) -> R
     except AuthenticationError:
         return Reading("unhealthy", "authentication refused: check REDIS_PASSWORD")
     except (RedisError, OSError) as exc:
-        return Reading(
-            "unhealthy", "PING failed: " + _first_line(stack.scrub(f"{type(exc).__name__}: {exc}"))
-        )
+        return Reading("unhealthy", "PING failed: " + _reason(stack, exc))
     finally:
         await client.aclose()
     return redis_reading(
@@ -318,7 +317,7 @@ async def check_object_storage(stack: Stack, timeout_s: float, th: HealthThresho
     except S3Error as exc:
         return Reading("unhealthy", f"S3 refused HEAD {stack.backup_bucket}: {exc.code}")
     except HTTPError as exc:
-        return Reading("unhealthy", "S3 unreachable: " + _first_line(stack.scrub(str(exc))))
+        return Reading("unhealthy", "S3 unreachable: " + _reason(stack, str(exc)))
     if not exists:
         return Reading(
             "unhealthy", f"backup bucket {stack.backup_bucket!r} does not exist: create it"
@@ -332,7 +331,7 @@ async def check_backup_freshness(stack: Stack, timeout_s: float, th: HealthThres
         client = stack.s3(timeout_s=timeout_s, retries=0)
         manifest = await _in_thread(lambda: newest_complete_manifest(stack, client))
     except StorageError as exc:
-        return Reading("unhealthy", "cannot list backup sets: " + _first_line(str(exc)))
+        return Reading("unhealthy", "cannot list backup sets: " + _reason(stack, str(exc)))
     return freshness_reading(
         None if manifest is None else manifest.finished_at,
         datetime.now(UTC),
@@ -382,15 +381,17 @@ async def run_check(
         reading = Reading("unhealthy", f"no answer within {timeout_s:g} s")
     except httpx.ConnectError as exc:
         reading = Reading(
-            "unhealthy", "connection refused or unreachable: " + _first_line(str(exc))
+            "unhealthy", "connection refused or unreachable: " + _reason(stack, str(exc))
         )
     except httpx.HTTPError as exc:
-        reading = Reading("unhealthy", f"HTTP error: {type(exc).__name__}: {_first_line(str(exc))}")
+        reading = Reading(
+            "unhealthy", f"HTTP error: {type(exc).__name__}: {_reason(stack, str(exc))}"
+        )
     except Exception as exc:
         # A check is a probe: whatever breaks inside it is a reading of the service
         # (or the probe), reported as such, never a crash of the sweep.
         reading = Reading(
-            "unhealthy", f"check failed: {type(exc).__name__}: {_first_line(str(exc))}"
+            "unhealthy", f"check failed: {type(exc).__name__}: {_reason(stack, str(exc))}"
         )
     latency_ms = (time.monotonic() - started) * 1000
     return ServiceHealth(

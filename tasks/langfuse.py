@@ -41,7 +41,7 @@ def wait_for_trace(
                 response = client.get(url)
                 last_status = response.status_code
             except httpx.HTTPError as exc:
-                logger.info("trace lookup failed, retrying: %s", stack.scrub(str(exc)))
+                logger.info("trace lookup failed, retrying: %s", stack.error_line(str(exc)))
                 response = None
             if response is not None:
                 if response.is_success:

@@ -37,11 +37,11 @@ def _detail(stack: Stack, response: httpx.Response) -> str:
         text = str(error.get("message")) if isinstance(error, dict) else response.text
     except ValueError:
         text = response.text
-    return stack.scrub(" ".join(text.split()))[:200]
+    return stack.error_line(text, limit=200, lines="join")
 
 
 def _unreachable(name: str, stack: Stack, exc: httpx.HTTPError) -> CheckResult:
-    error = stack.scrub(f"{type(exc).__name__}: {exc}")
+    error = stack.error_line(exc)
     return failed(
         name,
         f"LiteLLM at {stack.litellm_url} did not answer: {error}",

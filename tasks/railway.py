@@ -128,8 +128,7 @@ def check_railway_deployments(stack: Stack, timeout_s: float) -> CheckResult:
     except httpx.HTTPError as exc:
         return failed(
             "railway-deployments",
-            f"Railway's API at {stack.railway_api_url} did not answer: "
-            f"{stack.scrub(f'{type(exc).__name__}: {exc}')}",
+            f"Railway's API at {stack.railway_api_url} did not answer: {stack.error_line(exc)}",
             fix="retry later (Railway may be degraded), or check RAILWAY_API_URL",
         )
     if response.status_code in (401, 403):
@@ -148,9 +147,10 @@ def check_railway_deployments(stack: Stack, timeout_s: float) -> CheckResult:
         )
     if answer.errors or answer.data is None:
         messages = "; ".join(str(e.get("message", e)) for e in answer.errors or [])
+        shown = stack.error_line(messages, limit=300) or "no data"
         return failed(
             "railway-deployments",
-            f"Railway's API answered with errors: {stack.scrub(messages)[:300] or 'no data'}",
+            f"Railway's API answered with errors: {shown}",
             fix="check RAILWAY_PROJECT_ID, and that the token can read this project",
         )
     return judge_railway(latest_statuses(answer.data.project, stack.railway_environment_id))

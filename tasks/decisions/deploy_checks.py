@@ -24,6 +24,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.decisions.checks import CheckResult, failed, skipped
+from tasks.decisions.redaction import error_line
 
 __all__ = [
     "CHECKS",
@@ -224,7 +225,7 @@ class Ledger:
         except Exception as exc:  # a check that crashed is a failed check, not a lost report
             result = failed(
                 name,
-                f"the check itself failed: {type(exc).__name__}: {exc}",
+                f"the check itself failed: {error_line(exc, self._scrub)}",
                 fix="read the flow run's logs for the traceback; fix the cause and run again",
             )
         return self.record(name, result, self._clock() - started)

@@ -158,7 +158,7 @@ def wait_ch_restore(
         return failed(
             name,
             f"RESTORE into {target} ended {end.status}: "
-            f"{stack.scrub(end.error)[:600] or 'no error text'}",
+            f"{stack.error_line(end.error) or 'no error text'}",
             component="clickhouse",
         )
     return failed(
@@ -203,7 +203,7 @@ def read_ch_tables(
             rows = client.query(f"SELECT count() FROM {qualified}").result_rows
             counts[str(table)] = int(rows[0][0])
         except (ClickHouseError, OSError, ValueError) as exc:
-            problems.append(f"reading {table} failed: {stack.scrub(str(exc))[:300]}")
+            problems.append(f"reading {table} failed: {stack.error_line(str(exc), limit=300)}")
     if problems:
         read = failed(f"clickhouse-read{tag}", shorten(problems), component="clickhouse")
     else:

@@ -95,10 +95,10 @@ def set_fault(dev: Devstack, mode: str) -> None:
 
 async def sequential(stack, timeout_s: float):  # type: ignore[no-untyped-def]
     """The original monitor's shape: one check after another."""
-    from tasks.health import CHECKS, HealthThresholds, run_check
+    from tasks.health import PROBES, HealthThresholds, run_check
 
     th = HealthThresholds(litellm_requires_db=False)
-    return [await run_check(name, fn, stack, timeout_s, th) for name, fn in CHECKS.items()]
+    return [await run_check(name, fn, stack, timeout_s, th) for name, fn in PROBES.items()]
 
 
 def timed(coro_factory) -> float:  # type: ignore[no-untyped-def]

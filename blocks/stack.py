@@ -27,7 +27,7 @@ from pydantic import ConfigDict, Field, SecretStr, ValidationError, field_valida
 from blocks.stack_clients import StackClients
 from blocks.stack_env import ENV_FIELDS, _describe, _missing_stack, _parse_routes
 from tasks.decisions.alerts import NotificationRoute, Severity
-from tasks.decisions.redaction import error_line, scrub_values, secret_forms
+from tasks.decisions.redaction import Lines, error_line, scrub_values, secret_forms
 from tasks.errors import StackConfigError
 
 __all__ = [
@@ -275,9 +275,11 @@ class Stack(StackClients, Block):
         """``text`` with every secret value (in any of its escaped forms) replaced by ``***``."""
         return scrub_values(text, self.secret_values())
 
-    def error_line(self, exc: BaseException | str, *, limit: int = 600) -> str:
-        """``exc`` as one scrubbed, bounded piece of a message."""
-        return error_line(exc, self.scrub, limit=limit)
+    def error_line(
+        self, exc: BaseException | str, *, limit: int = 600, lines: Lines = "keep"
+    ) -> str:
+        """``exc`` as one scrubbed, bounded piece of a message (see ``error_line``)."""
+        return error_line(exc, self.scrub, limit=limit, lines=lines)
 
     def salt_fingerprint(self, salt: str) -> str | None:
         """A salted hash of the LiteLLM salt key: proves it unchanged without storing it."""

@@ -317,10 +317,11 @@ def ensure_buckets(stack: Stack, report: BootstrapReport) -> None:
                 outcome = "created"
         except (S3Error, HTTPError, OSError) as exc:
             report.warnings.append(
-                stack.scrub(
+                stack.error_line(
                     f"bucket {bucket}: not checked, S3 at {stack.s3_endpoint} "
-                    f"answered {type(exc).__name__}: {exc}"
-                )[:300]
+                    f"answered {type(exc).__name__}: {exc}",
+                    limit=300,
+                )
             )
             continue
         report.steps.append(StepResult(kind="bucket", name=bucket, outcome=outcome))

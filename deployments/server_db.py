@@ -17,13 +17,14 @@ import os
 import sys
 import time
 from collections.abc import Mapping
+from functools import partial
 from typing import Literal
 from urllib.parse import urlsplit
 
 import psycopg
 from psycopg import sql
 
-from tasks.decisions.redaction import redact_url
+from tasks.decisions.redaction import error_line, redact_url, scrub_values
 from tasks.errors import ControlPlaneError
 
 __all__ = [
@@ -69,10 +70,10 @@ def ensure_database(
         except psycopg.OperationalError as exc:
             if time.monotonic() >= deadline:
                 password = urlsplit(admin_dsn).password or ""
-                reason = str(exc).replace(password, "***") if password else str(exc)
+                reason = error_line(str(exc), partial(scrub_values, values=[password]))
                 raise ControlPlaneError(
                     f"cannot reach Postgres at {redact_url(admin_dsn)} to create the "
-                    f"{name!r} database after {wait_s:.0f}s: {reason.strip()}. Check "
+                    f"{name!r} database after {wait_s:.0f}s: {reason}. Check "
                     "DATABASE_URL on the prefect-server service and that postgres runs."
                 ) from None
             time.sleep(2.0)

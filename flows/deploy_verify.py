@@ -52,8 +52,8 @@ from tasks.control_plane import (
 )
 from tasks.decisions.deploy_checks import (
     CHECKS,
-    CheckOutcome,
     Ledger,
+    ReportRow,
     plan_checks,
     render_report,
     verdict,
@@ -187,7 +187,7 @@ class DeployVerifyResult(BaseModel):
 
     stack: str
     passed: bool
-    checks: list[CheckOutcome]
+    checks: list[ReportRow]
     trace_id: str | None
     report_key: str
     seconds: float
@@ -292,7 +292,7 @@ def deploy_verify(
     )
 
 
-def _log_outcome(outcome: CheckOutcome) -> None:
+def _log_outcome(outcome: ReportRow) -> None:
     logger = get_run_logger()
     log = logger.warning if outcome.status == "failed" else logger.info
     log("%-20s %-7s %5.2f s  %s", outcome.name, outcome.status, outcome.seconds, outcome.message)

@@ -37,7 +37,7 @@ from prefect.logging import get_run_logger
 from pydantic import BaseModel, Field
 
 from tasks.decisions.alerting import AlertPolicy, StatusChange, decide, group_notices, worst_status
-from tasks.decisions.health import CheckResult, HealthStatus
+from tasks.decisions.health import HealthStatus, ServiceHealth
 from tasks.health import HealthThresholds, check_services
 from tasks.health_state import (
     emit_status_events,
@@ -81,7 +81,7 @@ class SweepSummary(BaseModel):
     stack: str
     skipped: bool = Field(default=False, description="Stale run that exited at once.")
     overall: HealthStatus = "healthy"
-    checks: list[CheckResult] = Field(default_factory=list)
+    checks: list[ServiceHealth] = Field(default_factory=list)
     changes: list[StatusChange] = Field(default_factory=list)
     notices: int = 0
     channels_sent: int = 0

@@ -123,13 +123,13 @@ def restore(stack: str = "production", config: RestoreConfig | None = None) -> R
     logger.info("== verifying the backup set")
     found = load_backup_manifest(ops, config.backup_id)
     if found.manifest is None:
-        raise IntegrityError(f"{found.check.name}: {found.check.reason}")
+        raise IntegrityError(f"{found.check.name}: {found.check.message}")
     manifest = found.manifest
     verified = verify_set_objects(ops, manifest)
     if not all(c.passed for c in verified.checks):
         raise IntegrityError(
             "set failed verification: "
-            + "; ".join(f"{c.name}: {c.reason}" for c in verified.checks if not c.passed)
+            + "; ".join(f"{c.name}: {c.message}" for c in verified.checks if not c.passed)
         )
 
     targets = (config.postgres_target, config.clickhouse_target)

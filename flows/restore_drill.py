@@ -28,7 +28,8 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
 from blocks.stack import Stack
-from tasks.decisions.drill import Check, DrillReport, rpo_seconds, scratch_database_name, skipped
+from tasks.decisions.checks import CheckResult, skipped
+from tasks.decisions.drill import DrillReport, rpo_seconds, scratch_database_name
 from tasks.decisions.manifest import BACKUP_ID_PATTERN
 from tasks.errors import IntegrityError
 from tasks.notify import alert_on_failure
@@ -114,7 +115,7 @@ def restore_drill(
 
     logger.info("== verifying the backup set")
     found = load_backup_manifest(ops, config.backup_id)
-    checks: list[Check] = [found.check]
+    checks: list[CheckResult] = [found.check]
     timings = []
     manifest = found.manifest
     ch_backups = manifest.clickhouse if manifest and config.clickhouse else []
@@ -146,14 +147,16 @@ def restore_drill(
                 checks += pg.checks
                 timings += [pg.timing] if pg.timing else []
             elif config.postgres:
-                checks.append(skipped("postgres-restore", "postgres", "dump failed verification"))
+                checks.append(
+                    skipped("postgres-restore", "dump failed verification", component="postgres")
+                )
             for backup, target in zip(ch_backups, names.clickhouse, strict=True):
                 if not verified.clickhouse_ok(backup.database):
                     checks.append(
                         skipped(
                             f"clickhouse-restore[{backup.database}]",
-                            "clickhouse",
                             "backup failed verification",
+                            component="clickhouse",
                         )
                     )
                     continue

@@ -118,7 +118,7 @@ def ch_error(
     # ClickHouse appends a native stack trace to its messages: keep the first part.
     text = text.split("Stack trace")[0].strip().rstrip(",").strip()
     return error(
-        f"ClickHouse {action} failed on {stack.clickhouse_url}: {stack.scrub(text)[:800]}"
+        f"ClickHouse {action} failed on {stack.clickhouse_url}: {stack.error_line(text, limit=800)}"
         + (f" {hint}" if (hint := advice(exc)) else "")
     )
 

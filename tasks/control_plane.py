@@ -28,7 +28,8 @@ from prefect.variables import Variable
 from pydantic import ValidationError
 
 from blocks.stack import Stack
-from tasks.decisions.deploy_checks import CheckOutcome, Finding, table_rows
+from tasks.decisions.checks import CheckResult, failed
+from tasks.decisions.deploy_checks import ReportRow, table_rows
 from tasks.decisions.deploy_judges import SaltRecord, judge_backup_age, judge_master_key, judge_salt
 from tasks.errors import StorageError
 from tasks.storage import newest_complete_manifest
@@ -53,13 +54,13 @@ def report_key(stack_document: str) -> str:
 
 
 @task(name="check-master-key", cache_policy=NO_CACHE, persist_result=False)
-def check_master_key(stack: Stack) -> Finding:
+def check_master_key(stack: Stack) -> CheckResult:
     """The block validates this too; checked again because a block can be edited in the UI."""
     return judge_master_key(stack.litellm_master_key.get_secret_value().startswith("sk-"))
 
 
 @task(name="check-salt-key", cache_policy=NO_CACHE, persist_result=False)
-def check_salt_key(stack: Stack) -> Finding:
+def check_salt_key(stack: Stack) -> CheckResult:
     """Compare the salt key with the fingerprint of the first verification (or record it)."""
     name = salt_variable_name(stack)
     raw = Variable.get(name)
@@ -68,32 +69,36 @@ def check_salt_key(stack: Stack) -> Finding:
         try:
             stored = SaltRecord.model_validate(raw)
         except ValidationError:
-            return Finding.failed(
+            return failed(
+                "salt-key",
                 f"the Prefect variable {name!r} does not hold a salt fingerprint",
-                f"delete the variable {name!r} only if LITELLM_SALT_KEY is known to be the "
+                fix=f"delete the variable {name!r} only if LITELLM_SALT_KEY is known to be the "
                 "original; the next run records it again",
             )
     if stored is not None:
         return judge_salt(stored, stack.salt_fingerprint(stored.salt), name)
     salt = secrets.token_hex(16)
     fingerprint = stack.salt_fingerprint(salt)
-    finding = judge_salt(None, fingerprint, name)
+    result = judge_salt(None, fingerprint, name)
     if fingerprint is not None:
         record = SaltRecord(salt=salt, fingerprint=fingerprint, recorded_at=datetime.now(UTC))
         Variable.set(name, record.model_dump(mode="json"), tags=["deploy-verify"], overwrite=False)
-    return finding
+    return result
 
 
 @task(name="check-backup-freshness", cache_policy=NO_CACHE, persist_result=False)
-def check_backup_freshness(stack: Stack, max_age_hours: float, start_first_backup: bool) -> Finding:
+def check_backup_freshness(
+    stack: Stack, max_age_hours: float, start_first_backup: bool
+) -> CheckResult:
     """The newest complete set is young enough; with none at all, start a first backup."""
     deployment = f"backup/{stack.stack_name}"
     try:
         manifest = newest_complete_manifest(stack)
     except StorageError as exc:
-        return Finding.failed(
-            f"could not list the backup sets: {stack.scrub(str(exc))[:300]}",
-            "check the backup bucket and the S3 credentials' list/read permissions",
+        return failed(
+            "backup-fresh",
+            f"could not list the backup sets: {stack.error_line(str(exc), limit=300)}",
+            fix="check the backup bucket and the S3 credentials' list/read permissions",
         )
     started_run: str | None = None
     if manifest is None and start_first_backup:
@@ -129,7 +134,7 @@ def _start_first_backup(deployment: str) -> str | None:
 
 @task(name="publish-verify-report", cache_policy=NO_CACHE, persist_result=False)
 def publish_verify_report(
-    stack_document: str, markdown: str, outcomes: list[CheckOutcome], summary: str
+    stack_document: str, markdown: str, outcomes: list[ReportRow], summary: str
 ) -> str:
     """The report as a markdown artifact plus a table artifact; returns the report key."""
     key = report_key(stack_document)

@@ -1,10 +1,10 @@
 """Read-only checks of the stateful services' invariants, for deploy-verify.
 
 Each task looks at one system (Postgres, ClickHouse, Redis, S3) and returns a
-:class:`~tasks.decisions.deploy_checks.Finding`; the judgement itself lives in
+:class:`~tasks.decisions.checks.CheckResult`; the judgement itself lives in
 ``tasks.decisions.deploy_judges``. They write nothing except the S3 canary object, which
 they delete again. Every error text from a driver is scrubbed of secrets before it
-reaches a finding.
+reaches a result.
 """
 
 from __future__ import annotations
@@ -25,10 +25,9 @@ from psycopg import sql
 
 from blocks.stack import Stack
 from tasks.clickhouse import clickhouse_client
-from tasks.decisions.deploy_checks import Finding
+from tasks.decisions.checks import CheckResult, failed
 from tasks.decisions.deploy_judges import (
     BucketProbe,
-    ServiceHealth,
     judge_buckets,
     judge_clickhouse_tables,
     judge_health,
@@ -60,22 +59,22 @@ HEALTH_SERVICES: tuple[str, ...] = tuple(s for s in SERVICES if s != "backup-fre
 
 
 def _error(stack: Stack, exc: BaseException) -> str:
-    return stack.scrub(" ".join(f"{type(exc).__name__}: {exc}".split()))[:300]
+    """Error text in a check's message: scrubbed, on one line, short enough for a table cell."""
+    return stack.error_line(exc, limit=300, lines="join")
 
 
 @task(name="check-services-healthy", cache_policy=NO_CACHE, persist_result=False)
-def check_services_healthy(stack: Stack, timeout_s: float, fail_on_degraded: bool) -> Finding:
+def check_services_healthy(stack: Stack, timeout_s: float, fail_on_degraded: bool) -> CheckResult:
     """The health sweep's checks, all at once; unhealthy services block their checks."""
     results = run_coro_as_sync(
         run_checks(stack, timeout_s=timeout_s, services=list(HEALTH_SERVICES))
     )
     assert results is not None  # run_checks always returns a list
-    services = [ServiceHealth(service=r.service, status=r.status, reason=r.reason) for r in results]
-    return judge_health(services, fail_on_degraded)
+    return judge_health(results, fail_on_degraded)
 
 
 @task(name="check-postgres-schema", cache_policy=NO_CACHE, persist_result=False)
-def check_postgres_schema(stack: Stack, tables: Sequence[str], timeout_s: float) -> Finding:
+def check_postgres_schema(stack: Stack, tables: Sequence[str], timeout_s: float) -> CheckResult:
     """Every required ``schema.table`` exists; every Prisma migration there has finished."""
     schemas = sorted({t.partition(".")[0] for t in tables})
     try:
@@ -100,16 +99,17 @@ def check_postgres_schema(stack: Stack, tables: Sequence[str], timeout_s: float)
                 ).format(sql.Identifier(schema, name))
                 unfinished += [f"{schema}.{row[0]}" for row in conn.execute(query)]
     except psycopg.Error as exc:
-        return Finding.failed(
+        return failed(
+            "postgres-schema",
             f"could not read the schema from {stack.postgres_dsn_redacted}: {_error(stack, exc)}",
-            "check DATABASE_URL (host, credentials, database) and that Postgres accepts "
+            fix="check DATABASE_URL (host, credentials, database) and that Postgres accepts "
             "connections",
         )
     return judge_tables(tables, present, unfinished)
 
 
 @task(name="check-clickhouse-schema", cache_policy=NO_CACHE, persist_result=False)
-def check_clickhouse_schema(stack: Stack, tables: Sequence[str], timeout_s: float) -> Finding:
+def check_clickhouse_schema(stack: Stack, tables: Sequence[str], timeout_s: float) -> CheckResult:
     """Langfuse's tables exist in its ClickHouse database."""
     try:
         client = clickhouse_client(stack, timeout_s, connect_timeout_s=timeout_s)
@@ -122,9 +122,10 @@ def check_clickhouse_schema(stack: Stack, tables: Sequence[str], timeout_s: floa
         finally:
             client.close()
     except (ClickHouseError, OSError, OpsError) as exc:
-        return Finding.failed(
+        return failed(
+            "clickhouse-schema",
             f"could not list tables on {stack.clickhouse_url}: {_error(stack, exc)}",
-            "check CLICKHOUSE_URL, CLICKHOUSE_USER and CLICKHOUSE_PASSWORD",
+            fix="check CLICKHOUSE_URL, CLICKHOUSE_USER and CLICKHOUSE_PASSWORD",
         )
     return judge_clickhouse_tables(stack.clickhouse_database, tables, present)
 
@@ -132,22 +133,24 @@ def check_clickhouse_schema(stack: Stack, tables: Sequence[str], timeout_s: floa
 @task(name="check-redis-persistence", cache_policy=NO_CACHE, persist_result=False)
 def check_redis_persistence(
     stack: Stack, expected_policy: str, require_aof: bool, timeout_s: float
-) -> Finding:
+) -> CheckResult:
     """AOF is on and maxmemory-policy is what Langfuse's queues need."""
     client = stack.redis(timeout_s=timeout_s)
     try:
         appendonly = client.config_get("appendonly").get("appendonly", "unknown")
         policy = client.config_get("maxmemory-policy").get("maxmemory-policy", "unknown")
     except redis.ResponseError as exc:
-        return Finding.failed(
+        return failed(
+            "redis-persistence",
             f"Redis refused CONFIG GET: {_error(stack, exc)}",
-            "allow CONFIG for this user (or check AOF and maxmemory-policy on the Redis "
+            fix="allow CONFIG for this user (or check AOF and maxmemory-policy on the Redis "
             "service by hand) and set require_redis_aof accordingly",
         )
     except redis.RedisError as exc:
-        return Finding.failed(
+        return failed(
+            "redis-persistence",
             f"could not reach Redis at {stack.redis_host}:{stack.redis_port}: {_error(stack, exc)}",
-            "check REDIS_HOST, REDIS_PORT and REDIS_PASSWORD",
+            fix="check REDIS_HOST, REDIS_PORT and REDIS_PASSWORD",
         )
     finally:
         client.close()
@@ -178,7 +181,7 @@ def _probe_bucket(client: Minio, stack: Stack, bucket: str, role: str, key: str)
 
 
 @task(name="check-s3-buckets", cache_policy=NO_CACHE, persist_result=False)
-def check_s3_buckets(stack: Stack, canary_name: str, timeout_s: float) -> Finding:
+def check_s3_buckets(stack: Stack, canary_name: str, timeout_s: float) -> CheckResult:
     """Both buckets exist, and a canary object can be written, read and deleted in each."""
     client = stack.s3(timeout_s=timeout_s, retries=1)
     key = f"{CANARY_PREFIX}/{canary_name}.txt"

@@ -1,7 +1,8 @@
 """Health checks of every service of a stack, run concurrently, each with its own timeout.
 
-A check gives a :class:`CheckResult`: healthy, degraded or unhealthy, its latency and a
-one-line reason a person can act on. :func:`run_checks` runs them all at once, so a
+A check probes one service and gives its
+:class:`~tasks.decisions.health.ServiceHealth`: healthy, degraded or unhealthy, its
+latency and a one-line reason a person can act on. :func:`run_checks` runs them all at once, so a
 sweep takes as long as its slowest check (at most ``timeout_s``), never their sum.
 
 Every socket gets the check's timeout too: ``asyncio.wait_for`` cannot interrupt a
@@ -45,15 +46,15 @@ from urllib3.exceptions import HTTPError
 
 from blocks.stack import Stack
 from tasks.clickhouse import clickhouse_client
-from tasks.decisions.health import SERVICES, STATUS_RANK, CheckResult, HealthStatus
+from tasks.decisions.health import SERVICES, STATUS_RANK, HealthStatus, ServiceHealth
 from tasks.errors import OpsError, StorageError
 from tasks.storage import newest_complete_manifest
 
 __all__ = [
-    "CHECKS",
-    "Check",
+    "PROBES",
     "HealthThresholds",
-    "Verdict",
+    "Probe",
+    "Reading",
     "check_backup_freshness",
     "check_clickhouse",
     "check_langfuse_web",
@@ -64,9 +65,9 @@ __all__ = [
     "check_postgres",
     "check_redis",
     "check_services",
-    "disk_verdict",
-    "freshness_verdict",
-    "redis_verdict",
+    "disk_reading",
+    "freshness_reading",
+    "redis_reading",
     "run_check",
     "run_checks",
 ]
@@ -107,16 +108,24 @@ class HealthThresholds(BaseModel):
     )
 
 
-class Verdict(NamedTuple):
+class Reading(NamedTuple):
+    """What one probe of a service read: its status and the one-line reason."""
+
     status: HealthStatus
     reason: str
 
 
-Check = Callable[[Stack, float, HealthThresholds], Awaitable[Verdict]]
+# A probe of one service: reads it within timeout_s, judged against the thresholds.
+Probe = Callable[[Stack, float, HealthThresholds], Awaitable[Reading]]
 
 
-def _ok(reason: str) -> Verdict:
-    return Verdict("healthy", reason)
+def _ok(reason: str) -> Reading:
+    return Reading("healthy", reason)
+
+
+def _reason(stack: Stack, error: BaseException | str) -> str:
+    """An error as part of a reason: scrubbed, its first line, at most 200 characters."""
+    return stack.error_line(error, limit=200, lines="first")
 
 
 async def _in_thread(fn: Callable[[], T]) -> T:
@@ -135,32 +144,32 @@ async def _get(url: str, timeout_s: float) -> httpx.Response:
         return await client.get(url)
 
 
-def _http_verdict(name: str, response: httpx.Response) -> Verdict | None:
+def _http_reading(name: str, response: httpx.Response) -> Reading | None:
     """Unhealthy for an HTTP error status, None when the status is fine."""
     if response.status_code >= 400:
         body = response.text.strip().replace("\n", " ")[:120]
-        return Verdict("unhealthy", f"{name} answered HTTP {response.status_code}: {body}")
+        return Reading("unhealthy", f"{name} answered HTTP {response.status_code}: {body}")
     return None
 
 
-async def check_litellm(stack: Stack, timeout_s: float, th: HealthThresholds) -> Verdict:
+async def check_litellm(stack: Stack, timeout_s: float, th: HealthThresholds) -> Reading:
     response = await _get(f"{stack.litellm_url}/health/liveliness", timeout_s)
-    return _http_verdict("liveliness", response) or _ok("liveliness answered 200")
+    return _http_reading("liveliness", response) or _ok("liveliness answered 200")
 
 
-async def check_litellm_readiness(stack: Stack, timeout_s: float, th: HealthThresholds) -> Verdict:
+async def check_litellm_readiness(stack: Stack, timeout_s: float, th: HealthThresholds) -> Reading:
     response = await _get(f"{stack.litellm_url}/health/readiness", timeout_s)
     # LiteLLM answers 503 when its configured database is unreachable.
-    if bad := _http_verdict("readiness", response):
+    if bad := _http_reading("readiness", response):
         return bad
     try:
         body = response.json()
     except ValueError:
-        return Verdict("degraded", "readiness answered 200 but not JSON")
+        return Reading("degraded", "readiness answered 200 but not JSON")
     db = str(body.get("db", "unknown")) if isinstance(body, dict) else "unknown"
     status = str(body.get("status", "unknown")) if isinstance(body, dict) else "unknown"
     if status != "healthy":
-        return Verdict("unhealthy", f"readiness status {status!r}, db {db!r}")
+        return Reading("unhealthy", f"readiness status {status!r}, db {db!r}")
     if db == "connected":
         return _ok("ready, database connected")
     requires_db = (
@@ -168,38 +177,38 @@ async def check_litellm_readiness(stack: Stack, timeout_s: float, th: HealthThre
     )
     if db.lower() in ("not connected", "not_connected") and not requires_db:
         return _ok("ready, runs without a database")
-    return Verdict(
+    return Reading(
         "degraded",
         f"ready but database {db!r}: virtual keys and spend tracking do not work; "
         "check LiteLLM's DATABASE_URL",
     )
 
 
-async def check_langfuse_web(stack: Stack, timeout_s: float, th: HealthThresholds) -> Verdict:
+async def check_langfuse_web(stack: Stack, timeout_s: float, th: HealthThresholds) -> Reading:
     response = await _get(f"{stack.langfuse_url}/api/public/health", timeout_s)
-    return _http_verdict("/api/public/health", response) or _ok("/api/public/health OK")
+    return _http_reading("/api/public/health", response) or _ok("/api/public/health OK")
 
 
-async def check_langfuse_worker(stack: Stack, timeout_s: float, th: HealthThresholds) -> Verdict:
+async def check_langfuse_worker(stack: Stack, timeout_s: float, th: HealthThresholds) -> Reading:
     response = await _get(f"{stack.langfuse_worker_url}/api/health", timeout_s)
-    return _http_verdict("/api/health", response) or _ok("/api/health OK")
+    return _http_reading("/api/health", response) or _ok("/api/health OK")
 
 
 # ---- Postgres ---------------------------------------------------------------------------
 
 
-async def check_postgres(stack: Stack, timeout_s: float, th: HealthThresholds) -> Verdict:
+async def check_postgres(stack: Stack, timeout_s: float, th: HealthThresholds) -> Reading:
     try:
         conn = await stack.postgres_async(timeout_s=timeout_s, application_name="ops-health-sweep")
     except psycopg.OperationalError as exc:
         text = str(exc)
         if "too many clients" in text or "connection slots are reserved" in text:
-            return Verdict(
+            return Reading(
                 "unhealthy",
                 "connection limit reached: new connections are refused (max_connections); "
                 "find the client holding them in pg_stat_activity",
             )
-        return Verdict("unhealthy", "cannot connect: " + _first_line(stack.scrub(text)))
+        return Reading("unhealthy", "cannot connect: " + _reason(stack, text))
     async with conn:
         cur = await conn.execute(
             "SELECT 1, (SELECT count(*) FROM pg_stat_activity WHERE backend_type = "
@@ -211,20 +220,16 @@ async def check_postgres(stack: Stack, timeout_s: float, th: HealthThresholds) -
     pct = _pct(used, limit)
     reason = f"{used}/{limit} connections ({pct:.0f}%)"
     if pct >= th.postgres_connections_degraded_pct:
-        return Verdict("degraded", f"{reason}, near max_connections: new clients soon refused")
+        return Reading("degraded", f"{reason}, near max_connections: new clients soon refused")
     return _ok(reason)
-
-
-def _first_line(text: str) -> str:
-    return (text.strip().splitlines() or [""])[0][:200]
 
 
 # ---- ClickHouse -------------------------------------------------------------------------
 
 
-async def check_clickhouse(stack: Stack, timeout_s: float, th: HealthThresholds) -> Verdict:
+async def check_clickhouse(stack: Stack, timeout_s: float, th: HealthThresholds) -> Reading:
     ping = await _get(f"{stack.clickhouse_url}/ping", timeout_s)
-    if bad := _http_verdict("/ping", ping):
+    if bad := _http_reading("/ping", ping):
         return bad
 
     def query() -> tuple[int, int]:
@@ -240,38 +245,36 @@ async def check_clickhouse(stack: Stack, timeout_s: float, th: HealthThresholds)
     try:
         free, total = await _in_thread(query)
     except (ClickHouseError, OpsError) as exc:
-        return Verdict("unhealthy", "query failed: " + _first_line(stack.scrub(str(exc))))
-    return disk_verdict(free, total, th)
+        return Reading("unhealthy", "query failed: " + _reason(stack, str(exc)))
+    return disk_reading(free, total, th)
 
 
-def disk_verdict(free: int, total: int, th: HealthThresholds) -> Verdict:
+def disk_reading(free: int, total: int, th: HealthThresholds) -> Reading:
     free_pct = _pct(free, total)
     reason = f"SELECT 1 ok, {free_pct:.0f}% disk free ({free / 2**30:.1f} GiB)"
     if free_pct < th.clickhouse_free_disk_unhealthy_pct:
-        return Verdict("unhealthy", f"{reason}: inserts fail when the disk fills")
+        return Reading("unhealthy", f"{reason}: inserts fail when the disk fills")
     if free_pct < th.clickhouse_free_disk_degraded_pct:
-        return Verdict("degraded", f"{reason}: free space or grow the volume")
+        return Reading("degraded", f"{reason}: free space or grow the volume")
     return _ok(reason)
 
 
 # ---- Redis ------------------------------------------------------------------------------
 
 
-async def check_redis(stack: Stack, timeout_s: float, th: HealthThresholds) -> Verdict:
+async def check_redis(stack: Stack, timeout_s: float, th: HealthThresholds) -> Reading:
     client = stack.redis_async(timeout_s=timeout_s)
     try:
         await client.ping()
         memory: dict[str, Any] = await client.info("memory")
         persistence: dict[str, Any] = await client.info("persistence")
     except AuthenticationError:
-        return Verdict("unhealthy", "authentication refused: check REDIS_PASSWORD")
+        return Reading("unhealthy", "authentication refused: check REDIS_PASSWORD")
     except (RedisError, OSError) as exc:
-        return Verdict(
-            "unhealthy", "PING failed: " + _first_line(stack.scrub(f"{type(exc).__name__}: {exc}"))
-        )
+        return Reading("unhealthy", "PING failed: " + _reason(stack, exc))
     finally:
         await client.aclose()
-    return redis_verdict(
+    return redis_reading(
         int(memory.get("used_memory", 0)),
         int(memory.get("maxmemory", 0)),
         {k: str(v) for k, v in persistence.items()},
@@ -279,57 +282,57 @@ async def check_redis(stack: Stack, timeout_s: float, th: HealthThresholds) -> V
     )
 
 
-def redis_verdict(
+def redis_reading(
     used: int, limit: int, persistence: dict[str, str], th: HealthThresholds
-) -> Verdict:
+) -> Reading:
     """Memory against maxmemory (0 = no limit) and the AOF status from INFO persistence."""
     summary = f"PING ok, {used / 2**20:.0f} MiB used"
-    problems: list[Verdict] = []
+    problems: list[Reading] = []
     if limit:
         pct = _pct(used, limit)
         summary += f" of {limit / 2**20:.0f} MiB ({pct:.0f}%)"
         if pct >= th.redis_memory_degraded_pct:
-            problems.append(Verdict("degraded", "memory near maxmemory: writes soon refused"))
+            problems.append(Reading("degraded", "memory near maxmemory: writes soon refused"))
     if persistence.get("aof_enabled", "0") != "1":
-        problems.append(Verdict("degraded", "AOF is off: a restart loses queued jobs"))
+        problems.append(Reading("degraded", "AOF is off: a restart loses queued jobs"))
     elif persistence.get("aof_last_write_status", "ok") != "ok":
-        problems.append(Verdict("unhealthy", "AOF write failing: Redis refuses writes"))
+        problems.append(Reading("unhealthy", "AOF write failing: Redis refuses writes"))
     elif persistence.get("aof_last_bgrewrite_status", "ok") != "ok":
-        problems.append(Verdict("degraded", "AOF rewrite failed: check disk space"))
+        problems.append(Reading("degraded", "AOF rewrite failed: check disk space"))
     else:
         summary += ", AOF ok"
     if problems:
         worst = max(problems, key=lambda v: STATUS_RANK[v.status])
-        return Verdict(worst.status, ", ".join([summary, *(p.reason for p in problems)]))
+        return Reading(worst.status, ", ".join([summary, *(p.reason for p in problems)]))
     return _ok(summary)
 
 
 # ---- object storage and backups ---------------------------------------------------------
 
 
-async def check_object_storage(stack: Stack, timeout_s: float, th: HealthThresholds) -> Verdict:
+async def check_object_storage(stack: Stack, timeout_s: float, th: HealthThresholds) -> Reading:
     client = stack.s3(timeout_s=timeout_s, retries=0)
     try:
         exists = await _in_thread(lambda: client.bucket_exists(stack.backup_bucket))
     except S3Error as exc:
-        return Verdict("unhealthy", f"S3 refused HEAD {stack.backup_bucket}: {exc.code}")
+        return Reading("unhealthy", f"S3 refused HEAD {stack.backup_bucket}: {exc.code}")
     except HTTPError as exc:
-        return Verdict("unhealthy", "S3 unreachable: " + _first_line(stack.scrub(str(exc))))
+        return Reading("unhealthy", "S3 unreachable: " + _reason(stack, str(exc)))
     if not exists:
-        return Verdict(
+        return Reading(
             "unhealthy", f"backup bucket {stack.backup_bucket!r} does not exist: create it"
         )
     return _ok(f"bucket {stack.backup_bucket} reachable")
 
 
-async def check_backup_freshness(stack: Stack, timeout_s: float, th: HealthThresholds) -> Verdict:
+async def check_backup_freshness(stack: Stack, timeout_s: float, th: HealthThresholds) -> Reading:
     try:
         # Sockets give up after timeout_s and never retry: a probe answers in time.
         client = stack.s3(timeout_s=timeout_s, retries=0)
         manifest = await _in_thread(lambda: newest_complete_manifest(stack, client))
     except StorageError as exc:
-        return Verdict("unhealthy", "cannot list backup sets: " + _first_line(str(exc)))
-    return freshness_verdict(
+        return Reading("unhealthy", "cannot list backup sets: " + _reason(stack, str(exc)))
+    return freshness_reading(
         None if manifest is None else manifest.finished_at,
         datetime.now(UTC),
         th.backup_max_age_h,
@@ -337,22 +340,22 @@ async def check_backup_freshness(stack: Stack, timeout_s: float, th: HealthThres
     )
 
 
-def freshness_verdict(
+def freshness_reading(
     finished_at: datetime | None, now: datetime, max_age_h: float, where: str
-) -> Verdict:
+) -> Reading:
     """No complete set is unhealthy; a newest set older than ``max_age_h`` is degraded."""
     if finished_at is None:
-        return Verdict("unhealthy", f"no complete backup set under {where}: run the backup flow")
+        return Reading("unhealthy", f"no complete backup set under {where}: run the backup flow")
     if finished_at.tzinfo is None:
         finished_at = finished_at.replace(tzinfo=UTC)
     age_h = (now - finished_at).total_seconds() / 3600
     reason = f"newest complete backup {age_h:.1f} h old"
     if age_h > max_age_h:
-        return Verdict("degraded", f"{reason} (> {max_age_h:g} h): check the backup flow's runs")
+        return Reading("degraded", f"{reason} (> {max_age_h:g} h): check the backup flow's runs")
     return _ok(reason)
 
 
-CHECKS: dict[str, Check] = {
+PROBES: dict[str, Probe] = {
     "litellm": check_litellm,
     "litellm-readiness": check_litellm_readiness,
     "langfuse-web": check_langfuse_web,
@@ -366,34 +369,36 @@ CHECKS: dict[str, Check] = {
 
 
 async def run_check(
-    service: str, check: Check, stack: Stack, timeout_s: float, th: HealthThresholds
-) -> CheckResult:
+    service: str, check: Probe, stack: Stack, timeout_s: float, th: HealthThresholds
+) -> ServiceHealth:
     """One check, bounded by ``timeout_s``; any failure becomes an unhealthy result."""
     started = time.monotonic()
     try:
-        verdict = await asyncio.wait_for(check(stack, timeout_s, th), timeout_s)
+        reading = await asyncio.wait_for(check(stack, timeout_s, th), timeout_s)
     except TimeoutError:
-        verdict = Verdict("unhealthy", f"no answer within {timeout_s:g} s")
+        reading = Reading("unhealthy", f"no answer within {timeout_s:g} s")
     except httpx.TimeoutException:
-        verdict = Verdict("unhealthy", f"no answer within {timeout_s:g} s")
+        reading = Reading("unhealthy", f"no answer within {timeout_s:g} s")
     except httpx.ConnectError as exc:
-        verdict = Verdict(
-            "unhealthy", "connection refused or unreachable: " + _first_line(str(exc))
+        reading = Reading(
+            "unhealthy", "connection refused or unreachable: " + _reason(stack, str(exc))
         )
     except httpx.HTTPError as exc:
-        verdict = Verdict("unhealthy", f"HTTP error: {type(exc).__name__}: {_first_line(str(exc))}")
+        reading = Reading(
+            "unhealthy", f"HTTP error: {type(exc).__name__}: {_reason(stack, str(exc))}"
+        )
     except Exception as exc:
-        # A check is a probe: whatever breaks inside it is a finding about the service
+        # A check is a probe: whatever breaks inside it is a reading of the service
         # (or the probe), reported as such, never a crash of the sweep.
-        verdict = Verdict(
-            "unhealthy", f"check failed: {type(exc).__name__}: {_first_line(str(exc))}"
+        reading = Reading(
+            "unhealthy", f"check failed: {type(exc).__name__}: {_reason(stack, str(exc))}"
         )
     latency_ms = (time.monotonic() - started) * 1000
-    return CheckResult(
+    return ServiceHealth(
         service=service,
-        status=verdict.status,
+        status=reading.status,
         latency_ms=round(latency_ms, 1),
-        reason=stack.scrub(verdict.reason),
+        reason=stack.scrub(reading.reason),
     )
 
 
@@ -402,19 +407,19 @@ async def run_checks(
     timeout_s: float = 5.0,
     services: list[str] | None = None,
     thresholds: HealthThresholds | None = None,
-) -> list[CheckResult]:
+) -> list[ServiceHealth]:
     """Run the checks of ``services`` (default: all) concurrently, in SERVICES order.
 
     The whole call takes at most about ``timeout_s``: every check has that budget.
     """
     wanted = list(SERVICES) if services is None else services
-    unknown = [name for name in wanted if name not in CHECKS]
+    unknown = [name for name in wanted if name not in PROBES]
     if unknown:
         raise ValueError(f"unknown services {unknown}; known: {', '.join(SERVICES)}")
     th = thresholds or HealthThresholds()
     return list(
         await asyncio.gather(
-            *(run_check(name, CHECKS[name], stack, timeout_s, th) for name in wanted)
+            *(run_check(name, PROBES[name], stack, timeout_s, th) for name in wanted)
         )
     )
 
@@ -425,7 +430,7 @@ async def check_services(
     timeout_s: float,
     services: list[str] | None,
     thresholds: HealthThresholds,
-) -> list[CheckResult]:
+) -> list[ServiceHealth]:
     """Every check at once, each bounded by ``timeout_s``; logs the bad ones."""
     results = await run_checks(stack, timeout_s, services, thresholds)
     logger = get_run_logger()

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from blocks.stack import Stack
 from tasks.decisions.alerting import MAX_REASON, Silence, StackState, StatusChange, worst_status
-from tasks.decisions.health import CheckResult, HealthStatus
+from tasks.decisions.health import HealthStatus, ServiceHealth
 
 __all__ = [
     "MAX_VARIABLE_CHARS",
@@ -143,7 +143,7 @@ async def load_sweep_inputs(name: str) -> SweepInputs:
     return SweepInputs(stack=stack, state=state, silences=active)
 
 
-def status_doc(stack: str, state: StackState, results: list[CheckResult]) -> HealthStatusDoc:
+def status_doc(stack: str, state: StackState, results: list[ServiceHealth]) -> HealthStatusDoc:
     return HealthStatusDoc(
         stack=stack,
         checked_at=state.last_sweep or datetime.now(UTC),
@@ -173,7 +173,7 @@ def _fit(value: dict[str, object], name: str) -> dict[str, object]:
 
 
 @task(name="publish-health", persist_result=False, retries=1, retry_delay_seconds=1)
-async def publish_health(stack: str, state: StackState, results: list[CheckResult]) -> None:
+async def publish_health(stack: str, state: StackState, results: list[ServiceHealth]) -> None:
     """Persist the alert state, then the latest status for readers of the API."""
     await Variable.aset(
         state_variable(stack),
@@ -189,7 +189,9 @@ async def publish_health(stack: str, state: StackState, results: list[CheckResul
 
 
 @task(name="emit-status-events", persist_result=False)
-def emit_status_events(stack: str, changes: list[StatusChange], results: list[CheckResult]) -> int:
+def emit_status_events(
+    stack: str, changes: list[StatusChange], results: list[ServiceHealth]
+) -> int:
     """One event per status change: ``ops.health.<status>`` on ``ops.health.<stack>.<service>``.
 
     Users' automations match on these (e.g. event ``ops.health.unhealthy`` with

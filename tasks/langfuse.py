@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from blocks.stack import Stack
-from tasks.decisions.deploy_checks import Finding
+from tasks.decisions.checks import CheckResult
 from tasks.decisions.deploy_judges import judge_trace
 
 __all__ = [
@@ -27,7 +27,7 @@ __all__ = [
 @task(name="wait-for-trace", cache_policy=NO_CACHE, persist_result=False)
 def wait_for_trace(
     stack: Stack, trace_id: str, timeout_s: float, poll_s: float, request_timeout_s: float
-) -> Finding:
+) -> CheckResult:
     """Poll Langfuse for ``trace_id`` until found, refused, or ``timeout_s`` has passed."""
     logger = get_run_logger()
     auth = (stack.langfuse_public_key, stack.langfuse_secret_key.get_secret_value())
@@ -41,7 +41,7 @@ def wait_for_trace(
                 response = client.get(url)
                 last_status = response.status_code
             except httpx.HTTPError as exc:
-                logger.info("trace lookup failed, retrying: %s", stack.scrub(str(exc)))
+                logger.info("trace lookup failed, retrying: %s", stack.error_line(str(exc)))
                 response = None
             if response is not None:
                 if response.is_success:

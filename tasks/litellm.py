@@ -16,7 +16,7 @@ from prefect.logging import get_run_logger
 from pydantic import BaseModel, ValidationError
 
 from blocks.stack import Stack
-from tasks.decisions.deploy_checks import Finding
+from tasks.decisions.checks import CheckResult, failed
 from tasks.decisions.deploy_judges import judge_canary, judge_models, judge_unauthenticated
 
 __all__ = [
@@ -37,24 +37,25 @@ def _detail(stack: Stack, response: httpx.Response) -> str:
         text = str(error.get("message")) if isinstance(error, dict) else response.text
     except ValueError:
         text = response.text
-    return stack.scrub(" ".join(text.split()))[:200]
+    return stack.error_line(text, limit=200, lines="join")
 
 
-def _unreachable(stack: Stack, exc: httpx.HTTPError) -> Finding:
-    error = stack.scrub(f"{type(exc).__name__}: {exc}")
-    return Finding.failed(
+def _unreachable(name: str, stack: Stack, exc: httpx.HTTPError) -> CheckResult:
+    error = stack.error_line(exc)
+    return failed(
+        name,
         f"LiteLLM at {stack.litellm_url} did not answer: {error}",
-        "check that the litellm service is running and LITELLM_URL points at it",
+        fix="check that the litellm service is running and LITELLM_URL points at it",
     )
 
 
 @task(name="check-litellm-auth", cache_policy=NO_CACHE, persist_result=False)
-def check_litellm_auth(stack: Stack, timeout_s: float) -> Finding:
+def check_litellm_auth(stack: Stack, timeout_s: float) -> CheckResult:
     """A request without a key must be refused: an open proxy spends for anyone."""
     try:
         response = httpx.get(f"{stack.litellm_url}/v1/models", timeout=timeout_s)
     except httpx.HTTPError as exc:
-        return _unreachable(stack, exc)
+        return _unreachable("litellm-auth", stack, exc)
     return judge_unauthenticated(response.status_code, stack.litellm_url)
 
 
@@ -67,21 +68,22 @@ class _ModelList(BaseModel):
 
 
 @task(name="check-litellm-models", cache_policy=NO_CACHE, persist_result=False)
-def check_litellm_models(stack: Stack, canary_model: str, timeout_s: float) -> Finding:
+def check_litellm_models(stack: Stack, canary_model: str, timeout_s: float) -> CheckResult:
     """The master key is accepted and the canary model is configured."""
     headers = {"Authorization": f"Bearer {stack.litellm_master_key.get_secret_value()}"}
     try:
         response = httpx.get(f"{stack.litellm_url}/v1/models", headers=headers, timeout=timeout_s)
     except httpx.HTTPError as exc:
-        return _unreachable(stack, exc)
+        return _unreachable("litellm-models", stack, exc)
     if not response.is_success:
         return judge_models(response.status_code, [], canary_model, _detail(stack, response))
     try:
         models = [m.id for m in _ModelList.model_validate_json(response.content).data]
     except ValidationError:
-        return Finding.failed(
+        return failed(
+            "litellm-models",
             f"{stack.litellm_url}/v1/models did not answer an OpenAI model list",
-            "check that LITELLM_URL points at the LiteLLM proxy, not another service",
+            fix="check that LITELLM_URL points at the LiteLLM proxy, not another service",
         )
     return judge_models(response.status_code, models, canary_model)
 
@@ -94,7 +96,7 @@ def send_canary_completion(
     tags: list[str],
     mock: bool,
     timeout_s: float,
-) -> Finding:
+) -> CheckResult:
     """One chat completion tagged with ``trace_id``; never retried (it could spend twice)."""
     payload: dict[str, object] = {
         "model": model,
@@ -114,7 +116,7 @@ def send_canary_completion(
             timeout=timeout_s,
         )
     except httpx.HTTPError as exc:
-        return _unreachable(stack, exc)
+        return _unreachable("litellm-canary", stack, exc)
     if not response.is_success:
         return judge_canary(response.status_code, None, model, _detail(stack, response))
     try:

@@ -34,7 +34,7 @@ from pydantic import BaseModel
 
 from blocks.stack import Stack
 from tasks.decisions.alerts import Alert, part_for_route
-from tasks.decisions.redaction import scrub_values, secret_forms
+from tasks.decisions.redaction import error_line, scrub_values, secret_forms
 
 __all__ = [
     "SEND_TIMEOUT_S",
@@ -189,7 +189,7 @@ async def _send_one(block_slug: str, alert: Alert, stack: Stack) -> ChannelResul
                         await block.notify(alert.text(), subject)
         return ChannelResult(block=block_slug, ok=True, seconds=time.monotonic() - started)
     except Exception as exc:  # one channel never fails the others
-        message = scrub_channel_error(stack, block, f"{type(exc).__name__}: {exc}")[:500]
+        message = error_line(exc, lambda text: scrub_channel_error(stack, block, text), limit=500)
         return ChannelResult(
             block=block_slug, ok=False, error=message, seconds=time.monotonic() - started
         )

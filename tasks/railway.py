@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ValidationError
 
 from blocks.stack import Stack
-from tasks.decisions.deploy_checks import Finding
+from tasks.decisions.checks import CheckResult, failed, skipped
 from tasks.decisions.deploy_judges import RailwayService, judge_railway
 
 __all__ = [
@@ -105,12 +105,13 @@ def latest_statuses(project: _Project, environment_id: str | None) -> list[Railw
 
 
 @task(name="check-railway-deployments", cache_policy=NO_CACHE, persist_result=False)
-def check_railway_deployments(stack: Stack, timeout_s: float) -> Finding:
+def check_railway_deployments(stack: Stack, timeout_s: float) -> CheckResult:
     """Railway reports the latest deployment of every service as successful."""
     if stack.railway_api_token is None or not stack.railway_project_id:
-        return Finding.skipped(
+        return skipped(
+            "railway-deployments",
             "no Railway API token or project id in the stack block",
-            "set RAILWAY_API_TOKEN (an account or workspace token) and RAILWAY_PROJECT_ID "
+            fix="set RAILWAY_API_TOKEN (an account or workspace token) and RAILWAY_PROJECT_ID "
             "(and RAILWAY_ENVIRONMENT_ID) on the prefect-worker service to enable this check",
         )
     headers = {"Authorization": f"Bearer {stack.railway_api_token.get_secret_value()}"}
@@ -125,27 +126,31 @@ def check_railway_deployments(stack: Stack, timeout_s: float) -> Finding:
             timeout=timeout_s,
         )
     except httpx.HTTPError as exc:
-        return Finding.failed(
-            f"Railway's API at {stack.railway_api_url} did not answer: "
-            f"{stack.scrub(f'{type(exc).__name__}: {exc}')}",
-            "retry later (Railway may be degraded), or check RAILWAY_API_URL",
+        return failed(
+            "railway-deployments",
+            f"Railway's API at {stack.railway_api_url} did not answer: {stack.error_line(exc)}",
+            fix="retry later (Railway may be degraded), or check RAILWAY_API_URL",
         )
     if response.status_code in (401, 403):
-        return Finding.failed(
+        return failed(
+            "railway-deployments",
             f"Railway's API refused the token (HTTP {response.status_code})",
-            "create a new account or workspace token on Railway and set RAILWAY_API_TOKEN",
+            fix="create a new account or workspace token on Railway and set RAILWAY_API_TOKEN",
         )
     try:
         answer = _Answer.model_validate_json(response.content)
     except ValidationError:
-        return Finding.failed(
+        return failed(
+            "railway-deployments",
             f"Railway's API answered HTTP {response.status_code} with an unexpected body",
-            "check RAILWAY_API_URL points at Railway's GraphQL endpoint",
+            fix="check RAILWAY_API_URL points at Railway's GraphQL endpoint",
         )
     if answer.errors or answer.data is None:
         messages = "; ".join(str(e.get("message", e)) for e in answer.errors or [])
-        return Finding.failed(
-            f"Railway's API answered with errors: {stack.scrub(messages)[:300] or 'no data'}",
-            "check RAILWAY_PROJECT_ID, and that the token can read this project",
+        shown = stack.error_line(messages, limit=300) or "no data"
+        return failed(
+            "railway-deployments",
+            f"Railway's API answered with errors: {shown}",
+            fix="check RAILWAY_PROJECT_ID, and that the token can read this project",
         )
     return judge_railway(latest_statuses(answer.data.project, stack.railway_environment_id))

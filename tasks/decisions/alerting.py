@@ -37,7 +37,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tasks.decisions.alerts import SEVERITY_RANK, Alert, Severity, group_title
-from tasks.decisions.health import STATUS_RANK, CheckResult, HealthStatus
+from tasks.decisions.health import STATUS_RANK, HealthStatus, ServiceHealth
 
 __all__ = [
     "DEPENDS_ON",
@@ -236,7 +236,7 @@ def _silenced(service: str, cause: str | None, silences: list[Silence], now: dat
 
 def decide(
     state: StackState,
-    results: list[CheckResult],
+    results: list[ServiceHealth],
     now: datetime,
     policy: AlertPolicy | None = None,
     silences: list[Silence] | None = None,
@@ -277,7 +277,7 @@ def decide(
 
 def step(
     previous: ServiceState | None,
-    result: CheckResult,
+    result: ServiceHealth,
     cause: str | None,
     silenced: bool,
     now: datetime,

@@ -1,8 +1,8 @@
 """Deploy-verify decisions: the checks, their order, skipping, the verdict and the report.
 
-Pure: no Prefect, no I/O. The tasks that talk to the stack return a :class:`Finding`
-(passed / failed / skipped, what was seen, how to fix it); the pieces here decide
-what those findings mean:
+Pure: no Prefect, no I/O. The tasks that talk to the stack return a
+:class:`~tasks.decisions.checks.CheckResult` (passed / failed / skipped, what was seen,
+how to fix it); the pieces here decide what those results mean:
 
 - :data:`CHECKS` lists every check in dependency order, with what it needs: other
   checks (the canary needs the model list, the trace needs the canary) and services
@@ -11,7 +11,8 @@ what those findings mean:
 - :class:`Ledger` runs checks in that order, skips the blocked ones and times the rest.
 - :func:`verdict` fails the run when a required check failed; :func:`render_report`
   writes the table a person reads to fix it.
-- The judge functions (``judge_*``) turn what a task observed into a finding.
+- The judge functions (``judge_*``, in ``deploy_judges``) turn what a task observed into a
+  result.
 """
 
 from __future__ import annotations
@@ -19,20 +20,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.decisions.checks import CheckResult, failed, skipped
+from tasks.decisions.redaction import error_line
 
 __all__ = [
     "CHECKS",
     "CHECK_NAMES",
     "MARKS",
-    "CheckOutcome",
     "CheckSpec",
-    "CheckStatus",
-    "Finding",
     "Ledger",
-    "ServiceStatus",
+    "ReportRow",
     "Verdict",
     "blocked_reason",
     "plan_checks",
@@ -42,35 +42,7 @@ __all__ = [
     "verdict",
 ]
 
-CheckStatus = Literal["passed", "failed", "skipped"]
-ServiceStatus = Literal["healthy", "degraded", "unhealthy"]
-
 MARKS: dict[str, str] = {"passed": "✅ passed", "failed": "❌ failed", "skipped": "⏭️ skipped"}
-
-
-class Finding(BaseModel):
-    """What one check saw: its status, a one-line message, and the fix when it failed."""
-
-    model_config = ConfigDict(frozen=True)
-
-    status: CheckStatus
-    message: str
-    fix: str | None = None
-    unhealthy_services: tuple[str, ...] = Field(
-        default=(), description="Services found unhealthy (only the health check sets these)."
-    )
-
-    @classmethod
-    def passed(cls, message: str) -> Finding:
-        return cls(status="passed", message=message)
-
-    @classmethod
-    def failed(cls, message: str, fix: str) -> Finding:
-        return cls(status="failed", message=message, fix=fix)
-
-    @classmethod
-    def skipped(cls, message: str, fix: str | None = None) -> Finding:
-        return cls(status="skipped", message=message, fix=fix)
 
 
 class CheckSpec(BaseModel):
@@ -87,15 +59,12 @@ class CheckSpec(BaseModel):
     required: bool = True
 
 
-class CheckOutcome(BaseModel):
-    """One row of the report."""
+class ReportRow(CheckResult):
+    """One row of the report: a check's result with its title, whether it is required, and
+    how long it took."""
 
-    name: str
     title: str
-    status: CheckStatus
     required: bool
-    message: str
-    fix: str | None = None
     seconds: float = Field(ge=0)
 
 
@@ -183,7 +152,7 @@ def validate_order(specs: Sequence[CheckSpec]) -> None:
 
 
 def blocked_reason(
-    spec: CheckSpec, outcomes: dict[str, CheckOutcome], unhealthy: Iterable[str]
+    spec: CheckSpec, outcomes: dict[str, ReportRow], unhealthy: Iterable[str]
 ) -> str | None:
     """Why ``spec`` cannot run meaningfully now, or None when it can."""
     for dep in spec.depends_on:
@@ -199,13 +168,13 @@ def blocked_reason(
 
 
 class Ledger:
-    """Runs checks in dependency order and records one outcome per check.
+    """Runs checks in dependency order and records one :class:`ReportRow` per check.
 
     ``ledger.run("redis-persistence", check_redis_persistence, stack)`` calls the
     check unless a prerequisite failed (then records it skipped, with
     the reason), and times it. A check that raises is recorded failed with the exception's text (the
     caller's tasks scrub secrets before raising), so one broken check never hides the
-    others.
+    others. A row takes its name and title from the spec the ledger ran.
     """
 
     def __init__(
@@ -213,12 +182,12 @@ class Ledger:
         specs: Sequence[CheckSpec],
         clock: Callable[[], float] = time.monotonic,
         scrub: Callable[[str], str] = str,
-        on_outcome: Callable[[CheckOutcome], None] | None = None,
+        on_outcome: Callable[[ReportRow], None] | None = None,
     ) -> None:
         validate_order(specs)
         self.specs = {spec.name: spec for spec in specs}
         self.order = [spec.name for spec in specs]
-        self.outcomes: dict[str, CheckOutcome] = {}
+        self.outcomes: dict[str, ReportRow] = {}
         self.unhealthy: set[str] = set()
         self._clock = clock
         self._scrub = scrub
@@ -227,18 +196,18 @@ class Ledger:
     def blocked(self, name: str) -> str | None:
         return blocked_reason(self.specs[name], self.outcomes, self.unhealthy)
 
-    def record(self, name: str, finding: Finding, seconds: float = 0.0) -> CheckOutcome:
+    def record(self, name: str, result: CheckResult, seconds: float = 0.0) -> ReportRow:
         spec = self.specs[name]
         if name in self.outcomes:
             raise ValueError(f"check {name!r} already recorded")
-        self.unhealthy.update(finding.unhealthy_services)
-        outcome = CheckOutcome(
+        self.unhealthy.update(result.unhealthy_services)
+        outcome = ReportRow(
             name=name,
             title=spec.title,
-            status=finding.status,
+            status=result.status,
             required=spec.required,
-            message=self._scrub(finding.message),
-            fix=self._scrub(finding.fix) if finding.fix else None,
+            message=self._scrub(result.message),
+            fix=self._scrub(result.fix) if result.fix else None,
             seconds=max(0.0, seconds),
         )
         self.outcomes[name] = outcome
@@ -246,28 +215,29 @@ class Ledger:
             self._on_outcome(outcome)
         return outcome
 
-    def run(self, name: str, check: Callable[..., Finding], *args: object) -> CheckOutcome:
+    def run(self, name: str, check: Callable[..., CheckResult], *args: object) -> ReportRow:
         reason = self.blocked(name)
         if reason is not None:
-            return self.record(name, Finding.skipped(f"skipped: {reason}"))
+            return self.record(name, skipped(name, f"skipped: {reason}"))
         started = self._clock()
         try:
-            finding = check(*args)
+            result = check(*args)
         except Exception as exc:  # a check that crashed is a failed check, not a lost report
-            finding = Finding.failed(
-                f"the check itself failed: {type(exc).__name__}: {exc}",
-                "read the flow run's logs for the traceback; fix the cause and run again",
+            result = failed(
+                name,
+                f"the check itself failed: {error_line(exc, self._scrub)}",
+                fix="read the flow run's logs for the traceback; fix the cause and run again",
             )
-        return self.record(name, finding, self._clock() - started)
+        return self.record(name, result, self._clock() - started)
 
-    def results(self) -> list[CheckOutcome]:
+    def results(self) -> list[ReportRow]:
         """Outcomes in check order; checks that never ran are reported as skipped."""
         rows = []
         for name in self.order:
             outcome = self.outcomes.get(name)
             if outcome is None:
                 spec = self.specs[name]
-                outcome = CheckOutcome(
+                outcome = ReportRow(
                     name=name,
                     title=spec.title,
                     status="skipped",
@@ -286,7 +256,7 @@ class Verdict(BaseModel):
     summary: str
 
 
-def verdict(stack: str, outcomes: Sequence[CheckOutcome]) -> Verdict:
+def verdict(stack: str, outcomes: Sequence[ReportRow]) -> Verdict:
     """The run passes unless a required check failed; the summary names each failure."""
     failed_required = [o for o in outcomes if o.status == "failed" and o.required]
     failed_optional = [o for o in outcomes if o.status == "failed" and not o.required]
@@ -321,7 +291,7 @@ def _cell(text: str | None) -> str:
 
 def render_report(
     stack: str,
-    outcomes: Sequence[CheckOutcome],
+    outcomes: Sequence[ReportRow],
     *,
     run_name: str,
     started_at: datetime,
@@ -350,7 +320,7 @@ def render_report(
     return "\n".join(lines)
 
 
-def table_rows(outcomes: Sequence[CheckOutcome]) -> list[dict[str, str]]:
+def table_rows(outcomes: Sequence[ReportRow]) -> list[dict[str, str]]:
     """The report as rows for a Prefect table artifact (strings only, UI-sortable)."""
     return [
         {

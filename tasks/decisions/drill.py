@@ -6,8 +6,9 @@ Everything here is pure (no Prefect, no I/O), so every rule is tested exhaustive
   per run, recognisable as ours, and tied to one stack, so the sweep that removes the
   leftovers of a crashed drill (:func:`orphan_scratch_databases`) can never touch a
   database of another stack, or one a person named.
-- *Checks.* Each thing the drill proves is one :class:`Check`, passed or failed with a
-  reason a person can act on (which object, which table, what differs).
+- *Checks.* Each thing the drill proves is one check; its result is a
+  :class:`~tasks.decisions.checks.CheckResult`, passed or failed with a message a person
+  can act on (which object, which table, what differs).
 - *Verdict.* A drill passes when every check passed; skipped checks count as not
   passed, since a drill that proved nothing must not look green.
 - *Restore safety.* :func:`restore_refusal` decides whether ``restore`` may write into
@@ -23,6 +24,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from tasks.decisions.checks import CheckResult, failed, passed
 from tasks.decisions.manifest import LargeObjects
 
 __all__ = [
@@ -30,29 +32,24 @@ __all__ = [
     "SCRATCH_PREFIX",
     "SHOWN_MAX",
     "TARGET_NAME_RE",
-    "Check",
     "Component",
     "ComponentTiming",
     "DrillReport",
-    "Outcome",
     "check_large_objects",
     "check_object",
     "check_required_tables",
     "check_row_counts",
-    "failed",
     "format_age",
     "format_bytes",
     "is_scratch_database",
     "is_staging_database",
     "operator_steps",
     "orphan_scratch_databases",
-    "passed",
     "previous_database_name",
     "restore_refusal",
     "rpo_seconds",
     "scratch_database_name",
     "shorten",
-    "skipped",
     "staging_database_name",
     "throughput_mb_s",
 ]
@@ -67,7 +64,6 @@ TARGET_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 SHOWN_MAX = 8
 
 Component = Literal["set", "postgres", "clickhouse"]
-Outcome = Literal["passed", "failed", "skipped"]
 
 
 # ---- scratch database names ---------------------------------------------------------------
@@ -108,31 +104,6 @@ def orphan_scratch_databases(
 # ---- checks ---------------------------------------------------------------------------------
 
 
-class Check(BaseModel):
-    """One thing the drill proves, and what it found."""
-
-    name: str = Field(description="Short kebab-case name, e.g. 'postgres-row-counts'.")
-    component: Component
-    outcome: Outcome
-    reason: str = Field(description="What was found; for a failure, what differs and where.")
-
-    @property
-    def passed(self) -> bool:
-        return self.outcome == "passed"
-
-
-def passed(name: str, component: Component, reason: str) -> Check:
-    return Check(name=name, component=component, outcome="passed", reason=reason)
-
-
-def failed(name: str, component: Component, reason: str) -> Check:
-    return Check(name=name, component=component, outcome="failed", reason=reason)
-
-
-def skipped(name: str, component: Component, reason: str) -> Check:
-    return Check(name=name, component=component, outcome="skipped", reason=reason)
-
-
 def shorten(items: list[str], limit: int = SHOWN_MAX) -> str:
     """``a, b, c ... and 5 more``: long lists stay readable in reports and alerts."""
     shown = ", ".join(items[:limit])
@@ -149,7 +120,7 @@ def check_object(
     actual_size: int | None,
     actual_sha256: str | None,
     set_prefix: str | None = None,
-) -> Check:
+) -> CheckResult:
     """An object read back against the manifest: in its set, present, same size and sha256.
 
     ``actual_size is None`` means the object does not exist; ``expected_sha256`` or
@@ -159,34 +130,34 @@ def check_object(
     if set_prefix is not None and not key.startswith(set_prefix):
         return failed(
             name,
-            component,
             f"object {key} is outside the set ({set_prefix}): the manifest names another "
             "set's object (copied or edited by hand); this set cannot be trusted",
+            component=component,
         )
     if actual_size is None:
-        return failed(name, component, f"object {key} is missing from the bucket")
+        return failed(name, f"object {key} is missing from the bucket", component=component)
     if actual_size != expected_size:
         hint = " (truncated)" if actual_size < expected_size else ""
         return failed(
             name,
-            component,
             f"object {key} is {actual_size} bytes, the manifest says {expected_size}{hint}",
+            component=component,
         )
     if expected_sha256 is not None and actual_sha256 is not None:
         if actual_sha256 != expected_sha256:
             return failed(
                 name,
-                component,
                 f"sha256 mismatch for {key}: read {actual_sha256[:16]}..., the manifest says "
                 f"{expected_sha256[:16]}... (the object changed after the backup)",
+                component=component,
             )
-        return passed(name, component, f"{key}: {actual_size} bytes, sha256 matches")
-    return passed(name, component, f"{key}: {actual_size} bytes, size matches")
+        return passed(name, f"{key}: {actual_size} bytes, sha256 matches", component=component)
+    return passed(name, f"{key}: {actual_size} bytes, size matches", component=component)
 
 
 def check_row_counts(
     name: str, component: Component, expected: Mapping[str, int], actual: Mapping[str, int]
-) -> Check:
+) -> CheckResult:
     """Exact row count of every table, restored vs manifest; any difference fails."""
     problems: list[str] = []
     for table in sorted(expected.keys() | actual.keys()):
@@ -199,43 +170,51 @@ def check_row_counts(
             problems.append(f"{table} has {got} rows, the manifest says {want}")
     if problems:
         return failed(
-            name, component, f"row counts differ in {len(problems)} table(s): {shorten(problems)}"
+            name,
+            f"row counts differ in {len(problems)} table(s): {shorten(problems)}",
+            component=component,
         )
     total = sum(actual.values())
-    return passed(name, component, f"{len(actual)} tables, {total} rows, all match the manifest")
+    return passed(
+        name, f"{len(actual)} tables, {total} rows, all match the manifest", component=component
+    )
 
 
 def check_large_objects(
     name: str, component: Component, expected: LargeObjects, actual: LargeObjects
-) -> Check:
+) -> CheckResult:
     """Large objects restored vs manifest: the count, and the digest when both have one."""
     if actual.count != expected.count:
         return failed(
             name,
-            component,
             f"{actual.count} large objects restored, the manifest says {expected.count}",
+            component=component,
         )
     if expected.digest is not None and actual.digest is not None:
         if actual.digest != expected.digest:
             return failed(
-                name, component, f"the {actual.count} large objects differ in content (md5)"
+                name,
+                f"the {actual.count} large objects differ in content (md5)",
+                component=component,
             )
-        return passed(name, component, f"{actual.count} large objects, content matches")
+        return passed(name, f"{actual.count} large objects, content matches", component=component)
     return passed(
-        name, component, f"{actual.count} large objects (content not readable by this role)"
+        name,
+        f"{actual.count} large objects (content not readable by this role)",
+        component=component,
     )
 
 
 def check_required_tables(
     name: str, component: Component, required: Iterable[str], present: Iterable[str]
-) -> Check:
+) -> CheckResult:
     """The tables the applications cannot start without are there."""
     have = set(present)
     missing = [table for table in required if table not in have]
     if missing:
-        return failed(name, component, f"required tables missing: {shorten(missing)}")
+        return failed(name, f"required tables missing: {shorten(missing)}", component=component)
     wanted = list(required)
-    return passed(name, component, f"all {len(wanted)} required tables present")
+    return passed(name, f"all {len(wanted)} required tables present", component=component)
 
 
 # ---- the report -----------------------------------------------------------------------------
@@ -274,7 +253,7 @@ class DrillReport(BaseModel):
     finished_at: datetime
     drill_target: str = Field(description="Postgres server restored onto (password redacted).")
     postgres_mode: str = Field(description="'stream' or 'download' (then pg_restore -j).")
-    checks: list[Check]
+    checks: list[CheckResult]
     timings: list[ComponentTiming] = Field(default_factory=list)
     rpo_seconds: float | None = Field(default=None, description="Age of the set at the drill.")
     set_size: int | None = Field(default=None, description="Bytes in the set (dump + ClickHouse).")
@@ -285,7 +264,7 @@ class DrillReport(BaseModel):
         return bool(self.checks) and all(check.passed for check in self.checks)
 
     @property
-    def problems(self) -> list[Check]:
+    def problems(self) -> list[CheckResult]:
         return [check for check in self.checks if not check.passed]
 
     @property
@@ -295,7 +274,7 @@ class DrillReport(BaseModel):
     def failure_message(self) -> str:
         """One paragraph naming every failed or skipped check: the alert's body."""
         lines = [f"restore drill of {self.stack} set {self.backup_id or '(none)'} FAILED:"]
-        lines += [f"- {c.name} {c.outcome}: {c.reason}" for c in self.problems]
+        lines += [f"- {c.name} {c.status}: {c.message}" for c in self.problems]
         return "\n".join(lines)
 
     def summary_line(self) -> str:
@@ -335,7 +314,7 @@ class DrillReport(BaseModel):
             ]
         lines += ["", "| check | component | result | detail |", "|---|---|---|---|"]
         lines += [
-            f"| {c.name} | {c.component} | {c.outcome} | {_cell(c.reason)} |" for c in self.checks
+            f"| {c.name} | {c.component} | {c.status} | {_cell(c.message)} |" for c in self.checks
         ]
         return "\n".join(lines)
 

@@ -1,4 +1,4 @@
-"""What a health check finds, as data: the statuses, the services, one check's result.
+"""What a health check finds, as data: the statuses, the services, one service's health.
 
 Pure: no Prefect, no driver, no I/O. The checks themselves (``tasks/health.py``) do
 the I/O and return these; the alert machine (``tasks/decisions/alerting.py``) decides
@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["SERVICES", "STATUS_RANK", "CheckResult", "HealthStatus"]
+__all__ = ["SERVICES", "STATUS_RANK", "HealthStatus", "ServiceHealth"]
 
 HealthStatus = Literal["healthy", "degraded", "unhealthy"]
 STATUS_RANK: dict[str, int] = {"healthy": 0, "degraded": 1, "unhealthy": 2}
@@ -29,8 +29,12 @@ SERVICES: tuple[str, ...] = (
 )
 
 
-class CheckResult(BaseModel):
-    """The outcome of one check of one service."""
+class ServiceHealth(BaseModel):
+    """One service as one health check saw it.
+
+    A different scale from a check result (``tasks.decisions.checks``): a service is
+    healthy, degraded or unhealthy, never skipped.
+    """
 
     model_config = ConfigDict(frozen=True)
 

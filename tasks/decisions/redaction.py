@@ -9,9 +9,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
+from typing import Literal
 from urllib.parse import quote, quote_plus, unquote, urlsplit, urlunsplit
 
-__all__ = ["MIN_SECRET_CHARS", "error_line", "redact_url", "scrub_values", "secret_forms"]
+__all__ = [
+    "MIN_SECRET_CHARS",
+    "Lines",
+    "error_line",
+    "redact_url",
+    "scrub_values",
+    "secret_forms",
+]
 
 
 def redact_url(url: str) -> str:
@@ -65,8 +73,28 @@ def scrub_values(text: str, values: Iterable[str]) -> str:
     return text
 
 
-def error_line(exc: BaseException | str, scrub: Callable[[str], str], *, limit: int = 600) -> str:
+Lines = Literal["keep", "join", "first"]
+
+
+def error_line(
+    exc: BaseException | str,
+    scrub: Callable[[str], str],
+    *,
+    limit: int = 600,
+    lines: Lines = "keep",
+) -> str:
     """``Type: message`` of ``exc`` (or the text), through ``scrub``, cut to ``limit``: the
-    one way an error becomes part of a message (``Stack.error_line`` passes its scrub)."""
+    one way an error becomes part of a message (``Stack.error_line`` passes its scrub).
+
+    ``lines``: ``"keep"`` the text's line breaks; ``"join"`` every run of whitespace into
+    one space (a table cell, a check's message); keep only the ``"first"`` line (a health
+    reason). The text is scrubbed before it is reshaped or cut, so no cut can split a
+    secret out of the scrub's reach.
+    """
     text = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
-    return scrub(text.strip())[:limit]
+    text = scrub(text.strip())
+    if lines == "join":
+        text = " ".join(text.split())
+    elif lines == "first":
+        text = (text.strip().splitlines() or [""])[0]
+    return text[:limit]

@@ -20,8 +20,9 @@ from prefect.logging import get_run_logger
 from pydantic import BaseModel, Field
 
 from blocks.stack import Stack
+from tasks.decisions.checks import CheckResult, failed, passed
 from tasks.decisions.clickhouse_backup import descriptor_files
-from tasks.decisions.drill import Check, check_object, failed, passed, shorten
+from tasks.decisions.drill import check_object, shorten
 from tasks.decisions.manifest import (
     BackupManifest,
     ClickHouseBackup,
@@ -47,7 +48,7 @@ class ManifestOutcome(BaseModel):
     """The set's manifest, when it loaded and is trusted, and the check saying so."""
 
     manifest: BackupManifest | None
-    check: Check
+    check: CheckResult
 
 
 @task(name="load-backup-manifest", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -61,9 +62,9 @@ def load_backup_manifest(stack: Stack, backup_id: str | None) -> ManifestOutcome
                 manifest=None,
                 check=failed(
                     "manifest",
-                    "set",
                     f"no complete backup set of {stack.stack_name} in bucket "
                     f"{stack.backup_bucket} (no manifest.json that parses): run the backup flow",
+                    component="set",
                 ),
             )
         logger.info("newest complete backup set: %s", newest.backup_id)
@@ -75,9 +76,9 @@ def load_backup_manifest(stack: Stack, backup_id: str | None) -> ManifestOutcome
             manifest=None,
             check=failed(
                 "manifest",
-                "set",
                 f"manifest missing: no {key} in bucket {stack.backup_bucket}; the set is "
                 "incomplete (a failed or unfinished backup) and cannot be trusted",
+                component="set",
             ),
         )
     return _parse_manifest(stack, backup_id, key, raw)
@@ -86,16 +87,18 @@ def load_backup_manifest(stack: Stack, backup_id: str | None) -> ManifestOutcome
 def _parse_manifest(stack: Stack, backup_id: str, key: str, raw: bytes) -> ManifestOutcome:
     manifest, problem = trust_manifest(raw, stack.stack_name, backup_id, key)
     if manifest is None:
-        return ManifestOutcome(manifest=None, check=failed("manifest", "set", problem or key))
+        return ManifestOutcome(
+            manifest=None, check=failed("manifest", problem or key, component="set")
+        )
     return ManifestOutcome(manifest=manifest, check=_manifest_passed(manifest))
 
 
-def _manifest_passed(manifest: BackupManifest) -> Check:
+def _manifest_passed(manifest: BackupManifest) -> CheckResult:
     return passed(
         "manifest",
-        "set",
         f"schema {manifest.schema_version}, {len(manifest.objects)} objects, written "
         f"{manifest.finished_at.isoformat(timespec='seconds')}",
+        component="set",
     )
 
 
@@ -110,11 +113,11 @@ def object_sizes(stack: Stack, prefix: str) -> dict[str, int]:
 class SetVerification(BaseModel):
     """What the up-front look at the set's objects found, per component."""
 
-    postgres: Check
-    clickhouse: list[Check] = Field(default_factory=list)
+    postgres: CheckResult
+    clickhouse: list[CheckResult] = Field(default_factory=list)
 
     @property
-    def checks(self) -> list[Check]:
+    def checks(self) -> list[CheckResult]:
         return [self.postgres, *self.clickhouse]
 
     def clickhouse_ok(self, database: str) -> bool:
@@ -143,12 +146,12 @@ def verify_set_objects(stack: Stack, manifest: BackupManifest) -> SetVerificatio
         actual_sha256=None,
         set_prefix=manifest.prefix,
     )
-    ch_checks: list[Check] = []
+    ch_checks: list[CheckResult] = []
     for backup in manifest.clickhouse:
         ch_checks += _verify_clickhouse_backup(stack, manifest, backup, sizes, client)
     for check in [pg_check, *ch_checks]:
         log = logger.info if check.passed else logger.error
-        log("%s %s: %s", check.name, check.outcome, check.reason)
+        log("%s %s: %s", check.name, check.status, check.message)
     return SetVerification(postgres=pg_check, clickhouse=ch_checks)
 
 
@@ -158,7 +161,7 @@ def _verify_clickhouse_backup(
     backup: ClickHouseBackup,
     sizes: dict[str, int],
     client: Minio,
-) -> list[Check]:
+) -> list[CheckResult]:
     tag = f"[{backup.database}]"
     descriptor = next(
         (
@@ -172,8 +175,8 @@ def _verify_clickhouse_backup(
         return [
             failed(
                 f"clickhouse-descriptor{tag}",
-                "clickhouse",
                 f"the manifest lists no .backup descriptor under {backup.s3_prefix}",
+                component="clickhouse",
             )
         ]
     raw = read_optional_object(stack, descriptor.key, client)
@@ -195,7 +198,11 @@ def _verify_clickhouse_backup(
     except ElementTree.ParseError as exc:
         return [
             desc_check,
-            failed(f"clickhouse-files{tag}", "clickhouse", f"{descriptor.key} is not XML: {exc}"),
+            failed(
+                f"clickhouse-files{tag}",
+                f"{descriptor.key} is not XML: {exc}",
+                component="clickhouse",
+            ),
         ]
     problems: list[str] = []
     for name, size in listed:
@@ -208,13 +215,13 @@ def _verify_clickhouse_backup(
     if problems:
         files_check = failed(
             f"clickhouse-files{tag}",
-            "clickhouse",
             f"ClickHouse backup folder damaged, {len(problems)} file(s) wrong: {shorten(problems)}",
+            component="clickhouse",
         )
     else:
         files_check = passed(
             f"clickhouse-files{tag}",
-            "clickhouse",
             f"all {len(listed)} files listed in the descriptor are present with their sizes",
+            component="clickhouse",
         )
     return [desc_check, files_check]

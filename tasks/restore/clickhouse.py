@@ -38,15 +38,8 @@ from tasks.clickhouse import (
     stopped_text,
     wait_for_operation,
 )
-from tasks.decisions.drill import (
-    Check,
-    ComponentTiming,
-    check_required_tables,
-    check_row_counts,
-    failed,
-    passed,
-    shorten,
-)
+from tasks.decisions.checks import CheckResult, failed, passed
+from tasks.decisions.drill import ComponentTiming, check_required_tables, check_row_counts, shorten
 from tasks.decisions.manifest import ClickHouseBackup
 from tasks.errors import RestoreError
 from tasks.restore.engine import ComponentOutcome
@@ -120,7 +113,7 @@ def run_ch_restore(
     backup: ClickHouseBackup,
     target: str,
     timeout_s: float,
-) -> Check:
+) -> CheckResult:
     """RESTORE the tables, stop their merges, RESTORE the data; each polled to its end."""
     name = f"clickhouse-restore[{backup.database}]"
     deadline = time.monotonic() + timeout_s
@@ -132,7 +125,8 @@ def run_ch_restore(
             operation_id = str(client.query(statement).result_rows[0][0])
         except (ClickHouseError, OSError, IndexError) as exc:
             action = f"RESTORE {'of the tables ' if structure_only else ''}into {target}"
-            return failed(name, "clickhouse", _ch_error(stack, action, exc).args[0])
+            error = _ch_error(stack, action, exc)
+            return failed(name, error.args[0], component="clickhouse")
         left = max(deadline - time.monotonic(), 1.0)
         check = wait_ch_restore(stack, client, operation_id, name, target, left)
         if not check.passed:
@@ -141,9 +135,8 @@ def run_ch_restore(
             try:
                 set_merges(client, target, running=False)
             except (ClickHouseError, OSError) as exc:
-                return failed(
-                    name, "clickhouse", _ch_error(stack, "SYSTEM STOP MERGES", exc).args[0]
-                )
+                error = _ch_error(stack, f"SYSTEM STOP MERGES on {target}", exc)
+                return failed(name, error.args[0], component="clickhouse")
     return check
 
 
@@ -182,7 +175,7 @@ def wait_ch_restore(
     name: str,
     target: str,
     timeout_s: float,
-) -> Check:
+) -> CheckResult:
     """Poll system.backups until RESTORED, a failure, a vanished row, or the deadline.
 
     :func:`~tasks.clickhouse.wait_for_operation` polls; a RESTORE still running at the
@@ -198,34 +191,36 @@ def wait_ch_restore(
             poll_s=CH_POLL_S,
         )
     except (ClickHouseError, OSError) as exc:
-        return failed(name, "clickhouse", _ch_error(stack, "polling system.backups", exc).args[0])
+        return failed(
+            name, _ch_error(stack, "polling system.backups", exc).args[0], component="clickhouse"
+        )
     if end.outcome == "done":
-        return passed(name, "clickhouse", f"RESTORE into {target}: {RESTORED}")
+        return passed(name, f"RESTORE into {target}: {RESTORED}", component="clickhouse")
     if end.outcome == "vanished":
         return failed(
             name,
-            "clickhouse",
             f"RESTORE {operation_id} into {target} vanished from system.backups (ClickHouse "
             "restarted mid-restore?); the partial database is dropped, run it again",
+            component="clickhouse",
         )
     if end.outcome == "failed":
         return failed(
             name,
-            "clickhouse",
             f"RESTORE into {target} ended {end.status}: "
-            f"{stack.scrub(end.error)[:600] or 'no error text'}",
+            f"{stack.error_line(end.error) or 'no error text'}",
+            component="clickhouse",
         )
     return failed(
         name,
-        "clickhouse",
         f"RESTORE into {target} still running after {timeout_s:.0f}s; "
         f"{stopped_text(end, RESTORING)}",
+        component="clickhouse",
     )
 
 
 def read_ch_tables(
     stack: Stack, client: ClickHouseClient, backup: ClickHouseBackup, target: str
-) -> tuple[list[Check], dict[str, int]]:
+) -> tuple[list[CheckResult], dict[str, int]]:
     """CHECK TABLE and a full read of every table (RESTORE verifies nothing), then counts."""
     tag = f"[{backup.database}]"
     counts: dict[str, int] = {}
@@ -237,7 +232,11 @@ def read_ch_tables(
         ).result_rows
     except (ClickHouseError, OSError) as exc:
         return [
-            failed(f"clickhouse-read{tag}", "clickhouse", _ch_error(stack, "listing", exc).args[0])
+            failed(
+                f"clickhouse-read{tag}",
+                _ch_error(stack, "listing", exc).args[0],
+                component="clickhouse",
+            )
         ], {}
     for table, engine in tables:
         qualified = f"{quote_identifier(target)}.{quote_identifier(str(table))}"
@@ -253,20 +252,22 @@ def read_ch_tables(
             if "MergeTree" in str(engine):
                 counts[str(table)] = 0  # counted from its parts below
         except (ClickHouseError, OSError, ValueError) as exc:
-            problems.append(f"reading {table} failed: {stack.scrub(str(exc))[:300]}")
+            problems.append(f"reading {table} failed: {stack.error_line(str(exc), limit=300)}")
     try:
         for table, rows in restored_part_rows(client, target).items():
             if table in counts:
                 counts[table] = rows
     except (ClickHouseError, OSError, ValueError) as exc:
-        problems.append(f"counting the restored parts failed: {stack.scrub(str(exc))[:300]}")
+        problems.append(
+            f"counting the restored parts failed: {stack.error_line(str(exc), limit=300)}"
+        )
     if problems:
-        read = failed(f"clickhouse-read{tag}", "clickhouse", shorten(problems))
+        read = failed(f"clickhouse-read{tag}", shorten(problems), component="clickhouse")
     else:
         read = passed(
             f"clickhouse-read{tag}",
-            "clickhouse",
             f"{len(counts)} tables checked (CHECK TABLE) and read in full",
+            component="clickhouse",
         )
     return [read], counts
 
@@ -286,19 +287,25 @@ def free_space_refusal(free: int, needed: int, margin: float = FREE_SPACE_MARGIN
     )
 
 
-def check_ch_free_space(stack: Stack, client: ClickHouseClient, backup: ClickHouseBackup) -> Check:
+def check_ch_free_space(
+    stack: Stack, client: ClickHouseClient, backup: ClickHouseBackup
+) -> CheckResult:
     """ClickHouse's disks have room for a full copy of the backup (it lands on live volumes)."""
     name = f"clickhouse-free-space[{backup.database}]"
     try:
         row = client.query("SELECT sum(free_space) FROM system.disks").result_rows
         free = int(row[0][0]) if row else 0
     except (ClickHouseError, OSError) as exc:
-        return failed(name, "clickhouse", _ch_error(stack, "free-space lookup", exc).args[0])
+        return failed(
+            name, _ch_error(stack, "free-space lookup", exc).args[0], component="clickhouse"
+        )
     refusal = free_space_refusal(free, backup.size)
     if refusal is not None:
-        return failed(name, "clickhouse", refusal)
+        return failed(name, refusal, component="clickhouse")
     return passed(
-        name, "clickhouse", f"{free / 1e9:.1f} GB free for a {backup.size / 1e9:.2f} GB copy"
+        name,
+        f"{free / 1e9:.1f} GB free for a {backup.size / 1e9:.2f} GB copy",
+        component="clickhouse",
     )
 
 
@@ -331,7 +338,7 @@ def restore_clickhouse(
     try:
         space = check_ch_free_space(stack, client, backup)
         if not space.passed:
-            logger.error("%s %s: %s", space.name, space.outcome, space.reason)
+            logger.error("%s %s: %s", space.name, space.status, space.message)
             return ComponentOutcome(checks=[space])
         checks = [run_ch_restore(stack, client, backup=backup, target=target, timeout_s=timeout_s)]
         seconds = time.monotonic() - started
@@ -357,7 +364,7 @@ def restore_clickhouse(
         client.close()
     for check in checks:
         log = logger.info if check.passed else logger.error
-        log("%s %s: %s", check.name, check.outcome, check.reason)
+        log("%s %s: %s", check.name, check.status, check.message)
     if not checks[0].passed:
         # A RESTORE that did not complete has no recovery time to report.
         return ComponentOutcome(checks=checks)

@@ -16,7 +16,8 @@ from typing import Literal, Protocol, TypeVar
 
 from pydantic import BaseModel
 
-from tasks.decisions.drill import Check, ComponentTiming
+from tasks.decisions.checks import CheckResult
+from tasks.decisions.drill import ComponentTiming
 
 __all__ = ["ComponentOutcome", "EngineName", "RestoreEngine"]
 
@@ -28,7 +29,7 @@ SourceT = TypeVar("SourceT", contravariant=True)
 class ComponentOutcome(BaseModel):
     """What restoring one component found: its checks and, when it ran, its timing."""
 
-    checks: list[Check]
+    checks: list[CheckResult]
     timing: ComponentTiming | None = None
 
 

@@ -33,7 +33,8 @@ from minio.error import MinioException
 from pydantic import BaseModel
 
 from blocks.stack import Stack
-from tasks.decisions.drill import Check, check_object, failed, passed, skipped
+from tasks.decisions.checks import CheckResult, failed, passed, skipped
+from tasks.decisions.drill import check_object
 from tasks.decisions.manifest import BackupManifest
 from tasks.errors import RestoreError
 from tasks.storage import storage_error
@@ -166,7 +167,7 @@ def restore_postgres_dump(
     jobs: int,
     timeout_s: float,
     work_dir: str | None,
-) -> tuple[list[Check], float]:
+) -> tuple[list[CheckResult], float]:
     """Restore the set's dump into an existing empty ``database``; checks + seconds.
 
     Returns the dump's integrity check (size + sha256 of the bytes read) and the
@@ -175,7 +176,7 @@ def restore_postgres_dump(
     """
     dump = manifest.postgres
     started = time.monotonic()
-    checks: list[Check] = []
+    checks: list[CheckResult] = []
     if mode == "stream":
         with _pg_restore(server, tool, database, jobs, None, timeout_s) as (proc, run):
             digest, write_error = _stream_object(stack, dump.dump_key, _write_to(proc.stdin))
@@ -190,7 +191,11 @@ def restore_postgres_dump(
         checks.append(dump_check)
         if not dump_check.passed:
             checks.append(
-                skipped("postgres-restore", "postgres", "not run: the dump failed its checksum")
+                skipped(
+                    "postgres-restore",
+                    "not run: the dump failed its checksum",
+                    component="postgres",
+                )
             )
             return checks, time.monotonic() - started
         with _pg_restore(server, tool, database, jobs, str(path), timeout_s) as (_proc, run):
@@ -199,7 +204,7 @@ def restore_postgres_dump(
     return checks, time.monotonic() - started
 
 
-def _dump_check(key: str, size: int, sha256: str, digest: _Digest) -> Check:
+def _dump_check(key: str, size: int, sha256: str, digest: _Digest) -> CheckResult:
     return check_object(
         "postgres-dump-checksum",
         "postgres",
@@ -213,24 +218,24 @@ def _dump_check(key: str, size: int, sha256: str, digest: _Digest) -> Check:
 
 def _restore_check(
     run: _ToolRun, write_error: BaseException | None, database: str, timeout_s: float
-) -> Check:
+) -> CheckResult:
     if run.timed_out:
         return failed(
             "postgres-restore",
-            "postgres",
             f"pg_restore into {database} did not finish within {timeout_s:.0f}s and was stopped",
+            component="postgres",
         )
     if run.returncode != 0:
         detail = run.stderr.strip().splitlines()[-3:] if run.stderr.strip() else ["no output"]
         return failed(
             "postgres-restore",
-            "postgres",
             f"pg_restore into {database} exited {run.returncode}: {' / '.join(detail)}",
+            component="postgres",
         )
     if write_error is not None:
         return failed(
             "postgres-restore",
-            "postgres",
             f"pg_restore into {database} stopped reading its input: {write_error}",
+            component="postgres",
         )
-    return passed("postgres-restore", "postgres", f"pg_restore into {database} completed")
+    return passed("postgres-restore", f"pg_restore into {database} completed", component="postgres")

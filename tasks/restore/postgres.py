@@ -24,13 +24,12 @@ from prefect.logging import get_run_logger
 from psycopg import sql
 
 from blocks.stack import Stack
+from tasks.decisions.checks import failed, skipped
 from tasks.decisions.drill import (
     ComponentTiming,
     check_large_objects,
     check_required_tables,
     check_row_counts,
-    failed,
-    skipped,
 )
 from tasks.decisions.manifest import BackupManifest, LargeObjects
 from tasks.decisions.redaction import error_line, redact_url
@@ -264,16 +263,16 @@ def restore_postgres(
     try:
         tool = restore_tool(server)
     except ToolVersionError as exc:
-        return ComponentOutcome(checks=[failed("postgres-restore", "postgres", str(exc))])
+        return ComponentOutcome(checks=[failed("postgres-restore", str(exc), component="postgres")])
     dump_major = parse_tool_version(f"pg_dump (PostgreSQL) {dump.pg_dump_version}")[1]
     if dump_major > tool.major:
         return ComponentOutcome(
             checks=[
                 failed(
                     "postgres-restore",
-                    "postgres",
                     f"pg_restore {tool.version} cannot read an archive written by pg_dump "
                     f"{dump.pg_dump_version}: install postgresql-client-{dump_major}",
+                    component="postgres",
                 )
             ]
         )
@@ -314,11 +313,13 @@ def restore_postgres(
         )
     else:
         checks.append(
-            skipped("postgres-row-counts", "postgres", "not counted: the restore did not pass")
+            skipped(
+                "postgres-row-counts", "not counted: the restore did not pass", component="postgres"
+            )
         )
     for check in checks:
         log = logger.info if check.passed else logger.error
-        log("%s %s: %s", check.name, check.outcome, check.reason)
+        log("%s %s: %s", check.name, check.status, check.message)
     if not restored_ok:
         # A restore that did not complete has no recovery time to report.
         return ComponentOutcome(checks=checks)

@@ -68,7 +68,7 @@ def publish_restore_report(
                 f"- restore {item.timing.restore_seconds:.1f}s, "
                 f"{item.timing.throughput_mb_s:.1f} MB/s"
             )
-        lines += [f"- {c.name}: {c.outcome}: {c.reason}" for c in item.checks]
+        lines += [f"- {c.name}: {c.status}: {c.message}" for c in item.checks]
         lines.append("")
     lines += ["## Next steps", *[f"{i}. {s}" for i, s in enumerate(steps, 1)]]
     create_markdown_artifact(key=key, markdown=stack.scrub("\n".join(lines)))

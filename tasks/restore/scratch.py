@@ -20,14 +20,8 @@ from prefect.logging import get_run_logger
 from pydantic import BaseModel, Field
 
 from blocks.stack import Stack
-from tasks.decisions.drill import (
-    Check,
-    failed,
-    is_scratch_database,
-    orphan_scratch_databases,
-    passed,
-    shorten,
-)
+from tasks.decisions.checks import CheckResult, failed, passed
+from tasks.decisions.drill import is_scratch_database, orphan_scratch_databases, shorten
 from tasks.errors import RestoreError
 from tasks.restore.clickhouse import ch_databases, drop_ch_database
 from tasks.restore.postgres import (
@@ -149,7 +143,7 @@ def drop_orphan_scratch_databases(
 
 
 @task(name="check-no-scratch-left", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def check_no_scratch_left(stack: Stack, names: ScratchNames) -> Check:
+def check_no_scratch_left(stack: Stack, names: ScratchNames) -> CheckResult:
     """After the drill, none of its scratch databases exists any more."""
     server = pg_server(stack, names.server_block)
     left = [f"postgres:{n}" for n in [names.postgres] if pg_database_exists(server, n)]
@@ -157,5 +151,7 @@ def check_no_scratch_left(stack: Stack, names: ScratchNames) -> Check:
         existing = set(ch_databases(stack))
         left += [f"clickhouse:{n}" for n in names.clickhouse if n in existing]
     if left:
-        return failed("scratch-dropped", "set", f"still present after the drill: {shorten(left)}")
-    return passed("scratch-dropped", "set", "every scratch database was dropped")
+        return failed(
+            "scratch-dropped", f"still present after the drill: {shorten(left)}", component="set"
+        )
+    return passed("scratch-dropped", "every scratch database was dropped", component="set")

@@ -23,10 +23,9 @@ from prefect.logging import get_run_logger
 from pydantic import BaseModel, Field
 
 from blocks.stack import Stack
+from tasks.decisions.checks import CheckResult, failed
 from tasks.decisions.drill import (
-    Check,
     ComponentTiming,
-    failed,
     is_staging_database,
     previous_database_name,
     restore_refusal,
@@ -105,7 +104,7 @@ class RestoredTarget(BaseModel):
 
     engine: EngineName
     target: str
-    checks: list[Check]
+    checks: list[CheckResult]
     timing: ComponentTiming | None = None
     previous: str | None = Field(default=None, description="Name the replaced database got.")
 
@@ -120,7 +119,7 @@ class StagedRestore(BaseModel):
     engine: EngineName
     target: str
     staging: str
-    checks: list[Check]
+    checks: list[CheckResult]
     timing: ComponentTiming | None = None
 
     @property
@@ -150,7 +149,9 @@ def _stage(
         )
         if not isinstance(exc, RestoreError):
             raise
-        outcome = ComponentOutcome(checks=[failed(f"{engine.name}-restore", engine.name, str(exc))])
+        outcome = ComponentOutcome(
+            checks=[failed(f"{engine.name}-restore", str(exc), component=engine.name)]
+        )
     return StagedRestore(
         engine=engine.name,
         target=plan.target,

@@ -233,4 +233,4 @@ def test_a_restore_missing_from_system_backups_fails_instead_of_waiting(stack):
     finally:
         client.close()
     assert not check.passed
-    assert "vanished from system.backups" in check.reason
+    assert "vanished from system.backups" in check.message

@@ -418,7 +418,7 @@ def test_partitions_count_once_and_large_objects_are_restored_and_checked(
     report = drill(manifest.backup_id)
     assert report.passed, report.failure_message()
     (check,) = [c for c in report.checks if c.name == "postgres-large-objects"]
-    assert check.reason == "2 large objects, content matches"
+    assert check.message == "2 large objects, content matches"
 
     def one_more(data: dict[str, Any]) -> None:
         data["postgres"]["large_objects"]["count"] = 3

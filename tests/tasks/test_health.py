@@ -11,23 +11,23 @@ import httpx
 import psycopg
 import pytest
 
-from tasks.decisions.health import SERVICES, CheckResult
+from tasks.decisions.health import SERVICES, ServiceHealth
 from tasks.health import (
     HealthThresholds,
-    disk_verdict,
-    freshness_verdict,
-    redis_verdict,
+    disk_reading,
+    freshness_reading,
+    redis_reading,
     run_checks,
 )
 
 NO_DB = HealthThresholds(litellm_requires_db=False)  # the devstack's LiteLLM runs without one
 
 
-def by_service(results: list[CheckResult]) -> dict[str, CheckResult]:
+def by_service(results: list[ServiceHealth]) -> dict[str, ServiceHealth]:
     return {r.service: r for r in results}
 
 
-def check(stack, services: list[str], timeout_s: float = 5.0) -> dict[str, CheckResult]:  # type: ignore[no-untyped-def]
+def check(stack, services: list[str], timeout_s: float = 5.0) -> dict[str, ServiceHealth]:  # type: ignore[no-untyped-def]
     return by_service(asyncio.run(run_checks(stack, timeout_s, services, NO_DB)))
 
 
@@ -157,9 +157,9 @@ def test_unknown_service_is_refused(stack) -> None:  # type: ignore[no-untyped-d
 
 def test_backup_freshness_verdicts() -> None:
     now = datetime(2026, 11, 22, 12, tzinfo=UTC)
-    assert freshness_verdict(None, now, 26, "b/s/").status == "unhealthy"
-    assert freshness_verdict(now - timedelta(hours=25), now, 26, "b/s/").status == "healthy"
-    old = freshness_verdict(now - timedelta(hours=27), now, 26, "b/s/")
+    assert freshness_reading(None, now, 26, "b/s/").status == "unhealthy"
+    assert freshness_reading(now - timedelta(hours=25), now, 26, "b/s/").status == "healthy"
+    old = freshness_reading(now - timedelta(hours=27), now, 26, "b/s/")
     assert old.status == "degraded"
     assert old.reason.startswith("newest complete backup 27.0 h old")
 
@@ -167,17 +167,17 @@ def test_backup_freshness_verdicts() -> None:
 def test_redis_memory_and_aof_verdicts() -> None:
     th = HealthThresholds()
     ok = {"aof_enabled": "1", "aof_last_write_status": "ok", "aof_last_bgrewrite_status": "ok"}
-    assert redis_verdict(10 * 2**20, 100 * 2**20, ok, th).status == "healthy"
-    assert redis_verdict(95 * 2**20, 100 * 2**20, ok, th).status == "degraded"
-    assert redis_verdict(95 * 2**20, 0, ok, th).status == "healthy"  # no maxmemory set
-    assert redis_verdict(1, 0, {"aof_enabled": "0"}, th).status == "degraded"
+    assert redis_reading(10 * 2**20, 100 * 2**20, ok, th).status == "healthy"
+    assert redis_reading(95 * 2**20, 100 * 2**20, ok, th).status == "degraded"
+    assert redis_reading(95 * 2**20, 0, ok, th).status == "healthy"  # no maxmemory set
+    assert redis_reading(1, 0, {"aof_enabled": "0"}, th).status == "degraded"
     failing = {**ok, "aof_last_write_status": "err"}
-    verdict = redis_verdict(1, 0, failing, th)
+    verdict = redis_reading(1, 0, failing, th)
     assert verdict.status == "unhealthy" and "AOF write failing" in verdict.reason
 
 
 def test_clickhouse_disk_verdicts() -> None:
     th = HealthThresholds()
-    assert disk_verdict(50, 100, th).status == "healthy"
-    assert disk_verdict(5, 100, th).status == "degraded"
-    assert disk_verdict(1, 100, th).status == "unhealthy"
+    assert disk_reading(50, 100, th).status == "healthy"
+    assert disk_reading(5, 100, th).status == "degraded"
+    assert disk_reading(1, 100, th).status == "unhealthy"

@@ -21,7 +21,7 @@ from tasks.decisions.alerting import (
     group_notices,
     trailing,
 )
-from tasks.decisions.health import SERVICES, CheckResult, HealthStatus
+from tasks.decisions.health import SERVICES, HealthStatus, ServiceHealth
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 STATUS: dict[str, HealthStatus] = {"h": "healthy", "d": "degraded", "u": "unhealthy"}
@@ -37,8 +37,8 @@ policies = st.builds(
 )
 
 
-def result(service: str, code: str, reason: str = "probe said so") -> CheckResult:
-    return CheckResult(service=service, status=STATUS[code], latency_ms=3.0, reason=reason)
+def result(service: str, code: str, reason: str = "probe said so") -> ServiceHealth:
+    return ServiceHealth(service=service, status=STATUS[code], latency_ms=3.0, reason=reason)
 
 
 def run(

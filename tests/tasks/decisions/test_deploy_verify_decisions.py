@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tasks.decisions.checks import CheckResult, failed, passed
 from tasks.decisions.deploy_checks import (
     CHECK_NAMES,
     CHECKS,
     CheckSpec,
-    Finding,
     Ledger,
     blocked_reason,
     plan_checks,
@@ -26,7 +26,6 @@ from tasks.decisions.deploy_judges import (
     BucketProbe,
     RailwayService,
     SaltRecord,
-    ServiceHealth,
     judge_backup_age,
     judge_buckets,
     judge_canary,
@@ -40,10 +39,12 @@ from tasks.decisions.deploy_judges import (
     judge_trace,
     judge_unauthenticated,
 )
+from tasks.decisions.health import ServiceHealth
 
 statuses = st.sampled_from(["passed", "failed", "skipped"])
 findings = st.builds(
-    Finding,
+    CheckResult,
+    name=st.sampled_from(CHECK_NAMES),
     status=statuses,
     message=st.text(max_size=60),
     fix=st.one_of(st.none(), st.text(min_size=1, max_size=60)),
@@ -69,7 +70,7 @@ def test_an_order_that_needs_a_later_check_is_refused() -> None:
     railway_required=st.booleans(),
 )
 def test_ledger_runs_only_unblocked_checks_and_reports_each_once(
-    planned: dict[str, Finding], unhealthy: set[str], railway_required: bool
+    planned: dict[str, CheckResult], unhealthy: set[str], railway_required: bool
 ) -> None:
     planned["services-healthy"] = planned["services-healthy"].model_copy(
         update={"unhealthy_services": tuple(sorted(unhealthy))}
@@ -78,7 +79,7 @@ def test_ledger_runs_only_unblocked_checks_and_reports_each_once(
     ledger = Ledger(specs, clock=iter(range(1000)).__next__)
     called: list[str] = []
 
-    def check(name: str) -> Finding:
+    def check(name: str) -> CheckResult:
         called.append(name)
         return planned[name]
 
@@ -111,8 +112,10 @@ def test_ledger_runs_only_unblocked_checks_and_reports_each_once(
 
 def test_a_failed_dependency_skips_with_the_reason() -> None:
     ledger = Ledger(CHECKS)
-    ledger.run("master-key", lambda: Finding.passed("ok"))
-    ledger.run("litellm-models", lambda: Finding.failed("LiteLLM refused the key", "fix it"))
+    ledger.run("master-key", lambda: passed("master-key", "ok"))
+    ledger.run(
+        "litellm-models", lambda: failed("litellm-models", "LiteLLM refused the key", fix="fix it")
+    )
     canary = ledger.run("litellm-canary", lambda: pytest.fail("must not run"))
     trace = ledger.run("langfuse-trace", lambda: pytest.fail("must not run"))
     assert canary.status == "skipped"
@@ -124,7 +127,12 @@ def test_an_unhealthy_service_skips_the_checks_that_need_it() -> None:
     ledger = Ledger(CHECKS)
     ledger.run(
         "services-healthy",
-        lambda: Finding(status="failed", message="redis down", unhealthy_services=("redis",)),
+        lambda: CheckResult(
+            name="services-healthy",
+            status="failed",
+            message="redis down",
+            unhealthy_services=("redis",),
+        ),
     )
     redis = ledger.run("redis-persistence", lambda: pytest.fail("must not run"))
     assert redis.status == "skipped"
@@ -134,7 +142,7 @@ def test_an_unhealthy_service_skips_the_checks_that_need_it() -> None:
 
 
 def test_a_check_that_raises_is_failed_and_scrubbed() -> None:
-    def boom() -> Finding:
+    def boom() -> CheckResult:
         raise RuntimeError("password sk-secret-1234 leaked")
 
     ledger = Ledger(CHECKS, scrub=lambda text: text.replace("sk-secret-1234", "***"))
@@ -146,8 +154,8 @@ def test_a_check_that_raises_is_failed_and_scrubbed() -> None:
 def test_an_optional_failure_does_not_fail_the_run() -> None:
     ledger = Ledger(CHECKS)
     for name in CHECK_NAMES:
-        finding = Finding.failed("boom", "fix") if name == "railway-deployments" else None
-        ledger.run(name, lambda f=finding: f or Finding.passed("ok"))
+        result = failed(name, "boom", fix="fix") if name == "railway-deployments" else None
+        ledger.run(name, lambda n=name, r=result: r or passed(n, "ok"))
     result = verdict("prod", ledger.results())
     assert result.passed
     assert result.failed_optional == ["railway-deployments"]
@@ -159,7 +167,7 @@ def test_an_optional_failure_does_not_fail_the_run() -> None:
 def test_the_report_has_one_well_formed_row_per_check(messages: list[str]) -> None:
     ledger = Ledger(CHECKS)
     for name, message in zip(CHECK_NAMES, messages, strict=True):
-        ledger.run(name, lambda m=message: Finding.failed(m, "fix | it\nnow"))
+        ledger.run(name, lambda n=name, m=message: failed(n, m, fix="fix | it\nnow"))
     rows = ledger.results()
     report = render_report(
         "prod",
@@ -240,7 +248,7 @@ def test_salt_judge_covers_every_case() -> None:
 )
 def test_health_fails_on_unhealthy_and_optionally_degraded(states: list[str], strict: bool) -> None:
     services = [
-        ServiceHealth(service=f"s{i}", status=s, reason="r")  # type: ignore[arg-type]
+        ServiceHealth(service=f"s{i}", status=s, latency_ms=0.0, reason="r")  # type: ignore[arg-type]
         for i, s in enumerate(states)
     ]
     finding = judge_health(services, fail_on_degraded=strict)

@@ -8,24 +8,21 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tasks.decisions.checks import CheckResult, failed, passed, skipped
 from tasks.decisions.drill import (
     MAX_IDENTIFIER,
-    Check,
     ComponentTiming,
     DrillReport,
     check_object,
     check_required_tables,
     check_row_counts,
-    failed,
     is_scratch_database,
     operator_steps,
     orphan_scratch_databases,
-    passed,
     previous_database_name,
     restore_refusal,
     rpo_seconds,
     scratch_database_name,
-    skipped,
     staging_database_name,
 )
 
@@ -118,7 +115,7 @@ def test_object_check_names_missing_truncated_and_changed_objects():
         actual_size=None,
         actual_sha256=None,
     )
-    assert not missing.passed and "missing" in missing.reason and key in missing.reason
+    assert not missing.passed and "missing" in missing.message and key in missing.message
     short = check_object(
         "dump",
         "postgres",
@@ -128,7 +125,7 @@ def test_object_check_names_missing_truncated_and_changed_objects():
         actual_size=60,
         actual_sha256=SHA_A,
     )
-    assert not short.passed and "truncated" in short.reason and "60" in short.reason
+    assert not short.passed and "truncated" in short.message and "60" in short.message
     changed = check_object(
         "dump",
         "postgres",
@@ -138,7 +135,7 @@ def test_object_check_names_missing_truncated_and_changed_objects():
         actual_size=100,
         actual_sha256=SHA_B,
     )
-    assert not changed.passed and "sha256 mismatch" in changed.reason
+    assert not changed.passed and "sha256 mismatch" in changed.message
     good = check_object(
         "dump",
         "postgres",
@@ -148,7 +145,7 @@ def test_object_check_names_missing_truncated_and_changed_objects():
         actual_size=100,
         actual_sha256=SHA_A,
     )
-    assert good.passed and good.outcome == "passed"
+    assert good.passed and good.status == "passed"
     size_only = check_object(
         "dump",
         "postgres",
@@ -158,7 +155,7 @@ def test_object_check_names_missing_truncated_and_changed_objects():
         actual_size=100,
         actual_sha256=None,
     )
-    assert size_only.passed and "size matches" in size_only.reason
+    assert size_only.passed and "size matches" in size_only.message
 
 
 def test_an_object_outside_the_set_is_named_as_such_even_when_it_exists():
@@ -173,7 +170,7 @@ def test_an_object_outside_the_set_is_named_as_such_even_when_it_exists():
         actual_sha256=SHA_A,
         set_prefix="prod/id/",
     )
-    assert not outside.passed and "outside the set (prod/id/)" in outside.reason
+    assert not outside.passed and "outside the set (prod/id/)" in outside.message
     inside = check_object(
         "dump",
         "postgres",
@@ -219,7 +216,7 @@ def test_row_counts_pass_exactly_when_every_table_matches(expected, actual):
         first_bad = next(
             t for t in sorted(expected.keys() | actual.keys()) if expected.get(t) != actual.get(t)
         )
-        assert first_bad in check.reason
+        assert first_bad in check.message
 
 
 def test_row_count_reason_says_which_table_and_by_how_much():
@@ -230,29 +227,29 @@ def test_row_count_reason_says_which_table_and_by_how_much():
         {"public.LiteLLM_SpendLogs": 119999, "public.new": 1},
     )
     assert not check.passed
-    assert "public.LiteLLM_SpendLogs has 119999 rows, the manifest says 120000" in check.reason
-    assert "public.gone missing after restore" in check.reason
-    assert "public.new restored" in check.reason
+    assert "public.LiteLLM_SpendLogs has 119999 rows, the manifest says 120000" in check.message
+    assert "public.gone missing after restore" in check.message
+    assert "public.new restored" in check.message
 
 
 def test_row_count_reason_stays_short_for_many_tables():
     expected = {f"s.t{i:03}": i for i in range(50)}
     actual = {f"s.t{i:03}": i + 1 for i in range(50)}
     check = check_row_counts("rows", "clickhouse", expected, actual)
-    assert "... and 42 more" in check.reason
+    assert "... and 42 more" in check.message
 
 
 def test_required_tables():
     ok = check_required_tables("req", "postgres", ["a.x", "b.y"], ["a.x", "b.y", "c.z"])
     assert ok.passed
     bad = check_required_tables("req", "postgres", ["a.x", "b.y"], ["a.x"])
-    assert not bad.passed and "b.y" in bad.reason and "a.x" not in bad.reason
+    assert not bad.passed and "b.y" in bad.message and "a.x" not in bad.message
 
 
 # ---- verdict and report ----------------------------------------------------------------------
 
 
-def report(checks: list[Check], **extra: object) -> DrillReport:
+def report(checks: list[CheckResult], **extra: object) -> DrillReport:
     return DrillReport(
         stack="prod",
         backup_id="20261122T030000Z-abcdef",
@@ -271,20 +268,20 @@ outcomes = st.lists(st.sampled_from(["passed", "failed", "skipped"]), max_size=8
 @given(outcomes)
 def test_a_drill_passes_only_when_it_proved_something_and_every_check_passed(results):
     checks = [
-        Check(name=f"c{i}", component="postgres", outcome=o, reason="r")
+        CheckResult(name=f"c{i}", component="postgres", status=o, message="r")
         for i, o in enumerate(results)
     ]
     drill = report(checks)
     assert drill.passed == (bool(results) and all(o == "passed" for o in results))
-    assert {c.name for c in drill.problems} == {c.name for c in checks if c.outcome != "passed"}
+    assert {c.name for c in drill.problems} == {c.name for c in checks if c.status != "passed"}
 
 
 def test_failure_message_names_each_failed_check_with_its_reason():
     drill = report(
         [
-            passed("manifest", "set", "schema 1"),
-            failed("postgres-dump", "postgres", "sha256 mismatch for k"),
-            skipped("postgres-restore", "postgres", "dump failed verification"),
+            passed("manifest", "schema 1", component="set"),
+            failed("postgres-dump", "sha256 mismatch for k", component="postgres"),
+            skipped("postgres-restore", "dump failed verification", component="postgres"),
         ]
     )
     message = drill.failure_message()
@@ -296,7 +293,7 @@ def test_failure_message_names_each_failed_check_with_its_reason():
 
 def test_report_shows_rto_rpo_sizes_and_throughput():
     drill = report(
-        [passed("postgres-row-counts", "postgres", "12 tables | all match")],
+        [passed("postgres-row-counts", "12 tables | all match", component="postgres")],
         timings=[
             ComponentTiming(
                 component="postgres",

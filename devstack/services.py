@@ -236,7 +236,17 @@ def _start_langfuse(stack: Devstack, role: str) -> None:
         "--role", role, "--public-key", stack.creds.langfuse_public_key,
         "--secret-key", stack.creds.langfuse_secret_key,
     ]  # fmt: skip
-    stack.spawn(name, argv, env=dict(os.environ))
+    # As real Langfuse takes them: ingested events are written to ClickHouse too.
+    env = dict(os.environ)
+    env.update(
+        {
+            "CLICKHOUSE_URL": stack.url("clickhouse"),
+            "CLICKHOUSE_USER": "clickhouse",
+            "CLICKHOUSE_PASSWORD": stack.creds.clickhouse_password,
+            "CLICKHOUSE_DB": "default",
+        }
+    )
+    stack.spawn(name, argv, env=env)
     path = "/api/public/health" if role == "web" else "/api/health"
     stack.wait_until_ready(name, lambda: http_ok(f"{stack.url(name)}{path}"))
 
@@ -273,6 +283,20 @@ def litellm_config(key: str) -> str:
         "      model: openai/gpt-4o-mini\n"
         "      api_key: mock-not-a-key\n"
         "      mock_response: Hello from the devstack mock model.\n"
+        # Traffic (devstack/traffic.py) spreads requests over several models, and
+        # sends a share to `flaky` on purpose: it always fails, as a provider outage.
+        "  - model_name: claude-3-haiku\n"
+        "    litellm_params:\n"
+        "      model: anthropic/claude-3-haiku-20240307\n"
+        "      api_key: mock-not-a-key\n"
+        "      mock_response: Hello from the second devstack mock model.\n"
+        "  - model_name: flaky\n"
+        "    litellm_params:\n"
+        "      model: openai/gpt-4o-mini\n"
+        "      api_key: mock-not-a-key\n"
+        "      mock_response: litellm.InternalServerError\n"
+        # Without it LiteLLM retries with back-off and each failure takes ~5 s.
+        "      num_retries: 0\n"
         "litellm_settings:\n"
         '  success_callback: ["langfuse"]\n'
         "  telemetry: false\n"

@@ -4,7 +4,11 @@ Langfuse ships only as container images and there is no container engine
 here, so tests talk to this instead. It implements just what the ops flows and
 LiteLLM's `langfuse` callback touch: health/readiness, legacy batch ingestion,
 OTLP trace export (what LiteLLM >= 1.106 with langfuse SDK v4 sends), project
-lookup and trace lookup. Everything is kept in memory.
+lookup and trace lookup. Everything is kept in memory; with CLICKHOUSE_URL,
+CLICKHOUSE_USER and CLICKHOUSE_PASSWORD set (as real Langfuse takes them) every
+ingested trace, observation and score is also written to ClickHouse's
+`traces`/`observations`/`scores` the way langfuse-worker writes them (see
+clickhouse_writer.py): an update is a new version of the row.
 
     python devstack/standins/langfuse.py --port 13000 --public-key pk-lf-x --secret-key sk-lf-x
     python devstack/standins/langfuse.py --port 13030 --role worker
@@ -13,6 +17,7 @@ Test-only control (no auth), under /__standin/:
     POST /__standin/fault {"mode": "ok"|"hang"|"error500"|"drop_ingestion"}
     GET  /__standin/fault        current mode
     GET  /__standin/traces       JSON list of stored trace ids
+    GET  /__standin/stats        traces held, ClickHouse rows written/pending/dropped, errors
     POST /__standin/reset        forget all traces
 
 Unlike real Langfuse, ingested data is visible at once (no queue/worker delay).
@@ -35,6 +40,7 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
+from clickhouse_writer import ClickHouseWriter, observation_row, score_row, trace_row
 from serve import serve
 
 VERSION = "3.x-standin"
@@ -236,9 +242,12 @@ def _prefixed(attrs: dict, prefix: str) -> dict:
 
 
 class State:
-    def __init__(self, hang_seconds: float):
+    def __init__(self, hang_seconds: float, writer: ClickHouseWriter | None = None):
         self.lock = threading.Lock()
         self.traces: dict[str, dict] = {}
+        # Each change is also queued as a full ClickHouse row (None: memory only).
+        self.writer = writer
+        self.observation_created: dict[str, datetime] = {}
         self.mode = "ok"
         self.hang_seconds = hang_seconds
         # Hanging requests wait on this; a mode change sets it to release them
@@ -290,6 +299,8 @@ class State:
                 elif value is not None and key != "id":
                     trace[key] = value
             trace["updatedAt"] = now_iso()
+            if self.writer is not None:
+                self.writer.add("traces", trace_row(trace))
 
     def upsert_observation(self, obs_type: str, body: dict, timestamp: str | None):
         with self.lock:
@@ -303,11 +314,16 @@ class State:
                 obs["traceId"] = trace["id"]
                 trace["observations"].append(obs)
             trace["updatedAt"] = now_iso()
+            if self.writer is not None:
+                created = self.observation_created.setdefault(str(obs["id"]), datetime.now(UTC))
+                self.writer.add("observations", observation_row(obs, PROJECT["id"], created))
 
-    def add_score(self, body: dict):
+    def add_score(self, body: dict, timestamp: str | None = None):
         with self.lock:
             if body.get("traceId"):
                 self._trace(str(body["traceId"]))["scores"].append(body)
+            if self.writer is not None:
+                self.writer.add("scores", score_row(body, PROJECT["id"], timestamp))
 
     def add_otel_span(self, span: dict):
         attrs = span["attributes"]
@@ -344,6 +360,12 @@ class State:
             },
             nanos_iso(span["start"]),
         )
+
+    def stats(self) -> dict:
+        with self.lock:
+            held = len(self.traces)
+        writer = self.writer.stats() if self.writer is not None else {"enabled": False}
+        return {"traces": held, "clickhouse": writer}
 
     def snapshot(self, trace_id: str) -> dict | None:
         with self.lock:
@@ -416,6 +438,8 @@ class Handler(BaseHTTPRequestHandler):
                 return self._send(200, list(self.state.traces))
         if path == "/__standin/fault":
             return self._send(200, {"mode": self.state.mode})
+        if path == "/__standin/stats":
+            return self._send(200, self.state.stats())
         if self.role == "worker":
             if path == "/api/health":
                 return self._health({"status": "OK", "version": VERSION})
@@ -519,7 +543,7 @@ class Handler(BaseHTTPRequestHandler):
                             OBSERVATION_TYPES[kind], payload, event.get("timestamp")
                         )
                     elif kind == "score-create":
-                        self.state.add_score(payload)
+                        self.state.add_score(payload, event.get("timestamp"))
                 successes.append({"id": event_id, "status": 201})
             except (KeyError, TypeError, AttributeError) as exc:
                 errors.append(
@@ -556,17 +580,26 @@ def main(argv=None):
     ap.add_argument("--hang-seconds", type=float, default=120.0)
     opts = ap.parse_args(argv)
 
+    # Only web ingests; the worker role has nothing to write.
+    writer = ClickHouseWriter.from_env() if opts.role == "web" else None
+    if writer is not None:
+        writer.start()
     handler = type(
         "BoundHandler",
         (Handler,),
         {
-            "state": State(opts.hang_seconds),
+            "state": State(opts.hang_seconds, writer),
             "role": opts.role,
             "public_key": opts.public_key,
             "secret_key": opts.secret_key,
         },
     )
-    return serve(handler, opts.port, f"langfuse stand-in ({opts.role})")
+    return serve(
+        handler,
+        opts.port,
+        f"langfuse stand-in ({opts.role})",
+        on_close=writer.stop if writer is not None else None,
+    )
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """``python -m devstack demo``: the product, end to end, on the local stack.
 
 Brings the devstack up (real services, Prefect server, a process worker on pool
-``devstack``), runs the same bootstrap the Railway worker runs (pool, blocks, the
-stack's channels, automations, ``prefect deploy --all`` for stack ``devstack``), then
-runs every deployment once through the worker and prints each run's final state and
-the Prefect UI's URL. Exits non-zero if any run did not complete.
+``devstack``), starts traffic through it (``python -m devstack traffic``, 5 requests a
+second, as long as the stack runs), runs the same bootstrap the Railway worker runs
+(pool, blocks, the stack's channels, automations, ``prefect deploy --all`` for stack
+``devstack``), then runs every deployment once through the worker and prints each run's
+final state and the Prefect UI's URL. Exits non-zero if any run did not complete.
 
 The devstack keeps running afterwards (the health sweep every minute, as in
 production); ``python -m devstack down`` stops it.
@@ -23,16 +24,19 @@ from devstack.core import PAGERDUTY_ROUTING_KEY, POOL, PROJECT, STACK_NAME, Devs
 
 __all__ = [
     "DEMO_RUNS",
+    "DEMO_TRAFFIC_RATE",
     "RUN_TIMEOUT_S",
     "RunOutcome",
     "bootstrap_env",
     "run_bootstrap",
     "run_demo",
     "run_every_deployment",
+    "start_traffic",
     "summary",
 ]
 
 RUN_TIMEOUT_S = 900
+DEMO_TRAFFIC_RATE = 5.0
 
 # In runbook order: watch, back up, prove the backup restores, a restore (dry run: it
 # verifies the set and prints the plan without writing), then verify the deploy.
@@ -133,6 +137,31 @@ def summary(outcomes: list[RunOutcome], ui_url: str) -> str:
     return "\n".join(lines)
 
 
+def start_traffic(devstack: Devstack, rate: float = DEMO_TRAFFIC_RATE) -> None:
+    """Traffic through the stack for as long as it runs: a live stack, not a quiet one.
+
+    Its own process (``python -m devstack traffic``), counts every minute in
+    ``logs/traffic.log``; ``python -m devstack down`` stops it with the rest.
+    """
+    if devstack.running("traffic"):
+        return
+    argv = [
+        sys.executable,
+        "-m",
+        "devstack",
+        "traffic",
+        "--dir",
+        str(devstack.root),
+        "--rate",
+        str(rate),
+        "--verbose",
+        "--every",
+        "60",
+    ]
+    devstack.spawn("traffic", argv, env={**os.environ, **devstack.client_env()})
+    print(f"traffic: {rate:g} requests/s through LiteLLM (logs/traffic.log)", flush=True)
+
+
 def run_demo(devstack: Devstack) -> int:
     print(f"bringing the devstack up in {devstack.root} ...", flush=True)
     devstack.up(with_worker=True)
@@ -142,6 +171,7 @@ def run_demo(devstack: Devstack) -> int:
     if done.returncode != 0:
         print(done.stderr, file=sys.stderr, end="")
         return done.returncode
+    start_traffic(devstack)
     outcomes = run_every_deployment(devstack)
     print()
     print(summary(outcomes, devstack.url("prefect")))

@@ -283,7 +283,7 @@ def litellm_config(key: str) -> str:
         "      model: openai/gpt-4o-mini\n"
         "      api_key: mock-not-a-key\n"
         "      mock_response: Hello from the devstack mock model.\n"
-        # Traffic (devstack/traffic.py) spreads requests over several models, and
+        # Traffic (devstack/traffic/schedule.py) spreads requests over several models, and
         # sends a share to `flaky` on purpose: it always fails, as a provider outage.
         "  - model_name: claude-3-haiku\n"
         "    litellm_params:\n"

@@ -36,6 +36,7 @@ from tasks.clickhouse import (
     quote_identifier,
     restore_statement,
     stopped_text,
+    table_rows,
     wait_for_operation,
 )
 from tasks.decisions.checks import CheckResult, failed, passed
@@ -141,12 +142,8 @@ def run_ch_restore(
 
 
 def merge_tree_tables(client: ClickHouseClient, database: str) -> list[str]:
-    rows = client.query(
-        "SELECT name FROM system.tables WHERE database = {db:String} "
-        "AND engine LIKE '%MergeTree%' ORDER BY name",
-        parameters={"db": database},
-    ).result_rows
-    return [str(row[0]) for row in rows]
+    """The MergeTree-family tables of ``database`` (the ones with parts and merges)."""
+    return list(table_rows(client, database))
 
 
 def set_merges(client: ClickHouseClient, database: str, *, running: bool) -> None:

@@ -277,16 +277,23 @@ def test_a_manifest_whose_row_counts_disagree_fails_the_drill(devstack, good_set
     assert f"public.LiteLLM_Config has {want} rows, the manifest says {want + 1}" in message
 
 
-def test_a_clickhouse_backup_with_a_file_removed_fails_the_drill(devstack, good_set, clean):
-    backup_id, copied = copy_set(devstack, good_set)
-    ch = copied.clickhouse[0]
+def remove_a_traces_data_file(devstack: Devstack, copied: BackupManifest) -> str:
+    """Delete one data file of the traces table from the set's ClickHouse backup; its key."""
     client = minio(devstack)
     victim = next(
         o.object_name
-        for o in client.list_objects(copied.bucket, prefix=ch.s3_prefix, recursive=True)
+        for o in client.list_objects(
+            copied.bucket, prefix=copied.clickhouse[0].s3_prefix, recursive=True
+        )
         if o.object_name and o.object_name.endswith(".bin") and "/traces/" in o.object_name
     )
     client.remove_object(copied.bucket, victim)
+    return victim
+
+
+def test_a_clickhouse_backup_with_a_file_removed_fails_the_drill(devstack, good_set, clean):
+    backup_id, copied = copy_set(devstack, good_set)
+    victim = remove_a_traces_data_file(devstack, copied)
     message = failed_drill(backup_id)
     assert "ClickHouse backup folder damaged" in message and victim in message
 

@@ -28,7 +28,7 @@ from tests.flows.test_restore_drill import (
     copy_set,
     drill,
     failed_drill,
-    minio,
+    remove_a_traces_data_file,
     rewrite_object,
 )
 
@@ -100,16 +100,10 @@ def test_a_set_taken_under_traffic_with_a_clickhouse_file_deleted_fails_naming_i
     devstack: Devstack, sets_under_traffic: list[BackupManifest]
 ) -> None:
     backup_id, copied = copy_set(devstack, sets_under_traffic[-1])
-    ch = copied.clickhouse[0]
-    client = minio(devstack)
-    victim = next(
-        o.object_name
-        for o in client.list_objects(copied.bucket, prefix=ch.s3_prefix, recursive=True)
-        if o.object_name and o.object_name.endswith(".bin") and "/traces/" in o.object_name
-    )
-    client.remove_object(copied.bucket, victim)
+    victim = remove_a_traces_data_file(devstack, copied)
     message = failed_drill(backup_id)
-    assert f"clickhouse-files[{ch.database}] failed" in message and victim in message
+    database = copied.clickhouse[0].database
+    assert f"clickhouse-files[{database}] failed" in message and victim in message
     assert_nothing_left(devstack)
 
 

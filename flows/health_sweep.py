@@ -5,7 +5,9 @@ limit 1 with CANCEL_NEW, so a sweep due while one still runs is dropped, never
 queued). Every check runs concurrently with its own timeout, so a sweep takes at
 most about ``timeout_s`` however many services hang. A run that starts more than
 ``max_lateness_s`` after its scheduled time (the worker was down, runs piled up)
-exits at once: only the current sweep does work.
+exits at once, in a Completed-type state named ``Skipped``: only the current sweep
+does work, and the watcher (which waits for a ``Completed`` sweep) is not satisfied by
+sweeps that checked nothing.
 
 Then the alert state machine (``tasks/decisions/alerting.py``) decides, from the state the
 previous sweep left, what to tell: one grouped message per sweep, routed by severity
@@ -33,11 +35,15 @@ import asyncio
 from datetime import UTC, datetime
 
 from prefect import flow
+from prefect.client.schemas.objects import State
 from prefect.logging import get_run_logger
+from prefect.states import Completed
 from pydantic import BaseModel, Field
 
 from tasks.decisions.alerting import AlertPolicy, StatusChange, decide, group_notices, worst_status
 from tasks.decisions.health import HealthStatus, ServiceHealth
+from tasks.decisions.redaction import error_line
+from tasks.errors import HealthSweepError
 from tasks.health import HealthThresholds, check_services
 from tasks.health_state import (
     emit_status_events,
@@ -45,14 +51,19 @@ from tasks.health_state import (
     publish_health,
     sweep_lateness_s,
 )
-from tasks.notify import DeliveryReport, run_link, send_alert
+from tasks.notify import DeliveryReport, redact_urls, run_link, send_alert
 
 __all__ = [
+    "SKIPPED",
     "HealthSweepConfig",
     "SweepSummary",
     "health_sweep",
     "sweep_stack",
 ]
+
+
+# The name of a sweep that ran too late and checked nothing (state type COMPLETED).
+SKIPPED = "Skipped"
 
 
 class HealthSweepConfig(BaseModel):
@@ -80,6 +91,9 @@ class SweepSummary(BaseModel):
 
     stack: str
     skipped: bool = Field(default=False, description="Stale run that exited at once.")
+    error: str | None = Field(
+        default=None, description="Why this stack could not be swept (others were)."
+    )
     overall: HealthStatus = "healthy"
     checks: list[ServiceHealth] = Field(default_factory=list)
     changes: list[StatusChange] = Field(default_factory=list)
@@ -101,25 +115,53 @@ async def health_sweep(
     stack: str = "production",
     config: HealthSweepConfig | None = None,
     more_stacks: list[str] | None = None,
-) -> SweepSummary:
+) -> SweepSummary | State[SweepSummary]:
     """Check every service of ``stack`` (and ``more_stacks``) concurrently; alert; publish.
 
     ``more_stacks`` lets one run sweep many stacks in one process: a process worker
     spends seconds of CPU starting each flow run, which 50 one-stack deployments a
-    minute would not fit into a small worker (see the README's figures).
+    minute would not fit into a small worker (see the README's figures). A stack whose
+    block does not load or whose sweep raises fails on its own: the others are swept
+    and alerted, then the run ends Failed naming the broken stacks.
     """
     config = config or HealthSweepConfig()
     lateness = sweep_lateness_s()
     if lateness > config.max_lateness_s:
-        get_run_logger().warning(
-            "skipping: this sweep was due %.0f s ago (limit %.0f s); the current one runs",
-            lateness,
-            config.max_lateness_s,
+        message = (
+            f"skipped: this sweep was due {lateness:.0f} s ago (limit "
+            f"{config.max_lateness_s:.0f} s); the current one runs"
         )
-        return SweepSummary(stack=stack, skipped=True)
-    first, *others = await asyncio.gather(
-        *(sweep_stack(name, config) for name in [stack, *(more_stacks or [])])
+        get_run_logger().warning("%s", message)
+        # Not "Completed": the watcher waits for a Completed sweep, and this one checked
+        # nothing. The state's type is COMPLETED (nothing failed), its name and event say
+        # what happened (prefect.flow-run.Skipped).
+        return Completed(
+            name=SKIPPED, message=message, data=SweepSummary(stack=stack, skipped=True)
+        )
+    names = [stack, *(more_stacks or [])]
+    outcomes = await asyncio.gather(
+        *(sweep_stack(name, config) for name in names), return_exceptions=True
     )
+    summaries: list[SweepSummary] = []
+    broken: list[str] = []
+    for name, outcome in zip(names, outcomes, strict=True):
+        if isinstance(outcome, BaseException):
+            if not isinstance(outcome, Exception):
+                raise outcome  # cancellation and the like end the run as they should
+            # One stack's failure is its own: the others were swept and alerted as usual.
+            reason = error_line(outcome, redact_urls, limit=300)  # no block: cut URLs
+            get_run_logger().error("stack %s could not be swept: %s", name, reason)
+            broken.append(f"{name} ({type(outcome).__name__}: {reason})")
+            summaries.append(SweepSummary(stack=name, error=reason))
+        else:
+            summaries.append(outcome)
+    first, *others = summaries
+    if broken:
+        swept = len(names) - len(broken)
+        raise HealthSweepError(
+            f"{len(broken)} of {len(names)} stack(s) could not be swept: {'; '.join(broken)}. "
+            f"The other {swept} were swept and alerted as usual."
+        )
     return first.model_copy(update={"others": others})
 
 

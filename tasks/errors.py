@@ -24,6 +24,7 @@ __all__ = [
     "BackupError",
     "ClickHouseBackupError",
     "ControlPlaneError",
+    "HealthSweepError",
     "IntegrityError",
     "NotificationError",
     "OpsError",
@@ -83,6 +84,10 @@ class VerificationError(OpsError):
 
 class ControlPlaneError(OpsError):
     """The Prefect server could not be prepared: API unreachable, pool type, deploy failed."""
+
+
+class HealthSweepError(OpsError):
+    """One or more stacks of a health-sweep run could not be swept."""
 
 
 class NotificationError(OpsError):

@@ -11,42 +11,64 @@ continues the count where the last sweep left it:
 
 Variables have no compare-and-swap; writing them is safe because one sweep per stack
 runs at a time (deployment concurrency limit 1).
+
+Both variables fit Prefect's limit by construction: Prefect refuses a value whose JSON
+(``orjson``, UTF-8) passes 5,000 characters, and reasons can be any text (response
+bodies, non-ASCII, quotes, control characters). Everything else in the state has a size
+set by the number of services, so :func:`fit_variable` keeps reasons as long as Prefect
+accepts, shortening them step by step down to none, checked with Prefect's own
+validator: a sweep never fails to save, so it never fails to alert.
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from prefect import task
 from prefect.events import emit_event
 from prefect.logging import get_run_logger
+from prefect.types import MAX_VARIABLE_VALUE_LENGTH, check_variable_value
 from prefect.variables import Variable
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from blocks.stack import Stack
-from tasks.decisions.alerting import MAX_REASON, Silence, StackState, StatusChange, worst_status
+from tasks.decisions.alerting import (
+    MAX_REASON,
+    Silence,
+    StackState,
+    StatusChange,
+    with_reasons_cut,
+    worst_status,
+)
 from tasks.decisions.health import HealthStatus, ServiceHealth
 
 __all__ = [
     "MAX_VARIABLE_CHARS",
+    "REASON_BUDGETS",
     "HealthStatusDoc",
     "ServiceStatusDoc",
     "SweepInputs",
     "emit_status_events",
     "event_resource_id",
+    "fit_variable",
     "load_sweep_inputs",
     "publish_health",
     "read_status",
     "set_silences",
     "silences_variable",
+    "state_value",
     "state_variable",
     "status_doc",
+    "status_value",
     "status_variable",
     "sweep_lateness_s",
 ]
 
-MAX_VARIABLE_CHARS = 5000
+MAX_VARIABLE_CHARS = MAX_VARIABLE_VALUE_LENGTH
+# Characters of each reason kept, tried in order until the variable fits.
+REASON_BUDGETS: tuple[int, ...] = (MAX_REASON, 96, 48, 16, 0)
 _SILENCES = TypeAdapter(list[Silence])
 
 
@@ -143,7 +165,9 @@ async def load_sweep_inputs(name: str) -> SweepInputs:
     return SweepInputs(stack=stack, state=state, silences=active)
 
 
-def status_doc(stack: str, state: StackState, results: list[ServiceHealth]) -> HealthStatusDoc:
+def status_doc(
+    stack: str, state: StackState, results: list[ServiceHealth], reason_chars: int = MAX_REASON
+) -> HealthStatusDoc:
     return HealthStatusDoc(
         stack=stack,
         checked_at=state.last_sweep or datetime.now(UTC),
@@ -156,7 +180,7 @@ def status_doc(stack: str, state: StackState, results: list[ServiceHealth]) -> H
                 service=r.service,
                 status=r.status,
                 latency_ms=r.latency_ms,
-                reason=r.reason[:MAX_REASON],
+                reason=r.reason[:reason_chars],
                 since=state.services[r.service].since if r.service in state.services else None,
                 alerting=state.services[r.service].open if r.service in state.services else False,
             )
@@ -165,25 +189,45 @@ def status_doc(stack: str, state: StackState, results: list[ServiceHealth]) -> H
     )
 
 
-def _fit(value: dict[str, object], name: str) -> dict[str, object]:
-    size = len(json.dumps(value))
-    if size > MAX_VARIABLE_CHARS:
-        raise ValueError(f"variable {name} would be {size} characters (limit 5,000)")
-    return value
+def fit_variable(name: str, value_with_reasons: Callable[[int], dict[str, Any]]) -> dict[str, Any]:
+    """The longest-reason version of a value that Prefect accepts as a variable.
+
+    ``value_with_reasons(chars)`` builds the JSON value with reasons cut to ``chars``.
+    Raises only if even reasonless the value is too big, which the property tests show
+    cannot happen for the services a stack has.
+    """
+    for chars in REASON_BUDGETS:
+        value = value_with_reasons(chars)
+        try:
+            check_variable_value(value)
+        except ValueError:
+            continue
+        return value
+    raise ValueError(f"variable {name} does not fit Prefect's {MAX_VARIABLE_CHARS:,} characters")
+
+
+def state_value(state: StackState) -> dict[str, Any]:
+    """The alert state as stored: it fits Prefect's limit."""
+    return fit_variable(
+        "health-state", lambda chars: with_reasons_cut(state, chars).model_dump(mode="json")
+    )
+
+
+def status_value(stack: str, state: StackState, results: list[ServiceHealth]) -> dict[str, Any]:
+    """The status document as stored: it fits Prefect's limit."""
+    return fit_variable(
+        "health-status",
+        lambda chars: status_doc(stack, state, results, chars).model_dump(mode="json"),
+    )
 
 
 @task(name="publish-health", persist_result=False, retries=1, retry_delay_seconds=1)
 async def publish_health(stack: str, state: StackState, results: list[ServiceHealth]) -> None:
     """Persist the alert state, then the latest status for readers of the API."""
-    await Variable.aset(
-        state_variable(stack),
-        _fit(state.model_dump(mode="json"), state_variable(stack)),
-        overwrite=True,
-    )
-    doc = status_doc(stack, state, results)
+    await Variable.aset(state_variable(stack), state_value(state), overwrite=True)
     await Variable.aset(
         status_variable(stack),
-        _fit(doc.model_dump(mode="json"), status_variable(stack)),
+        status_value(stack, state, results),
         overwrite=True,
     )
 

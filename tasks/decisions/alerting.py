@@ -59,6 +59,7 @@ __all__ = [
     "is_bad",
     "step",
     "trailing",
+    "with_reasons_cut",
     "worst_status",
 ]
 
@@ -361,6 +362,23 @@ def step(
         reminded = nxt.model_copy(update={"reminders": nxt.reminders + 1, "last_notified": now})
         return reminded, tell("reminder", "critical" if nxt.paged else "warning")
     return nxt, None
+
+
+def with_reasons_cut(state: StackState, chars: int) -> StackState:
+    """``state`` with every remembered reason cut to ``chars`` characters.
+
+    Reasons are the one unbounded part of the state (response bodies, any language);
+    the rest has a size fixed by the number of services. Notices always carry the
+    current sweep's reason, so a shorter remembered one changes no message.
+    """
+    return state.model_copy(
+        update={
+            "services": {
+                name: service.model_copy(update={"reason": service.reason[:chars]})
+                for name, service in state.services.items()
+            }
+        }
+    )
 
 
 def worst_status(statuses: list[HealthStatus]) -> HealthStatus:

@@ -28,8 +28,9 @@ from prefect.states import Scheduled
 from prefect.variables import Variable
 
 from devstack.core import PROJECT, Devstack
-from flows.health_sweep import HealthSweepConfig, SweepSummary, health_sweep
-from tasks.decisions.alerting import Silence, StackState
+from flows.health_sweep import SKIPPED, HealthSweepConfig, SweepSummary, health_sweep
+from tasks.decisions.alerting import AlertPolicy, Silence, StackState
+from tasks.errors import HealthSweepError
 from tasks.health import HealthThresholds
 from tasks.health_state import (
     read_status,
@@ -344,10 +345,31 @@ def test_missed_sweeps_after_downtime_do_not_run_one_after_another(  # type: ign
             for m in range(5, 0, -1)
         ]
     finals = [wait_final(run.id) for run in late]
-    assert {run.state_name for run in finals} <= {"Completed", "Cancelled"}
+    # A late run checked nothing: it ends "Skipped" (type COMPLETED), never "Completed",
+    # so the watcher, which waits for a Completed sweep, is not satisfied by it.
+    assert {run.state_name for run in finals} <= {SKIPPED, "Cancelled"}
+    assert SKIPPED in {run.state_name for run in finals}
+    assert all(run.state_type.value in ("COMPLETED", "CANCELLED") for run in finals)
     assert sweeps_done() == 1  # none of them swept
     assert run_on_worker(deployment).state_name == "Completed"
     assert sweeps_done() == 2  # the current one does
+
+
+def test_a_stack_that_cannot_be_swept_fails_alone_and_the_others_are_swept(  # type: ignore[no-untyped-def]
+    fresh, langfuse_fault
+) -> None:
+    langfuse_fault("error500")
+    cfg = config("langfuse-web").model_copy(
+        update={"policy": AlertPolicy(alert_after=1, flap_window=4, flap_threshold=3)}
+    )
+    with pytest.raises(HealthSweepError) as caught:
+        asyncio.run(health_sweep(STACK, cfg, more_stacks=["no-such-stack"]))
+    message = str(caught.value)
+    assert "1 of 2 stack(s) could not be swept: no-such-stack" in message
+    assert "The other 1 were swept and alerted as usual" in message
+    # The stack that loads was swept, published and alerted as if alone.
+    assert sweeps_done() == 1
+    assert len(fresh.received("/custom")) == 1
 
 
 # ---- /health and /metrics -----------------------------------------------------------------

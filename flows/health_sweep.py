@@ -40,7 +40,13 @@ from prefect.logging import get_run_logger
 from prefect.states import Completed
 from pydantic import BaseModel, Field
 
-from tasks.decisions.alerting import AlertPolicy, StatusChange, decide, group_notices, worst_status
+from tasks.decisions.alerting import AlertPolicy, StatusChange, decide, worst_status
+from tasks.decisions.delivery import (
+    group_notices,
+    plan_sends,
+    record_delivery,
+    undelivered_critical,
+)
 from tasks.decisions.health import HealthStatus, ServiceHealth
 from tasks.decisions.redaction import error_line
 from tasks.errors import HealthSweepError
@@ -51,7 +57,13 @@ from tasks.health_state import (
     publish_health,
     sweep_lateness_s,
 )
-from tasks.notify import DeliveryReport, redact_urls, run_link, send_alert
+from tasks.notify import (
+    DeliveryReport,
+    redact_urls,
+    report_undeliverable,
+    run_link,
+    send_alerts,
+)
 
 __all__ = [
     "SKIPPED",
@@ -172,15 +184,36 @@ async def sweep_stack(stack: str, config: HealthSweepConfig) -> SweepSummary:
         inputs.stack, config.timeout_s, config.services, config.thresholds
     )
 
-    decision = decide(inputs.state, results, datetime.now(UTC), config.policy, inputs.silences)
-    alert = group_notices(stack, decision, link=run_link(inputs.stack, _flow_run_id()))
-    report = await send_alert(inputs.stack, alert) if alert else DeliveryReport.nothing()
-    state = decision.state.model_copy(
+    now = datetime.now(UTC)
+    decision = decide(inputs.state, results, now, config.policy, inputs.silences)
+    # One message per channel: this sweep's notices it takes, plus what it refused before.
+    routes = inputs.stack.notifications
+    plan = plan_sends(decision.state, decision.notices, routes, now)
+    link = run_link(inputs.stack, _flow_run_id())
+    alerts = {
+        block: alert
+        for block, notices in plan.items()
+        if (alert := group_notices(stack, decision.model_copy(update={"notices": notices}), link))
+    }
+    report = await send_alerts(inputs.stack, alerts) if alerts else DeliveryReport.nothing()
+    accepted = {r.block: r.ok for r in report.results}
+    state = record_delivery(decision.state, plan, accepted, routes, now)
+    state = state.model_copy(
         update={
-            "notifications_sent": decision.state.notifications_sent + report.sent,
-            "channel_failures": decision.state.channel_failures + report.failed,
+            "notifications_sent": state.notifications_sent + report.sent,
+            "channel_failures": state.channel_failures + report.failed,
         }
     )
+    lost = undelivered_critical(decision.notices, plan, accepted)
+    if lost:
+        report_undeliverable(
+            stack,
+            "health-sweep",
+            f"{len(lost)} critical notice(s) reached no channel: "
+            + ", ".join(f"{n.service} {n.kind}" for n in lost)
+            + "; they are sent again on the next sweeps until a channel accepts",
+            _flow_run_id(),
+        )
     if decision.changes:
         emit_status_events(stack, decision.changes, results)
     await publish_health(stack, state, results)

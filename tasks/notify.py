@@ -19,7 +19,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,7 +33,7 @@ from prefect.logging import get_run_logger
 from pydantic import BaseModel
 
 from blocks.stack import Stack
-from tasks.decisions.alerts import Alert, part_for_route
+from tasks.decisions.alerts import Alert, NotificationRoute, part_for_route
 from tasks.decisions.redaction import error_line, scrub_values, secret_forms
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "run_link",
     "scrub_channel_error",
     "send_alert",
+    "send_alerts",
 ]
 
 SEND_TIMEOUT_S = 10.0
@@ -195,8 +196,14 @@ async def _send_one(block_slug: str, alert: Alert, stack: Stack) -> ChannelResul
         )
 
 
-async def deliver(stack: Stack, alert: Alert) -> DeliveryReport:
-    """Send ``alert`` to every route that takes its severity, concurrently."""
+async def deliver(
+    stack: Stack, alert: Alert, routes: Sequence[NotificationRoute] | None = None
+) -> DeliveryReport:
+    """Send ``alert`` to every route that takes its severity, concurrently.
+
+    ``routes`` narrows the send to some of the stack's routes (a notice one channel
+    refused is sent again to that channel only).
+    """
     alert = alert.model_copy(
         update={
             "title": stack.scrub(alert.title),
@@ -207,7 +214,8 @@ async def deliver(stack: Stack, alert: Alert) -> DeliveryReport:
             ],
         }
     )
-    sends = [(route, part_for_route(alert, route)) for route in stack.notifications]
+    chosen = stack.notifications if routes is None else list(routes)
+    sends = [(route, part_for_route(alert, route)) for route in chosen]
     routed = [(route, part) for route, part in sends if part is not None]
     routes = [route for route, _ in routed]
     results = await asyncio.gather(*(_send_one(r.block, part, stack) for r, part in routed))
@@ -233,6 +241,18 @@ async def deliver(stack: Stack, alert: Alert) -> DeliveryReport:
 async def send_alert(stack: Stack, alert: Alert) -> DeliveryReport:
     """Route one alert to the stack's channels; never raises for a failing channel."""
     return await deliver(stack, alert)
+
+
+@task(name="send-alerts", retries=0, cache_policy=NO_CACHE, persist_result=False)
+async def send_alerts(stack: Stack, alerts: Mapping[str, Alert]) -> DeliveryReport:
+    """One alert per channel (route block), all at once; never raises for a failing one."""
+    routes = {route.block: route for route in stack.notifications}
+    reports = await asyncio.gather(
+        *(deliver(stack, alert, [routes[block]]) for block, alert in alerts.items())
+    )
+    results = [result for report in reports for result in report.results]
+    failed = sum(1 for r in results if not r.ok)
+    return DeliveryReport(sent=len(results) - failed, failed=failed, results=results)
 
 
 def run_link(stack: Stack, flow_run_id: object) -> str | None:

@@ -36,7 +36,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tasks.decisions.alerts import SEVERITY_RANK, Alert, Severity, group_title
+from tasks.decisions.alerts import Severity
 from tasks.decisions.health import STATUS_RANK, HealthStatus, ServiceHealth
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "MAX_REASON",
     "ROOT_SERVICES",
     "AlertPolicy",
+    "ChannelBackoff",
     "Decision",
     "Notice",
     "NoticeKind",
@@ -52,9 +53,7 @@ __all__ = [
     "StackState",
     "StatusChange",
     "decide",
-    "dedup_key",
     "flips",
-    "group_notices",
     "impacted_by",
     "is_bad",
     "step",
@@ -125,6 +124,15 @@ class Silence(BaseModel):
         return now < self.until and (self.service is None or self.service == service)
 
 
+class ChannelBackoff(BaseModel):
+    """A channel that refused: how often in a row, and when to try it again on its own."""
+
+    model_config = ConfigDict(frozen=True)
+
+    failures: int = Field(ge=1)
+    next_try: datetime
+
+
 class ServiceState(BaseModel):
     """What the machine remembers about one service between sweeps."""
 
@@ -149,6 +157,14 @@ class StackState(BaseModel):
     notifications_sent: int = 0
     channel_failures: int = 0
     services: dict[str, ServiceState] = Field(default_factory=dict)
+    owed: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="Channel (route block) -> service -> the notice it refused, two "
+        "letters (tasks/decisions/delivery.py); sent again until accepted or moot.",
+    )
+    backoff: dict[str, ChannelBackoff] = Field(
+        default_factory=dict, description="Channels that refused, and when to retry them."
+    )
 
 
 class Notice(BaseModel):
@@ -383,59 +399,3 @@ def with_reasons_cut(state: StackState, chars: int) -> StackState:
 
 def worst_status(statuses: list[HealthStatus]) -> HealthStatus:
     return max(statuses, key=lambda s: STATUS_RANK[s], default="healthy")
-
-
-def group_notices(stack: str, decision: Decision, link: str | None = None) -> Alert | None:
-    """One message for the whole sweep, or None when there is nothing to tell.
-
-    Each line carries its own severity (the router sends a pager only the critical
-    lines) and a dedup key per stack and service (the pager resolves it on recovery).
-    A failing dependency's line names the services it impacts.
-    """
-    if not decision.notices:
-        return None
-    impacts: dict[str, list[str]] = {}
-    for service, cause in decision.impacted_by.items():
-        impacts.setdefault(cause, []).append(service)
-    order = {kind: i for i, kind in enumerate(("alert", "escalation", "reminder", "recovery"))}
-    notices = sorted(
-        decision.notices, key=lambda n: (n.impacted_by is not None, order[n.kind], n.service)
-    )
-    entries = [
-        {
-            "service": n.service,
-            "kind": n.kind,
-            "status": n.status,
-            "severity": n.severity,
-            "reason": n.reason,
-            "since": n.since.isoformat() if n.since else "",
-            "impacted_by": n.impacted_by or "",
-            "impacts": ", ".join(sorted(impacts.get(n.service, [])))
-            if n.kind != "recovery"
-            else "",
-            "flapping": "true" if n.flapping else "false",
-            "dedup_key": dedup_key(stack, n.service),
-        }
-        for n in notices
-    ]
-    severity = max((n.severity for n in notices), key=lambda s: SEVERITY_RANK[s])
-    kinds = {n.kind for n in notices}
-    kind: Literal["alert", "reminder", "recovery"] = (
-        "recovery" if kinds == {"recovery"} else "reminder" if kinds == {"reminder"} else "alert"
-    )
-    return Alert(
-        stack=stack,
-        source="health-sweep",
-        title=group_title(stack, entries),
-        body=f"Health sweep of stack {stack}:",
-        severity=severity,
-        kind=kind,
-        dedup_key=f"{stack}/health",
-        link=link,
-        services=entries,
-    )
-
-
-def dedup_key(stack: str, service: str) -> str:
-    """Stable per stack and service: the pager's trigger and resolve share it."""
-    return f"{stack}/{service}"

@@ -264,8 +264,8 @@ def test_an_automation_paused_by_an_operator_stays_paused(
 def test_the_pager_from_the_environment_triggers_and_resolves_one_incident_per_service(
     stack_env: dict[str, str], stack_name: str, devstack: Devstack, receiver
 ) -> None:
-    from tasks.decisions.alerting import dedup_key
     from tasks.decisions.alerts import Alert
+    from tasks.decisions.delivery import dedup_key
     from tasks.notify import deliver
 
     path = f"/pagerduty-{stack_name}"

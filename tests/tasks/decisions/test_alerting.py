@@ -17,10 +17,9 @@ from tasks.decisions.alerting import (
     Silence,
     StackState,
     decide,
-    dedup_key,
-    group_notices,
     trailing,
 )
+from tasks.decisions.delivery import dedup_key, group_notices
 from tasks.decisions.health import SERVICES, HealthStatus, ServiceHealth
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)

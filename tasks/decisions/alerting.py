@@ -21,7 +21,8 @@ A single bad sweep (a blip) never notifies. Silences (per stack or per service, 
 a time) stop every notice; the state keeps counting, so an outage still present when
 the silence ends alerts then, and a recovery during it is told after it.
 
-Grouping and inhibition: all notices of one sweep become one message per stack; a
+Grouping and inhibition: the notices of one sweep become one message per channel
+(:mod:`tasks.decisions.delivery`, which also keeps what a channel refused); a
 service failing while one of its dependencies (Postgres, ClickHouse, Redis, object
 storage) is also failing is reported as *impacted by* it, on chat only: only the
 dependency pages.

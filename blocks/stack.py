@@ -77,6 +77,7 @@ class Stack(StackClients, Block):
         "litellm_salt_key",
         "langfuse_secret_key",
         "railway_api_token",
+        "heartbeat_url",
     )
 
     stack_name: str = Field(
@@ -133,6 +134,11 @@ class Stack(StackClients, Block):
     ui_url: str | None = Field(
         default=None, description="Public URL of the Prefect UI, for links in alerts."
     )
+    heartbeat_url: SecretStr | None = Field(
+        default=None,
+        description="Ping URL of an outside monitor (Healthchecks.io and its clones): every "
+        "sweep pings <url>/start, then <url> or <url>/fail. Unset: no heartbeat.",
+    )
     notifications: list[NotificationRoute] = Field(
         default_factory=list, description="Where alerts go, and from which severity."
     )
@@ -174,6 +180,14 @@ class Stack(StackClients, Block):
         if value is None:
             return None
         return _check_base_url(value, ("http", "https"))
+
+    @field_validator("heartbeat_url")
+    @classmethod
+    def _check_heartbeat(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        _check_base_url(value.get_secret_value(), ("http", "https"), allow_path=True)
+        return value
 
     @field_validator("backup_bucket", "langfuse_bucket")
     @classmethod

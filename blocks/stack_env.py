@@ -40,6 +40,7 @@ ENV_FIELDS: dict[str, str] = {
     "RAILWAY_PROJECT_ID": "railway_project_id",
     "RAILWAY_ENVIRONMENT_ID": "railway_environment_id",
     "PREFECT_UI_URL": "ui_url",
+    "HEARTBEAT_URL": "heartbeat_url",
 }
 FIELD_ENV: dict[str, str] = {field: env for env, field in ENV_FIELDS.items()}
 
@@ -57,6 +58,8 @@ FIX_HINTS: dict[str, str] = {
     "s3_secret_key": "set MINIO_ROOT_PASSWORD to the S3 secret key",
     "backup_bucket": "set BACKUP_BUCKET to an S3 bucket name (3-63 lowercase letters, "
     "digits, dots or dashes)",
+    "heartbeat_url": "set HEARTBEAT_URL to the ping URL of an outside monitor, e.g. "
+    "https://hc-ping.com/<uuid> (or leave it unset: no heartbeat)",
     "langfuse_bucket": "set LANGFUSE_S3_BUCKET to the bucket Langfuse uploads events to",
     "litellm_url": "set LITELLM_URL to http://HOST:4000",
     "litellm_master_key": "set LITELLM_MASTER_KEY to a key that starts with 'sk-'",

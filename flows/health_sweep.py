@@ -52,11 +52,13 @@ from tasks.decisions.redaction import error_line
 from tasks.errors import HealthSweepError
 from tasks.health import HealthThresholds, check_services
 from tasks.health_state import (
+    SweepInputs,
     emit_status_events,
     load_sweep_inputs,
     publish_health,
     sweep_lateness_s,
 )
+from tasks.heartbeat import ping
 from tasks.notify import (
     DeliveryReport,
     redact_urls,
@@ -178,8 +180,23 @@ async def health_sweep(
 
 
 async def sweep_stack(stack: str, config: HealthSweepConfig) -> SweepSummary:
-    """One stack: check, decide, tell, record."""
+    """One stack: check, decide, tell, record; the heartbeat pings around it."""
     inputs = await load_sweep_inputs(stack)
+    run_id = _flow_run_id()
+    await ping(inputs.stack, "start", run_id=run_id)
+    try:
+        summary = await _check_and_tell(stack, inputs, config, run_id)
+    except Exception as exc:
+        reason = inputs.stack.error_line(exc, limit=500)
+        await ping(inputs.stack, "fail", run_id=run_id, body=f"{type(exc).__name__}: {reason}")
+        raise
+    await ping(inputs.stack, "success", run_id=run_id)
+    return summary
+
+
+async def _check_and_tell(
+    stack: str, inputs: SweepInputs, config: HealthSweepConfig, run_id: str | None
+) -> SweepSummary:
     results = await check_services(
         inputs.stack, config.timeout_s, config.services, config.thresholds
     )
@@ -189,7 +206,7 @@ async def sweep_stack(stack: str, config: HealthSweepConfig) -> SweepSummary:
     # One message per channel: this sweep's notices it takes, plus what it refused before.
     routes = inputs.stack.notifications
     plan = plan_sends(decision.state, decision.notices, routes, now)
-    link = run_link(inputs.stack, _flow_run_id())
+    link = run_link(inputs.stack, run_id)
     alerts = {
         block: alert
         for block, notices in plan.items()
@@ -212,7 +229,7 @@ async def sweep_stack(stack: str, config: HealthSweepConfig) -> SweepSummary:
             f"{len(lost)} critical notice(s) reached no channel: "
             + ", ".join(f"{n.service} {n.kind}" for n in lost)
             + "; they are sent again on the next sweeps until a channel accepts",
-            _flow_run_id(),
+            run_id,
         )
     if decision.changes:
         emit_status_events(stack, decision.changes, results)

@@ -16,10 +16,11 @@ structured alert instead of flat text.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any
 from urllib.parse import urlsplit
@@ -44,6 +45,7 @@ __all__ = [
     "alert_on_failure",
     "block_secret_values",
     "deliver",
+    "http_logs_scrubbed",
     "redact_urls",
     "report_undeliverable",
     "run_link",
@@ -157,6 +159,16 @@ class _ChannelLogFilter(logging.Filter):
             record.msg = scrub_values(redact_urls(record.getMessage()), values)
             record.args = None
         return True
+
+
+@contextlib.contextmanager
+def http_logs_scrubbed(values: Sequence[str]) -> Iterator[None]:
+    """While inside, HTTP client log records lose ``values`` and every URL's path."""
+    token = _CHANNEL_SECRETS.set(tuple(values))
+    try:
+        yield
+    finally:
+        _CHANNEL_SECRETS.reset(token)
 
 
 _LOG_FILTER = _ChannelLogFilter()

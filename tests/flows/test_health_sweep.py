@@ -15,9 +15,11 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -39,6 +41,7 @@ from tasks.health_state import (
     state_variable,
     status_variable,
 )
+from tests.prefect_api import run_logs
 
 STACK = "devstack"
 NO_DB = HealthThresholds(litellm_requires_db=False)
@@ -370,6 +373,46 @@ def test_a_stack_that_cannot_be_swept_fails_alone_and_the_others_are_swept(  # t
     # The stack that loads was swept, published and alerted as if alone.
     assert sweeps_done() == 1
     assert len(fresh.received("/custom")) == 1
+
+
+def test_each_sweep_pings_the_heartbeat_and_a_broken_one_pings_fail(  # type: ignore[no-untyped-def]
+    fresh, devstack: Devstack
+) -> None:
+    from blocks.stack import Stack
+
+    token = uuid.uuid4().hex
+    name = "devstack-heartbeat"
+    base = Stack.load(STACK)
+    values = {field: getattr(base, field) for field in Stack.model_fields}
+    values.update(stack_name=name, heartbeat_url=f"{devstack.receiver_url}/hc/{token}")
+    Stack(**values).save(name, overwrite=True)
+    try:
+        summary = asyncio.run(health_sweep(name, config("postgres", "redis")))
+        assert summary.overall == "healthy"
+        pings = [r["path"] for r in fresh.received(f"/hc/{token}")]
+        assert [urlsplit(p).path for p in pings] == [f"/hc/{token}/start", f"/hc/{token}"]
+        assert len({parse_qs(urlsplit(p).query)["rid"][0] for p in pings}) == 1  # one run
+
+        fresh.clear()
+        with pytest.raises(HealthSweepError, match="unknown services"):
+            asyncio.run(health_sweep(name, config("no-such-service")))
+        start, fail = fresh.received(f"/hc/{token}")
+        assert urlsplit(start["path"]).path == f"/hc/{token}/start"
+        assert urlsplit(fail["path"]).path == f"/hc/{token}/fail"
+        assert "unknown services" in fail["body"]
+
+        # A monitor that refuses never fails the sweep, and its URL stays out of the logs.
+        fresh.clear()
+        fresh.fail(f"/hc/{token}", 503)
+        state = asyncio.run(health_sweep(name, config("postgres"), return_state=True))
+        assert state.is_completed()
+        logs = " ".join(run_logs([state.state_details.flow_run_id]))
+        assert "heartbeat start of stack devstack-heartbeat not delivered" in logs
+        assert token not in logs
+    finally:
+        for variable in (state_variable(name), status_variable(name)):
+            Variable.unset(variable)
+        Stack.delete(name)
 
 
 # ---- /health and /metrics -----------------------------------------------------------------

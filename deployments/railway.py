@@ -115,6 +115,7 @@ class Service(BaseModel):
     image: str | None = None
     dockerfile: str | None = None
     volume: str | None = None
+    restart_policy: str | None = None
 
 
 class Template(BaseModel):
@@ -141,6 +142,7 @@ def parse_template(data: Mapping[str, Any]) -> Template:
             image=body.get("source", {}).get("image"),
             dockerfile=body.get("build", {}).get("dockerfilePath"),
             volume=body.get("volume", {}).get("mountPath"),
+            restart_policy=body.get("deploy", {}).get("restartPolicyType"),
         )
     return Template(services=services)
 

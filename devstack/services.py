@@ -362,6 +362,10 @@ def _start_prefect_server(stack: Devstack) -> None:
             # Schedules of deployments not touched recently are filled every 10 s
             # (default 60 s), so the scheduler test sees runs without a long wait.
             "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "10",
+            # As on Railway: leases on disk (PREFECT_HOME), found again after a restart.
+            "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": (
+                "prefect.server.concurrency.lease_storage.filesystem"
+            ),
         }
     )
     env.pop("PREFECT_API_URL", None)

@@ -49,7 +49,7 @@ def test_the_whole_stack_is_there_with_prefect_instead_of_the_two_daemons(
 ) -> None:
     assert set(template.services) == {
         "litellm", "langfuse-web", "langfuse-worker", "postgres", "clickhouse", "redis",
-        "minio", "prefect-server", "prefect-worker",
+        "minio", "prefect-db", "prefect-server", "prefect-worker",
     }  # fmt: skip
     assert "backup-service" not in template.services
     assert "health-monitor" not in template.services
@@ -164,14 +164,17 @@ def test_an_extra_public_service_is_reported(raw: dict) -> None:
     assert check_public(parse_template(raw)) == ["postgres is public but should not be"]
 
 
-def test_prefect_server_keeps_its_state_in_the_stacks_postgres_behind_auth(
+def test_prefect_server_keeps_its_state_apart_from_the_monitored_postgres_behind_auth(
     template: Template,
 ) -> None:
+    # When the stack's Postgres dies, the Prefect API must not die with it.
     server = template.services["prefect-server"].env
     url = server["PREFECT_API_DATABASE_CONNECTION_URL"].default or ""
     assert url.startswith("postgresql+asyncpg://") and url.endswith(
-        "@${{postgres.RAILWAY_PRIVATE_DOMAIN}}:5432/prefect"
+        "@${{prefect-db.RAILWAY_PRIVATE_DOMAIN}}:5432/prefect"
     )
+    assert "postgres." not in url and server["DATABASE_URL"].reference == "prefect-db.DATABASE_URL"
+    assert template.services["prefect-db"].volume and not template.services["prefect-db"].public
     assert server["PREFECT_SERVER_API_AUTH_STRING"].is_generated
     worker = template.services[WORKER_SERVICE].env
     assert (
@@ -180,6 +183,18 @@ def test_prefect_server_keeps_its_state_in_the_stacks_postgres_behind_auth(
     )
     assert server["PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED"].default == "events,flow_runs"
     assert server["PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD"].default
+
+
+def test_the_control_plane_restarts_for_ever_and_keeps_its_leases(template: Template) -> None:
+    for name in ("prefect-db", "prefect-server", WORKER_SERVICE):
+        assert template.services[name].restart_policy == "ALWAYS", name
+    server = template.services["prefect-server"]
+    assert (
+        server.env["PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"].default
+        == "prefect.server.concurrency.lease_storage.filesystem"
+    )
+    home = server.env["PREFECT_HOME"].default or ""
+    assert server.volume and home.startswith(server.volume + "/")
 
 
 def test_the_worker_persists_results_on_a_volume_and_runs_our_image(template: Template) -> None:

@@ -333,6 +333,47 @@ def test_a_restarted_worker_continues_the_count_and_does_not_resend(  # type: ig
     assert sweeps_done() == 4
 
 
+def wait_running(run_id: Any, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            run = client.read_flow_run(run_id)
+            if run.state is not None and run.state.is_running():
+                return
+            assert run.state is None or not run.state.is_final(), run.state
+            time.sleep(0.2)
+    raise AssertionError(f"flow run {run_id} did not start within {timeout:.0f}s")
+
+
+@pytest.mark.prefect_log_allows(
+    r"(?i)connect(ion)? ?(refused|error|failed)|ConnectError|Server disconnected|"
+    r"ReadError|RemoteProtocolError|httpx\.\w+Error|Failed to (send|report|update)|"
+    r"Cannot connect|Connection reset|while the server"
+)
+def test_a_prefect_server_restart_mid_sweep_does_not_keep_the_sweep_slot(  # type: ignore[no-untyped-def]
+    fresh, devstack: Devstack, deployment, langfuse_fault
+) -> None:
+    # A sweep that takes ~20 s (Langfuse hangs, 20 s timeout); the Prefect server is
+    # restarted while it runs. The deployment's slot (limit 1, CANCEL_NEW) is held by a
+    # lease; a lease lost with the server would keep the slot taken, and every later
+    # sweep would be cancelled. The next sweeps must run.
+    langfuse_fault("hang")
+    slow = config("langfuse-web").model_copy(update={"timeout_s": 20.0})
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run_from_deployment(
+            deployment.id,
+            parameters={"stack": STACK, "config": slow.model_dump(mode="json")},
+            state=Scheduled(scheduled_time=datetime.now(UTC)),
+        )
+    wait_running(run.id)
+    devstack.stop_service("prefect_server")
+    devstack.start_service("prefect_server")
+    wait_final(run.id, timeout=300)
+    langfuse_fault("ok")
+    later = [run_on_worker(deployment) for _ in range(2)]
+    assert [r.state_name for r in later] == ["Completed", "Completed"]
+
+
 def test_missed_sweeps_after_downtime_do_not_run_one_after_another(  # type: ignore[no-untyped-def]
     fresh, devstack: Devstack, deployment
 ) -> None:

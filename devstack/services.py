@@ -31,6 +31,7 @@ __all__ = [
     "LITELLM_VENV",
     "POOL",
     "STARTERS",
+    "WORKER_QUERY_SECONDS",
     "litellm_config",
     "litellm_env",
     "pg_dsn",
@@ -389,6 +390,9 @@ def _start_prefect_server(stack: Devstack) -> None:
     subprocess.run(prefect_cli, env=stack.client_env(), capture_output=True, check=False)
 
 
+WORKER_QUERY_SECONDS = 2
+
+
 def _start_prefect_worker(stack: Devstack) -> None:
     prefect = str(Path(sys.executable).parent / "prefect")
     argv = [
@@ -402,7 +406,9 @@ def _start_prefect_worker(stack: Devstack) -> None:
         "--name",
         "devstack-worker",
     ]
-    stack.spawn("prefect_worker", argv)
+    # As on Railway: a sweep starts within seconds of its scheduled time, not 10.
+    env = {**stack.client_env(), "PREFECT_WORKER_QUERY_SECONDS": str(WORKER_QUERY_SECONDS)}
+    stack.spawn("prefect_worker", argv, env=env)
     stack.wait_until_ready("prefect_worker", stack.worker_online, timeout=90)
 
 

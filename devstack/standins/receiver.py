@@ -7,7 +7,7 @@ was sent.
 
     python devstack/standins/receiver.py --port 15000
 
-POST /<anything>     record {"path","headers","body","json","received_at"}; 200 "ok"
+POST /<anything>     record {"path","headers","body","json","received_at","status"}; 200 "ok"
                      (header names lower-cased)
                      (paths under /pagerduty answer 202 like the Events API v2)
 GET  /__received     JSON list of records (?path_prefix=/slack to filter); readiness
@@ -117,10 +117,12 @@ class Handler(BaseHTTPRequestHandler):
             "json": parsed,
             "received_at": datetime.now(UTC).isoformat(),
         }
-        # Failed deliveries are recorded too: tests check retries and fallbacks.
+        # Failed deliveries are recorded too (with the status they got): tests check
+        # retries and fallbacks.
+        status = self.state.failure_for(url.path)
+        record["status"] = status or (202 if url.path.startswith("/pagerduty") else 200)
         with self.state.lock:
             self.state.records.append(record)
-        status = self.state.failure_for(url.path)
         if status:
             return self._send(status, {"error": f"receiver fault {status}"})
         if url.path.startswith("/pagerduty"):

@@ -1,0 +1,355 @@
+"""Game day: the whole control plane plays scripted incidents, and the pages are counted.
+
+The real Prefect server (scheduler, automations), the real process worker and a
+``health-sweep`` deployment on a fast interval sweep the devstack while traffic flows; each
+scenario breaks something for real (a service stopped, an endpoint hanging or answering
+500, a channel refusing), waits for the stack to recover and for the monitor to say so,
+then reads what every channel accepted from the receiver stand-in:
+
+- per channel: messages accepted, pages (PagerDuty triggers of kind alert or escalation),
+  duplicates (a second opening trigger within one incident), lost (an incident the
+  scenario expects that the pager never heard of), seconds from the fault to the first
+  page;
+- PagerDuty incidents left open (a trigger with no accepted resolve after it);
+- the verdict: 0 lost, 0 duplicates, nothing left open, first page within
+  ``(alert_after + 1) x interval``.
+
+``bench/gameday.py`` plays every scenario and prints the table; the test suite plays a
+short list. Waits are for the thing itself (a run, a record), each with a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+
+from devstack.core import PROJECT, Devstack
+
+__all__ = [
+    "DEPLOYMENT",
+    "HEADER",
+    "GameDay",
+    "Outcome",
+    "Scenario",
+    "scenarios",
+]
+
+DEPLOYMENT = "gameday"
+PAGER, SLACK, CUSTOM = "/pagerduty", "/slack", "/custom"
+SERVICES = ["postgres", "redis", "clickhouse", "object-storage", "litellm", "langfuse-web"]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One incident: what breaks, for how long, and which services must page."""
+
+    name: str
+    fault: Callable[[GameDay], contextlib.AbstractContextManager[None]]
+    sweeps: int = 4  # completed sweeps the fault lasts
+    pages: tuple[str, ...] = ()  # services whose outage must page (PagerDuty incidents)
+    refuse_first: str | None = None  # a channel refusing for the incident's first sweeps
+    refuse_at_recovery: str | None = None  # a channel refusing when the recovery comes
+
+
+@dataclass
+class Outcome:
+    scenario: str
+    accepted: dict[str, int] = field(default_factory=dict)
+    pages: int = 0
+    duplicates: int = 0
+    lost: list[str] = field(default_factory=list)
+    left_open: list[str] = field(default_factory=list)
+    first_page_s: float | None = None
+    bound_s: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        in_time = self.first_page_s is None or self.first_page_s <= self.bound_s
+        return not self.lost and not self.duplicates and not self.left_open and in_time
+
+    def row(self) -> str:
+        first = f"{self.first_page_s:.0f} s" if self.first_page_s is not None else "-"
+        accepted = ", ".join(f"{k.strip('/')} {v}" for k, v in sorted(self.accepted.items()))
+        return (
+            f"| {self.scenario} | {accepted} | {self.pages} | {self.duplicates} | "
+            f"{len(self.lost)} | {len(self.left_open)} | {first} (≤ {self.bound_s:.0f} s) | "
+            f"{'pass' if self.passed else 'FAIL'} |"
+        )
+
+
+HEADER = (
+    "| scenario | accepted per channel | pages | duplicates | lost | PD left open | "
+    "first page | verdict |\n|---|---|---|---|---|---|---|---|"
+)
+
+
+class GameDay:
+    """A fast ``health-sweep`` deployment on the devstack, and the scenarios' bookkeeping."""
+
+    def __init__(
+        self,
+        devstack: Devstack,
+        *,
+        interval_s: float = 20.0,
+        alert_after: int = 2,
+        recover_after: int = 2,
+        stack: str = "devstack",
+    ) -> None:
+        self.devstack = devstack
+        self.interval_s = interval_s
+        self.alert_after = alert_after
+        self.recover_after = recover_after
+        self.stack = stack
+        self.receiver = devstack.receiver_url
+        self.deployment_id: Any = None
+
+    # ---- the deployment ------------------------------------------------------------
+
+    def parameters(self) -> dict[str, Any]:
+        return {
+            "stack": self.stack,
+            "config": {
+                "timeout_s": 3.0,
+                "services": SERVICES,
+                "max_lateness_s": max(45.0, self.interval_s * 2),
+                "thresholds": {"litellm_requires_db": False},
+                "policy": {
+                    "alert_after": self.alert_after,
+                    "recover_after": self.recover_after,
+                    "flap_window": 12,
+                    "flap_threshold": 6,
+                },
+            },
+        }
+
+    def __enter__(self) -> GameDay:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.actions import DeploymentScheduleCreate
+        from prefect.client.schemas.objects import ConcurrencyLimitConfig
+        from prefect.client.schemas.schedules import IntervalSchedule
+
+        self._reset_state()
+        with get_client(sync_client=True) as client:
+            flow_id = client.create_flow_from_name("health-sweep")
+            self.deployment_id = client.create_deployment(
+                flow_id=flow_id,
+                name=DEPLOYMENT,
+                work_pool_name="devstack",
+                entrypoint="flows/health_sweep.py:health_sweep",
+                path=str(PROJECT),
+                pull_steps=[
+                    {"prefect.deployments.steps.set_working_directory": {"directory": str(PROJECT)}}
+                ],
+                parameters=self.parameters(),
+                schedules=[
+                    DeploymentScheduleCreate(
+                        schedule=IntervalSchedule(interval=timedelta(seconds=self.interval_s)),
+                        active=True,
+                    )
+                ],
+                concurrency_limit=1,
+                concurrency_options=ConcurrencyLimitConfig(
+                    limit=1, collision_strategy="CANCEL_NEW"
+                ).model_dump(exclude={"limit"}),  # type: ignore[arg-type]
+            )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            client.delete_deployment(self.deployment_id)
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        from prefect.variables import Variable
+
+        for prefix in ("health-state-", "health-status-", "health-silences-"):
+            Variable.unset(prefix + self.stack)
+
+    # ---- reading what happened --------------------------------------------------------
+
+    def records(self) -> list[dict[str, Any]]:
+        response = httpx.get(f"{self.receiver}/__received", timeout=10)
+        response.raise_for_status()
+        return list(response.json())
+
+    def clear(self) -> None:
+        httpx.delete(f"{self.receiver}/__received", timeout=10).raise_for_status()
+        httpx.delete(f"{self.receiver}/__fail", timeout=10).raise_for_status()
+
+    @contextlib.contextmanager
+    def refusing(self, prefix: str, status: int = 500) -> Iterator[None]:
+        httpx.post(
+            f"{self.receiver}/__fail", json={"path_prefix": prefix, "status": status}, timeout=10
+        ).raise_for_status()
+        try:
+            yield
+        finally:
+            httpx.post(
+                f"{self.receiver}/__fail", json={"path_prefix": prefix, "status": 0}, timeout=10
+            ).raise_for_status()
+
+    def completed_sweeps_since(self, since: datetime) -> int:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import (
+            DeploymentFilter,
+            DeploymentFilterId,
+            FlowRunFilter,
+            FlowRunFilterStartTime,
+            FlowRunFilterState,
+            FlowRunFilterStateName,
+        )
+
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(
+                    id=DeploymentFilterId(any_=[self.deployment_id])
+                ),
+                flow_run_filter=FlowRunFilter(
+                    start_time=FlowRunFilterStartTime(after_=since),
+                    state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Completed"])),
+                ),
+            )
+        return len(runs)
+
+    def wait_sweeps(self, count: int, since: datetime, deadline_s: float) -> None:
+        """Until ``count`` sweeps completed after ``since``; TimeoutError at the deadline."""
+        deadline = time.monotonic() + deadline_s
+        while self.completed_sweeps_since(since) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"fewer than {count} sweeps completed in {deadline_s:.0f} s")
+            time.sleep(1.0)
+
+    def wait_quiet(self, deadline_s: float) -> None:
+        """Until no PagerDuty incident is left open and no channel owes anything."""
+        from prefect.variables import Variable
+
+        from tasks.decisions.alerting import StackState
+
+        deadline = time.monotonic() + deadline_s
+        while time.monotonic() < deadline:
+            raw = Variable.get(f"health-state-{self.stack}")
+            state = StackState.model_validate(raw) if raw else StackState()
+            if not state.owed and not any(s.open for s in state.services.values()):
+                return
+            time.sleep(2.0)
+        raise TimeoutError(f"incidents still open or notices owed after {deadline_s:.0f} s")
+
+    # ---- playing ------------------------------------------------------------------------
+
+    def play(self, scenario: Scenario) -> Outcome:
+        self.clear()
+        # Start from a clean bill of health: two sweeps with nothing to tell.
+        self.wait_sweeps(2, datetime.now(UTC), deadline_s=self.interval_s * 8 + 60)
+        self.wait_quiet(deadline_s=self.interval_s * 20 + 120)
+        self.clear()
+        started = datetime.now(UTC)
+        with scenario.fault(self):
+            if scenario.refuse_first:
+                with self.refusing(scenario.refuse_first):
+                    self.wait_sweeps(self.alert_after + 1, started, self.interval_s * 12 + 120)
+            self.wait_sweeps(scenario.sweeps, started, deadline_s=self.interval_s * 12 + 120)
+        recovered = datetime.now(UTC)
+        if scenario.refuse_at_recovery:
+            with self.refusing(scenario.refuse_at_recovery):
+                self.wait_sweeps(self.recover_after + 2, recovered, self.interval_s * 12 + 120)
+        else:
+            self.wait_sweeps(self.recover_after + 1, recovered, self.interval_s * 12 + 120)
+        # Owed notices go out on the next sweeps, once every channel accepts again.
+        self.wait_quiet(deadline_s=self.interval_s * 20 + 120)
+        return self.judge(scenario, started)
+
+    def judge(self, scenario: Scenario, started: datetime) -> Outcome:
+        records = self.records()
+        bound = (self.alert_after + 1) * self.interval_s
+        outcome = Outcome(scenario=scenario.name, bound_s=bound)
+        for prefix in (PAGER, SLACK, CUSTOM):
+            outcome.accepted[prefix] = sum(
+                1 for r in records if r["path"].startswith(prefix) and r.get("status", 200) < 300
+            )
+        incidents: dict[str, list[str]] = {}
+        first: datetime | None = None
+        for record in records:
+            if not record["path"].startswith(PAGER) or record.get("status", 202) >= 300:
+                continue
+            body = record.get("json") or {}
+            key = str(body.get("dedup_key", "?"))
+            action = body.get("event_action")
+            kind = ((body.get("payload") or {}).get("custom_details") or {}).get("kind", "alert")
+            story = incidents.setdefault(key, [])
+            if action == "resolve":
+                story.append("v")
+            elif kind in ("alert", "escalation"):
+                if story and story[-1] == "a":
+                    outcome.duplicates += 1
+                else:
+                    story.append("a")
+                    outcome.pages += 1
+                    at = datetime.fromisoformat(record["received_at"])
+                    first = at if first is None or at < first else first
+        for service in scenario.pages:
+            if not incidents.get(f"{self.stack}/{service}"):
+                outcome.lost.append(service)
+        outcome.left_open = [key for key, story in incidents.items() if story[-1] == "a"]
+        if first is not None:
+            outcome.first_page_s = (first - started).total_seconds()
+        return outcome
+
+
+# ---- the scenarios ------------------------------------------------------------------------
+
+
+def _stopped(name: str) -> Callable[[GameDay], contextlib.AbstractContextManager[None]]:
+    @contextlib.contextmanager
+    def fault(day: GameDay) -> Iterator[None]:
+        with day.devstack.stopped(name):
+            yield
+
+    return fault
+
+
+def _langfuse(mode: str) -> Callable[[GameDay], contextlib.AbstractContextManager[None]]:
+    @contextlib.contextmanager
+    def fault(day: GameDay) -> Iterator[None]:
+        url = day.devstack.url("langfuse")
+        httpx.post(f"{url}/__standin/fault", json={"mode": mode}, timeout=10).raise_for_status()
+        try:
+            yield
+        finally:
+            httpx.post(f"{url}/__standin/fault", json={"mode": "ok"}, timeout=10)
+
+    return fault
+
+
+def scenarios(short: bool = False) -> list[Scenario]:
+    """The incidents, in the order they are played; ``short``: the suite's subset."""
+    every = [
+        Scenario(
+            "postgres down; slack answers 500 for the incident's first sweeps",
+            _stopped("postgres"),
+            sweeps=5,
+            pages=("postgres",),
+            refuse_first=SLACK,
+        ),
+        Scenario(
+            "redis down; pagerduty down when the recovery comes",
+            _stopped("redis"),
+            sweeps=4,
+            pages=("redis",),
+            refuse_at_recovery=PAGER,
+        ),
+        Scenario("clickhouse down", _stopped("clickhouse"), sweeps=4, pages=("clickhouse",)),
+        Scenario("litellm down", _stopped("litellm"), sweeps=4, pages=("litellm",)),
+        Scenario(
+            "langfuse answering 500", _langfuse("error500"), sweeps=4, pages=("langfuse-web",)
+        ),
+        Scenario("langfuse hanging", _langfuse("hang"), sweeps=4, pages=("langfuse-web",)),
+    ]
+    return every[:2] if short else every

@@ -165,16 +165,17 @@ async def health_sweep(
             # One stack's failure is its own: the others were swept and alerted as usual.
             reason = error_line(outcome, redact_urls, limit=300)  # no block: cut URLs
             get_run_logger().error("stack %s could not be swept: %s", name, reason)
-            broken.append(f"{name} ({type(outcome).__name__}: {reason})")
+            broken.append(f"{name} ({reason})")
             summaries.append(SweepSummary(stack=name, error=reason))
         else:
             summaries.append(outcome)
     first, *others = summaries
     if broken:
         swept = len(names) - len(broken)
+        others = f" The other {swept} were swept and alerted as usual." if swept else ""
         raise HealthSweepError(
-            f"{len(broken)} of {len(names)} stack(s) could not be swept: {'; '.join(broken)}. "
-            f"The other {swept} were swept and alerted as usual."
+            f"{len(broken)} of {len(names)} stack(s) could not be swept: "
+            f"{'; '.join(broken)}.{others}"
         )
     return first.model_copy(update={"others": others})
 
@@ -188,7 +189,7 @@ async def sweep_stack(stack: str, config: HealthSweepConfig) -> SweepSummary:
         summary = await _check_and_tell(stack, inputs, config, run_id)
     except Exception as exc:
         reason = inputs.stack.error_line(exc, limit=500)
-        await ping(inputs.stack, "fail", run_id=run_id, body=f"{type(exc).__name__}: {reason}")
+        await ping(inputs.stack, "fail", run_id=run_id, body=reason)
         raise
     await ping(inputs.stack, "success", run_id=run_id)
     return summary

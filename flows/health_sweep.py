@@ -172,10 +172,10 @@ async def health_sweep(
     first, *others = summaries
     if broken:
         swept = len(names) - len(broken)
-        others = f" The other {swept} were swept and alerted as usual." if swept else ""
+        rest = f" The other {swept} were swept and alerted as usual." if swept else ""
         raise HealthSweepError(
             f"{len(broken)} of {len(names)} stack(s) could not be swept: "
-            f"{'; '.join(broken)}.{others}"
+            f"{'; '.join(broken)}.{rest}"
         )
     return first.model_copy(update={"others": others})
 

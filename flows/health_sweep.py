@@ -174,8 +174,7 @@ async def health_sweep(
         swept = len(names) - len(broken)
         rest = f" The other {swept} were swept and alerted as usual." if swept else ""
         raise HealthSweepError(
-            f"{len(broken)} of {len(names)} stack(s) could not be swept: "
-            f"{'; '.join(broken)}.{rest}"
+            f"{len(broken)} of {len(names)} stack(s) could not be swept: {'; '.join(broken)}.{rest}"
         )
     return first.model_copy(update={"others": others})
 

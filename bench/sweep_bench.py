@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from devstack.core import PROJECT, Devstack  # noqa: E402
+from devstack.services import WORKER_QUERY_SECONDS  # noqa: E402
 
 TABLES = (
     "flow_run",
@@ -180,7 +181,7 @@ def bench_worker(dev: Devstack, runs: int) -> None:
     print(f"\n## 2. through the real process worker ({runs} sweeps, one at a time)")
     print(
         f"  schedule -> completed, median       {statistics.median(latencies):6.2f} s "
-        f"(max {max(latencies):.2f}; the worker polls every 10 s)"
+        f"(max {max(latencies):.2f}; the worker polls every {WORKER_QUERY_SECONDS} s)"
     )
     print(f"  flow run start -> end, median       {statistics.median(runtimes):6.2f} s")
     print(f"  CPU per sweep (worker + flow run)   {cpu:6.2f} s")

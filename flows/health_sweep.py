@@ -205,7 +205,7 @@ async def _check_and_tell(
     decision = decide(inputs.state, results, now, config.policy, inputs.silences)
     # One message per channel: this sweep's notices it takes, plus what it refused before.
     routes = inputs.stack.notifications
-    plan = plan_sends(decision.state, decision.notices, routes, now)
+    plan = plan_sends(decision.state, decision.notices, routes)
     link = run_link(inputs.stack, run_id)
     alerts = {
         block: alert
@@ -214,7 +214,7 @@ async def _check_and_tell(
     }
     report = await send_alerts(inputs.stack, alerts) if alerts else DeliveryReport.nothing()
     accepted = {r.block: r.ok for r in report.results}
-    state = record_delivery(decision.state, plan, accepted, routes, now)
+    state = record_delivery(decision.state, plan, accepted, routes)
     state = state.model_copy(
         update={
             "notifications_sent": state.notifications_sent + report.sent,

@@ -131,7 +131,7 @@ class ChannelBackoff(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     failures: int = Field(ge=1)
-    next_try: datetime
+    next_sweep: int = Field(ge=0, description="The sweep count from which to try it again.")
 
 
 class ServiceState(BaseModel):

@@ -7,7 +7,9 @@ sweep's sends so nothing a channel refused is forgotten:
 - :func:`plan_sends`: per channel (a route of the stack), the notices it takes this
   sweep (by severity; a trigger-only pager takes no reminder or recovery) plus what it
   still owes: refused notices still relevant are sent again with the new ones, or on
-  their own once the channel's backoff has passed (1, 2, 4, ... minutes, at most 15).
+  their own once the channel's backoff has passed: the next sweep, then after 2, 4, 8
+  and at most 15 sweeps (minutes at the production cadence; a fast game day backs off
+  as fast).
 - :func:`record_delivery`: after the sends, a channel that accepted owes nothing; one
   that refused keeps the notices it was given (merged with what it owed) and backs off.
 - What is owed is stored per channel and service as two letters (kind: alert,
@@ -28,7 +30,6 @@ accepted: the sweep emits ``ops.alert.undeliverable`` for them.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
 from typing import Literal
 
 from tasks.decisions.alerting import (
@@ -50,8 +51,7 @@ from tasks.decisions.alerts import (
 )
 
 __all__ = [
-    "RETRY_FIRST_S",
-    "RETRY_MAX_S",
+    "RETRY_MAX_SWEEPS",
     "dedup_key",
     "group_notices",
     "merge_owed",
@@ -59,21 +59,19 @@ __all__ = [
     "plan_sends",
     "record_delivery",
     "relevant",
-    "retry_delay",
+    "retry_after",
     "takes",
     "undelivered_critical",
 ]
 
-RETRY_FIRST_S = 60.0
-RETRY_MAX_S = 900.0
+RETRY_MAX_SWEEPS = 15
 
 _OPEN_KINDS: frozenset[str] = frozenset({"alert", "escalation", "reminder"})
 
 
-def retry_delay(failures: int) -> timedelta:
-    """1, 2, 4, 8 minutes ... at most 15 after ``failures`` refusals in a row."""
-    seconds = min(RETRY_FIRST_S * 2 ** max(failures - 1, 0), RETRY_MAX_S)
-    return timedelta(seconds=seconds)
+def retry_after(failures: int) -> int:
+    """Sweeps to wait after ``failures`` refusals in a row: 1 (the next), 2, 4, 8, ... 15."""
+    return int(min(2 ** max(failures - 1, 0), RETRY_MAX_SWEEPS))
 
 
 def takes(route: NotificationRoute, kind: str, severity: Severity) -> bool:
@@ -143,14 +141,13 @@ def plan_sends(
     state: StackState,
     notices: Sequence[Notice],
     routes: Sequence[NotificationRoute],
-    now: datetime,
 ) -> dict[str, list[Notice]]:
     """Per channel (route block), the notices to send it this sweep."""
     plan: dict[str, list[Notice]] = {}
     for route in routes:
         new = [n for n in notices if takes(route, n.kind, n.severity)]
         backoff = state.backoff.get(route.block)
-        due = bool(new) or backoff is None or backoff.next_try <= now
+        due = bool(new) or backoff is None or backoff.next_sweep <= state.sweeps
         lines: dict[str, Notice] = {n.service: n for n in new}
         if due:
             for name, owed in state.owed.get(route.block, {}).items():
@@ -180,7 +177,6 @@ def record_delivery(
     sent: Mapping[str, Sequence[Notice]],
     accepted: Mapping[str, bool],
     routes: Sequence[NotificationRoute],
-    now: datetime,
 ) -> StackState:
     """The state after the sends: what each channel still owes, and its backoff."""
     blocks = {route.block for route in routes}
@@ -212,7 +208,9 @@ def record_delivery(
     for block in sent:
         if block in owed and not accepted.get(block, False):
             failures = backoff[block].failures + 1 if block in backoff else 1
-            backoff[block] = ChannelBackoff(failures=failures, next_try=now + retry_delay(failures))
+            backoff[block] = ChannelBackoff(
+                failures=failures, next_sweep=state.sweeps + retry_after(failures)
+            )
     # A channel that owes nothing has no backoff: its next notice goes out at once.
     return state.model_copy(update={"owed": owed, "backoff": backoff})
 

@@ -130,7 +130,7 @@ def wait_running(run_id: Any, timeout: float = 180) -> None:
     # The run that was sweeping when the server went away: its lease renewal fails and
     # Prefect stops it (Crashed) rather than risk two sweeps at once; its events wait.
     r"concurrency lease renewal|Concurrency lease renewal failed|Crash detected|"
-    r"Finished in state Crashed|Service 'EventsWorker' failed with \d+ pending items",
+    r"Finished in state Crashed|Service 'EventsWorker' failed",
 )
 def test_a_prefect_server_restart_mid_sweep_does_not_keep_the_sweep_slot(  # type: ignore[no-untyped-def]
     fresh, devstack: Devstack, deployment, langfuse_fault

@@ -10,11 +10,11 @@ from hypothesis import strategies as st
 from tasks.decisions.alerting import AlertPolicy, Notice, StackState, decide
 from tasks.decisions.alerts import NotificationRoute
 from tasks.decisions.delivery import (
-    RETRY_MAX_S,
+    RETRY_MAX_SWEEPS,
     merge_owed,
     plan_sends,
     record_delivery,
-    retry_delay,
+    retry_after,
     undelivered_critical,
 )
 from tasks.decisions.health import HealthStatus, ServiceHealth
@@ -26,7 +26,7 @@ PAGER = NotificationRoute(block="pager-duty-events/ops-pager", min_severity="cri
 ROUTES = [CHAT, PAGER]
 POLICY = AlertPolicy(alert_after=2, recover_after=2, reminder_every_min=5, max_reminders=2)
 # Sweeps at the end with every channel accepting: longer than the longest backoff.
-SETTLE = int(RETRY_MAX_S // 60) + 3
+SETTLE = RETRY_MAX_SWEEPS + 3
 
 
 def sweep_all(
@@ -42,14 +42,14 @@ def sweep_all(
         health = ServiceHealth(service=service, status=STATUS[code], latency_ms=1, reason="r")
         decision = decide(state, [health], now, POLICY)
         incident += sum(1 for n in decision.notices if n.kind == "alert")
-        plan = plan_sends(decision.state, decision.notices, ROUTES, now)
+        plan = plan_sends(decision.state, decision.notices, ROUTES)
         accepted = {block: accepts[block][i] for block in plan}
         for block, notices in plan.items():
             if accepted[block]:
                 received[block].extend(
                     n.model_copy(update={"reason": str(incident)}) for n in notices
                 )
-        state = record_delivery(decision.state, plan, accepted, ROUTES, now)
+        state = record_delivery(decision.state, plan, accepted, ROUTES)
         lost.append(undelivered_critical(decision.notices, plan, accepted))
     return state, received, lost
 
@@ -136,7 +136,7 @@ def test_a_refused_page_is_sent_again_next_sweep_not_in_thirty_minutes() -> None
     accepts = {CHAT.block: [True] * 5, PAGER.block: [False, False, False, True, True]}
     _, received, lost = sweep_all(codes, accepts)
     # Alert at sweep 2 (alert_after=2 -> index 1); the pager refuses at 1 and 2, its
-    # backoff is 1 then 2 minutes, so it is tried again at 2 and at 4, and accepts.
+    # backoff is 1 then 2 sweeps, so it is tried again at 2 and at 4, and accepts.
     assert [n.kind for n in received[PAGER.block]] == ["alert"]
     assert [n.kind for n in received[CHAT.block]] == ["alert"]
     assert [len(x) for x in lost] == [0, 0, 0, 0, 0]  # chat took the critical line
@@ -155,7 +155,7 @@ def test_a_refused_resolve_is_retried_until_accepted() -> None:
     accepts = {CHAT.block: [True] * len(codes), PAGER.block: pager}
     state, received, _ = sweep_all(codes, accepts)
     # The recovery (a PagerDuty resolve) is refused from sweep 4 to 10, retried at 5, 7
-    # and 11 (backoff 1, 2, 4 minutes), accepted at 11: the incident is resolved.
+    # and 11 (backoff 1, 2, 4 sweeps), accepted at 11: the incident is resolved.
     assert openings(received[PAGER.block]) == ["a", "v"]
     assert state.owed == {} and state.backoff == {}
 
@@ -171,6 +171,4 @@ def test_merge_rules() -> None:
 
 
 def test_backoff_is_bounded() -> None:
-    assert [retry_delay(n).total_seconds() for n in (1, 2, 3, 4, 5, 10)] == [
-        60, 120, 240, 480, 900, 900
-    ]  # fmt: skip
+    assert [retry_after(n) for n in (1, 2, 3, 4, 5, 10)] == [1, 2, 4, 8, 15, 15]

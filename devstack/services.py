@@ -317,6 +317,8 @@ def litellm_env(stack: Devstack) -> dict[str, str]:
             "LITELLM_LOCAL_MODEL_COST_MAP": "True",
             "LITELLM_LOG": "ERROR",
             "NO_DOCS": "True",
+            # A crash of the interpreter prints every thread's Python stack in the log.
+            "PYTHONFAULTHANDLER": "1",
         }
     )
     return env

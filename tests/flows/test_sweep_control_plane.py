@@ -131,9 +131,10 @@ def wait_running(run_id: Any, timeout: float = 180) -> None:
     # Prefect stops it (Crashed) rather than risk two sweeps at once; its events wait.
     r"concurrency lease renewal|Concurrency lease renewal failed|Crash detected|"
     r"Finished in state Crashed|Service 'EventsWorker' failed",
-    # The worker's suspension and cancellation observers fall back to polling when the server's websocket
-    # goes away; when the worker stops later, Prefect asks the cancelled polling task for
-    # its exception, which raises inside the callback (a Prefect bug, logged as ERROR).
+    # The worker's suspension and cancellation observers fall back to polling when the
+    # server's websocket goes away; when the worker stops later, Prefect asks the cancelled
+    # polling task for its exception, which raises inside the callback (a Prefect bug,
+    # logged as ERROR).
     r"FlowRun(Suspending|Cancelling)Observer\._handle_polling_task_done",
 )
 def test_a_prefect_server_restart_mid_sweep_does_not_keep_the_sweep_slot(  # type: ignore[no-untyped-def]

@@ -305,6 +305,14 @@ class Devstack:
                 result[name] = f"running (pid {pid})" if pid_alive(pid) else f"dead (pid {pid})"
         return result
 
+    def died(self, lines: int = 60) -> dict[str, str]:
+        """Services whose process ended without being stopped, with their logs' tails."""
+        return {
+            name: processes.log_tail(self._log_path(name), lines=lines)
+            for name, pid in self.state.pids.items()
+            if not pid_alive(pid)
+        }
+
     def bound_ports(self) -> list[int]:
         return [port for port in self.ports.values() if port_is_bound(port)]
 
@@ -329,3 +337,14 @@ class Devstack:
             yield
         finally:
             self.start_service(name)
+
+    @contextlib.contextmanager
+    def frozen(self, name: str) -> Iterator[None]:
+        """Freeze a service (SIGSTOP) for the duration of the block: its port still
+        accepts connections and nothing answers, a hang as the kernel makes one."""
+        pid = self.state.pids[name]
+        os.killpg(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.killpg(pid, signal.SIGCONT)

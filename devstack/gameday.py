@@ -52,6 +52,7 @@ class Scenario:
     name: str
     fault: Callable[[GameDay], contextlib.AbstractContextManager[None]]
     sweeps: int = 4  # completed sweeps the fault lasts
+    hold_s: float = 0.0  # or this long, when sweeps cannot complete meanwhile (the worker)
     pages: tuple[str, ...] = ()  # services whose outage must page (PagerDuty incidents)
     refuse_first: str | None = None  # a channel refusing for the incident's first sweeps
     refuse_at_recovery: str | None = None  # a channel refusing when the recovery comes
@@ -162,8 +163,38 @@ class GameDay:
 
     def __exit__(self, *exc: object) -> None:
         from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import (
+            DeploymentFilter,
+            DeploymentFilterId,
+            FlowRunFilter,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+        )
+        from prefect.client.schemas.objects import StateType
 
+        # Pause, drop what is scheduled, and let a sweep in flight finish before the
+        # deployment goes: deleted under a running sweep, the server cannot release the
+        # sweep's concurrency lease and logs an error.
+        of_this = DeploymentFilter(id=DeploymentFilterId(any_=[self.deployment_id]))
+        unfinished = FlowRunFilter(
+            state=FlowRunFilterState(
+                type=FlowRunFilterStateType(
+                    any_=[StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING]
+                )
+            )
+        )
         with get_client(sync_client=True) as client:
+            client.pause_deployment(self.deployment_id)
+            deadline = time.monotonic() + 120
+            while runs := client.read_flow_runs(
+                deployment_filter=of_this, flow_run_filter=unfinished
+            ):
+                for run in runs:
+                    if run.state_type == StateType.SCHEDULED:
+                        client.delete_flow_run(run.id)
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{len(runs)} game-day sweep(s) still running after 120 s")
+                time.sleep(0.5)
             client.delete_deployment(self.deployment_id)
         self._reset_state()
 
@@ -255,7 +286,12 @@ class GameDay:
             if scenario.refuse_first:
                 with self.refusing(scenario.refuse_first):
                     self.wait_sweeps(self.alert_after + 1, started, self.interval_s * 12 + 120)
-            self.wait_sweeps(scenario.sweeps, started, deadline_s=self.interval_s * 12 + 120)
+            if scenario.hold_s:
+                # The fault's length is the scenario (a worker dead for minutes), not a wait
+                # for something to happen.
+                time.sleep(scenario.hold_s)
+            else:
+                self.wait_sweeps(scenario.sweeps, started, self.interval_s * 12 + 120)
         recovered = datetime.now(UTC)
         if scenario.refuse_at_recovery:
             with self.refusing(scenario.refuse_at_recovery):
@@ -315,6 +351,33 @@ def _stopped(name: str) -> Callable[[GameDay], contextlib.AbstractContextManager
     return fault
 
 
+def _frozen(name: str) -> Callable[[GameDay], contextlib.AbstractContextManager[None]]:
+    @contextlib.contextmanager
+    def fault(day: GameDay) -> Iterator[None]:
+        with day.devstack.frozen(name):
+            yield
+
+    return fault
+
+
+def _flapping(
+    name: str, cycles: int
+) -> Callable[[GameDay], contextlib.AbstractContextManager[None]]:
+    """Down for one sweep, up for the next, ``cycles`` times: never ``alert_after`` bad
+    sweeps in a row, so only flap detection can page (once), and the incident closes
+    only after the window has calmed."""
+
+    @contextlib.contextmanager
+    def fault(day: GameDay) -> Iterator[None]:
+        for _ in range(cycles):
+            with day.devstack.stopped(name):
+                day.wait_sweeps(1, datetime.now(UTC), day.interval_s * 4 + 60)
+            day.wait_sweeps(1, datetime.now(UTC), day.interval_s * 4 + 60)
+        yield
+
+    return fault
+
+
 def _langfuse(mode: str) -> Callable[[GameDay], contextlib.AbstractContextManager[None]]:
     @contextlib.contextmanager
     def fault(day: GameDay) -> Iterator[None]:
@@ -351,5 +414,17 @@ def scenarios(short: bool = False) -> list[Scenario]:
             "langfuse answering 500", _langfuse("error500"), sweeps=4, pages=("langfuse-web",)
         ),
         Scenario("langfuse hanging", _langfuse("hang"), sweeps=4, pages=("langfuse-web",)),
+        Scenario("litellm hanging (process frozen)", _frozen("litellm"), pages=("litellm",)),
+        Scenario(
+            "redis flapping (down every other sweep)",
+            _flapping("redis", 4),
+            sweeps=0,
+            pages=("redis",),
+        ),
+        # Nothing in the stack is wrong: no page; the sweeps must resume by themselves.
+        Scenario("worker killed for 3 minutes", _stopped("prefect_worker"), hold_s=180.0),
+        Scenario(
+            "postgres down 4 minutes", _stopped("postgres"), hold_s=240.0, pages=("postgres",)
+        ),
     ]
     return every[:2] if short else every

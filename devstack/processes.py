@@ -100,11 +100,11 @@ def spawn(
     return proc.pid
 
 
-def log_tail(log_path: Path) -> str:
+def log_tail(log_path: Path, lines: int = 15) -> str:
     """The path and the last lines of a process's log, for an error message."""
     tail = ""
     if log_path.exists():
-        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-lines:])
     return f"{log_path}:\n{tail}"
 
 

@@ -324,6 +324,17 @@ def litellm_env(stack: Devstack) -> dict[str, str]:
     return env
 
 
+# LiteLLM's CLI (`litellm --config ...`, as the image runs it) with one change: uvicorn
+# on the standard asyncio loop. The CLI hard-codes uvloop, and uvloop segfaulted the
+# devstack's proxy under sustained traffic on two-core machines (uvloop#706 is open).
+LITELLM_ON_ASYNCIO = (
+    "import sys\n"
+    "from litellm.proxy.proxy_cli import ProxyInitializationHelpers, run_server\n"
+    "ProxyInitializationHelpers.get_loop_type = staticmethod(lambda: 'asyncio')\n"
+    "sys.exit(run_server())\n"
+)
+
+
 def start_litellm(stack: Devstack, name: str, port: int, master_key: str | None = None) -> int:
     """Start a LiteLLM proxy (the stack's own, or an extra one a test needs); its PID."""
     config = stack.root / f"{name}.yaml"
@@ -334,7 +345,12 @@ def start_litellm(stack: Devstack, name: str, port: int, master_key: str | None 
         raise DevstackError(
             f"{binary} missing: run scripts/setup.sh (it builds LiteLLM's own virtualenv)"
         )
-    argv = [str(binary), "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+    argv = [
+        str(LITELLM_VENV / "bin" / "python"),
+        "-c",
+        LITELLM_ON_ASYNCIO,
+        *("--config", str(config), "--host", "127.0.0.1", "--port", str(port)),
+    ]
     pid = stack.spawn(name, argv, env=stack.litellm_env())
     stack.wait_until_ready(
         name,

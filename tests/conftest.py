@@ -139,10 +139,16 @@ def devstack() -> Iterator[Devstack]:
     offsets = prefect_logs.sizes(logs)
     _DEVSTACK.up(with_worker=True)
     yield _DEVSTACK
+    # A service that crashed during the session fails it, with the end of its log (a
+    # crash shows in the tests that follow only as refused connections).
+    died = _DEVSTACK.died()
     # Read after the stop, so errors of the last tests' aftermath (automation actions,
     # event recording) are in the logs too.
     if not os.environ.get("DEVSTACK_KEEP"):
         _DEVSTACK.down()
+    if died:
+        report = "\n\n".join(f"{name} died; {tail}" for name, tail in died.items())
+        pytest.fail(f"devstack services ended during the session, not stopped by a test:\n{report}")
     found = {
         path.name: problems
         for path, text in prefect_logs.read_since(offsets).items()
@@ -192,14 +198,10 @@ def traffic(devstack: Devstack) -> Iterator[Any]:
     be one injected on purpose (a test that stops Postgres or ClickHouse costs spend-log
     or trace writes, never a LiteLLM request).
     """
-    from devstack.traffic import Traffic
+    from devstack.traffic import flowing
 
-    flowing = Traffic(devstack, rate=SUITE_TRAFFIC_RATE, stream_share=0.2, fail_share=0.05)
-    flowing.start()
-    try:
-        flowing.wait_for(requests=int(SUITE_TRAFFIC_RATE * 2), timeout_s=120)
-        yield flowing
-    finally:
-        report = flowing.stop()
+    with flowing(devstack, SUITE_TRAFFIC_RATE) as running:
+        yield running
+    report = running.report()
     assert report.unexpected == 0, report.summary()
     assert report.failed_on_purpose == report.sent_to_failing, report.summary()

@@ -187,6 +187,7 @@ class ClickHouseWriter:
         self.max_pending, self.batch_rows, self.flush_s = max_pending, batch_rows, flush_s
         self.max_batch = max_batch
         self._pending: deque[tuple[str, dict]] = deque()
+        self._in_flight = 0  # rows taken from the queue and not yet written or requeued
         self._cond = threading.Condition()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="clickhouse-writer", daemon=True)
@@ -232,7 +233,8 @@ class ClickHouseWriter:
             return {
                 "enabled": True,
                 "rows_written": self.rows_written,
-                "rows_pending": len(self._pending),
+                # Queued or being inserted: 0 means every accepted row is in ClickHouse.
+                "rows_pending": len(self._pending) + self._in_flight,
                 "rows_dropped": self.rows_dropped,
                 "write_errors": self.write_errors,
                 "last_error": self.last_error,
@@ -257,6 +259,7 @@ class ClickHouseWriter:
                 stopping = self._stopping.is_set()
                 take = min(len(self._pending), self.max_batch)
                 batch = [self._pending.popleft() for _ in range(take)]
+                self._in_flight = take
             if batch and not self._write(batch):
                 self._requeue(batch)
                 if stopping:
@@ -269,6 +272,7 @@ class ClickHouseWriter:
     def _requeue(self, batch: list[tuple[str, dict]]) -> None:
         with self._cond:
             self._pending.extendleft(reversed(batch))
+            self._in_flight = 0
             while len(self._pending) > self.max_pending:
                 self._pending.popleft()
                 self.rows_dropped += 1
@@ -291,6 +295,7 @@ class ClickHouseWriter:
                 batch[:] = [item for item in batch if item[0] != table]
                 with self._cond:
                     self.rows_written += len(rows)
+                    self._in_flight -= len(rows)
         except Exception as exc:  # driver and network errors alike: keep the rows, retry
             with self._cond:
                 self.write_errors += 1

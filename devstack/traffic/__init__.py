@@ -31,8 +31,16 @@ from __future__ import annotations
 
 from devstack.traffic.cli import run_traffic
 from devstack.traffic.report import TrafficReport
-from devstack.traffic.runner import Traffic
+from devstack.traffic.runner import Traffic, flowing
 from devstack.traffic.schedule import FAILING_MODEL, OK_MODELS
 from devstack.traffic.spend import SpendLogRow
 
-__all__ = ["FAILING_MODEL", "OK_MODELS", "SpendLogRow", "Traffic", "TrafficReport", "run_traffic"]
+__all__ = [
+    "FAILING_MODEL",
+    "OK_MODELS",
+    "SpendLogRow",
+    "Traffic",
+    "TrafficReport",
+    "flowing",
+    "run_traffic",
+]

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import threading
 import uuid
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import httpx
@@ -24,7 +25,7 @@ from devstack.traffic.spend import SpendLogRow, SpendWriter, write_spend
 if TYPE_CHECKING:
     from devstack.core import Devstack
 
-__all__ = ["Traffic"]
+__all__ = ["Traffic", "flowing"]
 
 
 class Traffic:
@@ -176,3 +177,19 @@ class Traffic:
                 await spend_rows.put(None)
                 await asyncio.gather(writer, langfuse, return_exceptions=True)
                 await spend.close()
+
+
+@contextlib.contextmanager
+def flowing(
+    stack: Devstack, rate: float, *, warm_up_s: float = 2.0, timeout_s: float = 120.0
+) -> Iterator[Traffic]:
+    """Traffic at ``rate`` requests/s (a fifth streamed, 5 % to the failing model),
+    already flowing when it yields (``warm_up_s`` seconds' worth of requests completed),
+    drained and stopped after; ``report()`` on it still gives the final counts."""
+    traffic = Traffic(stack, rate=rate, stream_share=0.2, fail_share=0.05)
+    traffic.start()
+    try:
+        traffic.wait_for(requests=int(rate * warm_up_s), timeout_s=timeout_s)
+        yield traffic
+    finally:
+        traffic.stop()

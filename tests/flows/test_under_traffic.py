@@ -17,6 +17,7 @@ import pytest
 
 from blocks.stack import Stack
 from devstack.core import Devstack
+from devstack.traffic import flowing
 from flows.backup import backup
 from tasks.decisions.manifest import BackupManifest, manifest_key
 from tasks.storage import read_object
@@ -32,25 +33,15 @@ from tests.flows.test_restore_drill import (
     rewrite_object,
 )
 
-# Requests per second through LiteLLM. The figure is 20/s, seen passing here; in
-# one CI run the devstack's LiteLLM process (Python 3.11.7, mock models answered on
-# worker threads) died of a segfault under 20/s beside backups and drills, so the suite
-# runs 10/s until that crash is understood (PYTHONFAULTHANDLER is on for it now).
-RATE = 10.0
+# Requests per second through LiteLLM (the figure).
+RATE = 20.0
 SETS = 10
 
 
 @pytest.fixture(scope="module")
 def busy(devstack: Devstack) -> Iterator[Any]:
-    from devstack.traffic import Traffic
-
-    flowing = Traffic(devstack, rate=RATE, stream_share=0.2, fail_share=0.05)
-    flowing.start()
-    try:
-        flowing.wait_for(requests=int(RATE * 3), timeout_s=120)
-        yield flowing
-    finally:
-        flowing.stop()
+    with flowing(devstack, RATE, warm_up_s=3.0) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

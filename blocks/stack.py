@@ -16,7 +16,6 @@ On Railway the document is built from the service's environment by the bootstrap
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
@@ -24,6 +23,7 @@ from urllib.parse import unquote, urlsplit
 from prefect.blocks.core import Block
 from pydantic import ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from blocks.offsite import OFFSITE_ENV, OffsiteTarget, check_base_url, check_bucket
 from blocks.stack_clients import StackClients
 from blocks.stack_env import ENV_FIELDS, _describe, _missing_stack, _parse_routes
 from tasks.decisions.alerts import NotificationRoute, Severity
@@ -34,25 +34,6 @@ __all__ = [
     "Stack",
     "secret_values_of",
 ]
-
-_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-
-
-def _check_base_url(value: str, schemes: tuple[str, ...], allow_path: bool = False) -> str:
-    try:
-        parts = urlsplit(value)
-        port = parts.port
-    except ValueError as exc:  # a non-numeric or out-of-range port
-        raise ValueError(f"port is not a number between 1 and 65535 ({exc})") from None
-    if parts.scheme not in schemes:
-        raise ValueError(f"scheme must be one of {', '.join(schemes)}")
-    if not parts.hostname:
-        raise ValueError("has no host")
-    if port == 0:
-        raise ValueError("port 0 is not a port")
-    if not allow_path and parts.path not in ("", "/"):
-        raise ValueError(f"must not have a path (found {parts.path!r})")
-    return value.rstrip("/")
 
 
 class Stack(StackClients, Block):
@@ -109,6 +90,9 @@ class Stack(StackClients, Block):
     s3_region: str = Field(default="us-east-1", description="S3 region.")
     backup_bucket: str = Field(default="backups", description="Bucket holding the backup sets.")
     langfuse_bucket: str = Field(default="langfuse", description="Langfuse's event bucket.")
+    langfuse_media_bucket: str | None = Field(
+        default=None, description="Langfuse's media bucket (attachments), when configured."
+    )
     litellm_url: str = Field(description="LiteLLM proxy base URL, e.g. http://litellm:4000.")
     litellm_master_key: SecretStr = Field(description="LiteLLM master key (starts with sk-).")
     litellm_salt_key: SecretStr | None = Field(
@@ -142,6 +126,11 @@ class Stack(StackClients, Block):
     notifications: list[NotificationRoute] = Field(
         default_factory=list, description="Where alerts go, and from which severity."
     )
+    offsite: OffsiteTarget | None = Field(
+        default=None,
+        description="Second S3 target for age-encrypted copies of every complete set "
+        "(OFFSITE_* variables). Unset: no off-site copy.",
+    )
 
     # ---- validation -----------------------------------------------------------------
 
@@ -167,34 +156,32 @@ class Stack(StackClients, Block):
     @field_validator("clickhouse_url", "litellm_url", "langfuse_url", "langfuse_worker_url")
     @classmethod
     def _check_http(cls, value: str) -> str:
-        return _check_base_url(value, ("http", "https"))
+        return check_base_url(value, ("http", "https"))
 
     @field_validator("railway_api_url")
     @classmethod
     def _check_railway(cls, value: str) -> str:
-        return _check_base_url(value, ("http", "https"), allow_path=True)
+        return check_base_url(value, ("http", "https"), allow_path=True)
 
     @field_validator("s3_endpoint", "clickhouse_s3_endpoint")
     @classmethod
     def _check_s3(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        return _check_base_url(value, ("http", "https"))
+        return check_base_url(value, ("http", "https"))
 
     @field_validator("heartbeat_url")
     @classmethod
     def _check_heartbeat(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or not value.get_secret_value().strip():
             return None
-        _check_base_url(value.get_secret_value(), ("http", "https"), allow_path=True)
+        check_base_url(value.get_secret_value(), ("http", "https"), allow_path=True)
         return value
 
-    @field_validator("backup_bucket", "langfuse_bucket")
+    @field_validator("backup_bucket", "langfuse_bucket", "langfuse_media_bucket")
     @classmethod
-    def _check_bucket(cls, value: str) -> str:
-        if not _BUCKET_RE.fullmatch(value):
-            raise ValueError("is not a valid S3 bucket name")
-        return value
+    def _check_bucket(cls, value: str | None) -> str | None:
+        return None if value is None else check_bucket(value)
 
     @field_validator("litellm_master_key")
     @classmethod
@@ -224,6 +211,13 @@ class Stack(StackClients, Block):
             raw = env.get(env_name)
             if raw is not None and raw.strip() != "":
                 values[field] = raw.strip()
+        offsite = {
+            field: raw.strip()
+            for env_name, field in OFFSITE_ENV.items()
+            if (raw := env.get(env_name)) is not None and raw.strip() != ""
+        }
+        if offsite:
+            values["offsite"] = offsite
         routes = env.get("NOTIFICATION_ROUTES")
         problems: list[str] = []
         if routes:
@@ -280,6 +274,8 @@ class Stack(StackClients, Block):
             value = getattr(self, field)
             if isinstance(value, SecretStr) and value.get_secret_value():
                 found.append(value.get_secret_value())
+        if self.offsite is not None:
+            found.extend(self.offsite.secret_values())
         password = urlsplit(self.postgres_dsn.get_secret_value()).password
         if password:
             found.extend({password, unquote(password)})
@@ -316,6 +312,7 @@ class Stack(StackClients, Block):
             f"  s3          {self.s3_endpoint} (bucket {self.backup_bucket})",
             f"  litellm     {self.litellm_url}",
             f"  langfuse    {self.langfuse_url} / worker {self.langfuse_worker_url}",
+            f"  off-site    {self.offsite.describe() if self.offsite else 'none'}",
             f"  alerts      {', '.join(r.block for r in self.notifications) or 'none'}",
         ]
         return "\n".join(lines)

@@ -22,13 +22,61 @@ if TYPE_CHECKING:
     from redis import Redis
     from redis.asyncio import Redis as AsyncRedis
 
-__all__ = ["CONNECT_TIMEOUT_S", "S3_READ_TIMEOUT_S", "S3_RETRY_STATUSES", "StackClients"]
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "S3_READ_TIMEOUT_S",
+    "S3_RETRY_STATUSES",
+    "StackClients",
+    "minio_client",
+]
 
 # Seconds to connect to any of the stack's services, and between bytes on an S3 read: a
 # dead endpoint fails fast instead of hanging a task a Prefect timeout cannot interrupt.
 CONNECT_TIMEOUT_S = 10.0
 S3_READ_TIMEOUT_S = 120.0
 S3_RETRY_STATUSES = (500, 502, 503, 504)
+
+
+def minio_client(
+    endpoint: str,
+    access_key: str,
+    secret_key: str,
+    region: str,
+    *,
+    timeout_s: float = S3_READ_TIMEOUT_S,
+    retries: int = 2,
+) -> Minio:
+    """A minio client for an S3 endpoint (the stack's, or its off-site target).
+
+    ``timeout_s`` bounds the wait between bytes (and the connect, at most
+    :data:`CONNECT_TIMEOUT_S`); ``retries`` retries connection errors and 5xx answers
+    with a short backoff. Probes that must answer within seconds pass a small timeout
+    and ``retries=0``; backups keep the defaults.
+    """
+    import urllib3
+    from minio import Minio
+
+    retry = urllib3.Retry(
+        total=retries,
+        backoff_factor=0.2,
+        status_forcelist=S3_RETRY_STATUSES if retries > 0 else None,
+        # The last 5xx answer reaches minio, which turns it into an S3Error with a code.
+        raise_on_status=False,
+    )
+    http = urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=min(CONNECT_TIMEOUT_S, timeout_s), read=timeout_s),
+        maxsize=10,
+        retries=retry,
+    )
+    parts = urlsplit(endpoint)
+    return Minio(
+        parts.netloc,
+        access_key=access_key,
+        secret_key=secret_key,
+        secure=parts.scheme == "https",
+        region=region,
+        http_client=http,
+    )
 
 
 class StackClients:
@@ -145,35 +193,14 @@ class StackClients:
         )
 
     def s3(self, *, timeout_s: float = S3_READ_TIMEOUT_S, retries: int = 2) -> Minio:
-        """A minio client for the stack's S3 endpoint.
-
-        ``timeout_s`` bounds the wait between bytes (and the connect, at most
-        :data:`CONNECT_TIMEOUT_S`); ``retries`` retries connection errors and 5xx answers
-        with a short backoff. Probes that must answer within seconds pass a small timeout
-        and ``retries=0``; backups keep the defaults.
-        """
-        import urllib3
-        from minio import Minio
-
-        retry = urllib3.Retry(
-            total=retries,
-            backoff_factor=0.2,
-            status_forcelist=S3_RETRY_STATUSES if retries > 0 else None,
-            # The last 5xx answer reaches minio, which turns it into an S3Error with a code.
-            raise_on_status=False,
-        )
-        http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=min(CONNECT_TIMEOUT_S, timeout_s), read=timeout_s),
-            maxsize=10,
-            retries=retry,
-        )
-        return Minio(
-            self.s3_host,
-            access_key=self.s3_access_key,
-            secret_key=self.s3_secret_key.get_secret_value(),
-            secure=self.s3_secure,
-            region=self.s3_region,
-            http_client=http,
+        """A minio client for the stack's S3 endpoint (see :func:`minio_client`)."""
+        return minio_client(
+            self.s3_endpoint,
+            self.s3_access_key,
+            self.s3_secret_key.get_secret_value(),
+            self.s3_region,
+            timeout_s=timeout_s,
+            retries=retries,
         )
 
     # ---- connection details ---------------------------------------------------------

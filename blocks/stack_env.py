@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
+from blocks.offsite import OFFSITE_ENV
 from tasks.decisions.alerts import NotificationRoute
 from tasks.errors import StackConfigError
 
@@ -27,6 +28,7 @@ ENV_FIELDS: dict[str, str] = {
     "S3_REGION": "s3_region",
     "BACKUP_BUCKET": "backup_bucket",
     "LANGFUSE_S3_BUCKET": "langfuse_bucket",
+    "LANGFUSE_S3_MEDIA_UPLOAD_BUCKET": "langfuse_media_bucket",
     "LITELLM_URL": "litellm_url",
     "LITELLM_MASTER_KEY": "litellm_master_key",
     "LITELLM_SALT_KEY": "litellm_salt_key",
@@ -43,6 +45,7 @@ ENV_FIELDS: dict[str, str] = {
     "HEARTBEAT_URL": "heartbeat_url",
 }
 FIELD_ENV: dict[str, str] = {field: env for env, field in ENV_FIELDS.items()}
+FIELD_ENV.update({f"offsite.{field}": env for env, field in OFFSITE_ENV.items()})
 
 FIX_HINTS: dict[str, str] = {
     "postgres_dsn": "set DATABASE_URL to postgresql://USER:PASSWORD@HOST:5432/DATABASE",
@@ -69,6 +72,16 @@ FIX_HINTS: dict[str, str] = {
     "langfuse_public_key": "set LANGFUSE_PUBLIC_KEY to the project's public key (pk-lf-...)",
     "langfuse_secret_key": "set LANGFUSE_SECRET_KEY to the project's secret key (sk-lf-...)",
     "railway_api_url": "set RAILWAY_API_URL to the GraphQL endpoint, or leave it unset",
+    "offsite": "set OFFSITE_S3_ENDPOINT, OFFSITE_S3_BUCKET, OFFSITE_S3_ACCESS_KEY, "
+    "OFFSITE_S3_SECRET_KEY and OFFSITE_AGE_RECIPIENT together (or none: no off-site copy)",
+    "offsite.endpoint": "set OFFSITE_S3_ENDPOINT to https://HOST[:PORT] (no path)",
+    "offsite.bucket": "set OFFSITE_S3_BUCKET to the off-site bucket's name",
+    "offsite.access_key": "set OFFSITE_S3_ACCESS_KEY to the off-site target's access key id",
+    "offsite.secret_key": "set OFFSITE_S3_SECRET_KEY to the off-site target's secret key",
+    "offsite.age_recipient": "set OFFSITE_AGE_RECIPIENT to the public key `age-keygen -y "
+    "key.txt` prints (age1...)",
+    "offsite.age_identity": "set OFFSITE_AGE_IDENTITY to the AGE-SECRET-KEY-1... line of "
+    "the key file (only where drills and restores run)",
 }
 
 
@@ -100,7 +113,9 @@ def _parse_routes(raw: str, problems: list[str]) -> list[NotificationRoute]:
 def _describe(exc: ValidationError, from_env: bool) -> list[str]:
     problems = []
     for error in exc.errors(include_input=False, include_url=False):
-        field = str(error["loc"][0]) if error["loc"] else "?"
+        loc = [str(part) for part in error["loc"]]
+        # The off-site target is a nested model: name its field (offsite.bucket).
+        field = ".".join(loc[:2]) if loc[:1] == ["offsite"] else (loc[0] if loc else "?")
         label = f"{FIELD_ENV[field]} ({field})" if from_env and field in FIELD_ENV else field
         reason = (
             "is missing"

@@ -66,6 +66,7 @@ SERVICE_ORDER = (
     "postgres",
     "redis",
     "s3",
+    "offsite",
     "clickhouse",
     "langfuse",
     "langfuse_worker",
@@ -186,6 +187,37 @@ class Devstack:
             secure=False,
         )
 
+    def offsite_client(self) -> Minio:
+        from minio import Minio
+
+        return Minio(
+            f"127.0.0.1:{self.ports['offsite']}",
+            access_key=self.creds.offsite_access_key,
+            secret_key=self.creds.offsite_secret_key,
+            secure=False,
+        )
+
+    def offsite_env(self, *, identity: bool = True) -> dict[str, str]:
+        """The OFFSITE_* variables of the devstack's off-site target (a second SeaweedFS).
+
+        Not part of :meth:`env`: the devstack's own stack has no off-site copy, so the
+        suite's many backups stay quick; tests and the demo add these where they want it.
+        """
+        from pyrage import x25519
+
+        key = x25519.Identity.from_str(self.creds.age_identity)
+        env = {
+            "OFFSITE_S3_ENDPOINT": self.url("offsite"),
+            "OFFSITE_S3_BUCKET": "offsite",
+            "OFFSITE_S3_PREFIX": "llm",
+            "OFFSITE_S3_ACCESS_KEY": self.creds.offsite_access_key,
+            "OFFSITE_S3_SECRET_KEY": self.creds.offsite_secret_key,
+            "OFFSITE_AGE_RECIPIENT": str(key.to_public()),
+        }
+        if identity:
+            env["OFFSITE_AGE_IDENTITY"] = self.creds.age_identity
+        return env
+
     def clickhouse_client(self) -> ClickHouseClient:
         """A clickhouse-connect client for the devstack's ClickHouse, as its own user."""
         import clickhouse_connect
@@ -269,7 +301,7 @@ class Devstack:
         # Postgres: SIGINT is its "fast" shutdown (rolls back, closes clients).
         sig = signal.SIGINT if name in ("postgres", "prefect_db") else signal.SIGTERM
         # SeaweedFS ignores TERM for a long while; nothing in it needs a clean stop.
-        grace = 3.0 if name == "s3" else timeout
+        grace = 3.0 if name in ("s3", "offsite") else timeout
         processes.stop_process_group(pid, sig=sig, grace=grace)
         self.state.pids.pop(name, None)
         self._write_state()

@@ -169,21 +169,29 @@ def _redis_ready(stack: Devstack) -> bool:
 
 
 def _start_s3(stack: Devstack) -> None:
-    data = stack.root / "s3"
+    c = stack.creds
+    _start_seaweed(stack, "s3", c.s3_access_key, c.s3_secret_key, ("backups", "langfuse"))
+
+
+def _start_offsite(stack: Devstack) -> None:
+    c = stack.creds
+    _start_seaweed(stack, "offsite", c.offsite_access_key, c.offsite_secret_key, ("offsite",))
+
+
+def _start_seaweed(
+    stack: Devstack, name: str, access_key: str, secret_key: str, buckets: tuple[str, ...]
+) -> None:
+    """A SeaweedFS server with an S3 front on ports ``<name>``, ``<name>_master``, ..."""
+    data = stack.root / name
     data.mkdir(parents=True, exist_ok=True)
-    config = stack.root / "s3-identities.json"
+    config = stack.root / f"{name}-identities.json"
     config.write_text(
         json.dumps(
             {
                 "identities": [
                     {
                         "name": "admin",
-                        "credentials": [
-                            {
-                                "accessKey": stack.creds.s3_access_key,
-                                "secretKey": stack.creds.s3_secret_key,
-                            }
-                        ],
+                        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
                         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
                     }
                 ]
@@ -191,25 +199,25 @@ def _start_s3(stack: Devstack) -> None:
         )
     )
     config.chmod(0o600)
-    p = stack.ports
+    p = {key.removeprefix(name): port for key, port in stack.ports.items() if key.startswith(name)}
     weed = shutil.which("weed", path=str(Path(sys.executable).parent)) or "weed"
     argv = [
         weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-        f"-master.port={p['s3_master']}", f"-master.port.grpc={p['s3_master_grpc']}",
-        f"-volume.port={p['s3_volume']}", f"-volume.port.grpc={p['s3_volume_grpc']}",
-        f"-filer.port={p['s3_filer']}", f"-filer.port.grpc={p['s3_filer_grpc']}",
-        "-s3", f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3_grpc']}",
+        f"-master.port={p['_master']}", f"-master.port.grpc={p['_master_grpc']}",
+        f"-volume.port={p['_volume']}", f"-volume.port.grpc={p['_volume_grpc']}",
+        f"-filer.port={p['_filer']}", f"-filer.port.grpc={p['_filer_grpc']}",
+        "-s3", f"-s3.port={p['']}", f"-s3.port.grpc={p['_grpc']}",
         f"-s3.config={config}", "-master.volumeSizeLimitMB=1024", "-volume.max=0",
         "-s3.port.iceberg=0", "-s3.port.lance=0",
         "-master.telemetry=false", f"-filer.localSocket={data}/filer.sock",
     ]  # fmt: skip
-    stack.spawn("s3", argv, env=dict(os.environ))
-    stack.wait_until_ready("s3", lambda: _s3_ready(stack), timeout=120)
+    stack.spawn(name, argv, env=dict(os.environ))
+    stack.wait_until_ready(name, lambda: _buckets_made(stack, name, buckets), timeout=120)
 
 
-def _s3_ready(stack: Devstack) -> bool:
-    client = stack.minio_client()
-    for bucket in ("backups", "langfuse"):
+def _buckets_made(stack: Devstack, name: str, buckets: tuple[str, ...]) -> bool:
+    client = stack.minio_client() if name == "s3" else stack.offsite_client()
+    for bucket in buckets:
         if not client.bucket_exists(bucket):
             client.make_bucket(bucket)
     return True
@@ -443,6 +451,7 @@ STARTERS: dict[str, Callable[[Devstack], object]] = {
     "prefect_db": _start_prefect_db,
     "redis": _start_redis,
     "s3": _start_s3,
+    "offsite": _start_offsite,
     "clickhouse": _start_clickhouse,
     "langfuse": lambda stack: _start_langfuse(stack, "web"),
     "langfuse_worker": lambda stack: _start_langfuse(stack, "worker"),

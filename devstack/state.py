@@ -31,6 +31,15 @@ PORT_NAMES = (
     "s3_filer",
     "s3_filer_grpc",
     "s3_grpc",
+    # The off-site target: a second SeaweedFS, as a provider outside the project would be.
+    "offsite",
+    "offsite_master",
+    "offsite_master_grpc",
+    "offsite_volume",
+    "offsite_volume_grpc",
+    "offsite_filer",
+    "offsite_filer_grpc",
+    "offsite_grpc",
     "clickhouse",
     "litellm",
     "langfuse",
@@ -39,6 +48,12 @@ PORT_NAMES = (
     "prefect",
     "health",
 )
+
+
+def _new_age_identity() -> str:
+    from pyrage import x25519
+
+    return str(x25519.Identity.generate())
 
 
 @dataclass
@@ -52,6 +67,10 @@ class Credentials:
     litellm_salt_key: str
     langfuse_public_key: str
     langfuse_secret_key: str
+    # Newer than the state folders of older versions: generated when missing.
+    offsite_access_key: str = field(default_factory=lambda: "offsite" + secrets.token_hex(4))
+    offsite_secret_key: str = field(default_factory=lambda: "os-" + secrets.token_urlsafe(18))
+    age_identity: str = field(default_factory=lambda: _new_age_identity())
 
     @classmethod
     def generate(cls) -> Credentials:

@@ -3,7 +3,10 @@
 What: a Postgres dump taken in one exported snapshot (with the exact row count of
 every table in that snapshot) streamed straight into S3 with its sha256; a native
 ClickHouse ``BACKUP DATABASE ... TO S3`` of the Langfuse database; a ``manifest.json``
-written last, which is what makes the set complete; then retention pruning by
+written last, which is what makes the set complete; when the stack has an off-site
+target, an age-encrypted copy of every complete set not there yet (checked object by
+object, ``offsite.json`` last) and the off-site retention (a failed copy fails the run
+after the rest is done, and the next run catches up); then retention pruning by
 keep-last plus daily/weekly/monthly rules that never touch the last good backups.
 
 When: daily at 03:00 UTC (deployment ``backup/<stack>`` in ``prefect.yaml``), and any
@@ -35,7 +38,10 @@ from tasks.backup import (
 )
 from tasks.clickhouse import backup_clickhouse
 from tasks.decisions.retention import RetentionPolicy
+from tasks.errors import OffsiteError
 from tasks.notify import alert_on_failure
+from tasks.offsite import OffsiteCopyReport, copy_offsite, prune_offsite
+from tasks.offsite_mirror import BucketMirror, mirror_langfuse_buckets
 from tasks.postgres import check_pg_dump_version, dump_postgres
 
 __all__ = [
@@ -88,6 +94,19 @@ class BackupConfig(BaseModel):
     retention: RetentionPolicy = Field(
         default_factory=RetentionPolicy, description="Which backup sets to keep."
     )
+    offsite_retention: RetentionPolicy = Field(
+        default_factory=lambda: RetentionPolicy(
+            keep_last=14, keep_within_days=14, keep_daily=30, keep_weekly=12, keep_monthly=12
+        ),
+        description="Which sets to keep on the off-site target (longer than the primary's).",
+    )
+    offsite_mirror_grace_days: float = Field(
+        default=7.0,
+        ge=0,
+        le=365,
+        description="An object deleted from a Langfuse bucket is deleted from its off-site "
+        "mirror only after this many days.",
+    )
     dry_run: bool = Field(
         default=False,
         description="Back up, but only show the retention plan (artifact) without deleting. "
@@ -110,6 +129,11 @@ class BackupSummary(BaseModel):
     kept_complete_sets: int
     aborted_uploads: int
     report_artifact: str
+    offsite_copied_sets: list[str] = Field(default_factory=list)
+    offsite_deleted_sets: list[str] = Field(default_factory=list)
+    offsite_mirrored_objects: int = Field(
+        default=0, description="Langfuse bucket objects copied off-site (new or changed)."
+    )
 
 
 @flow(
@@ -150,11 +174,33 @@ def backup(stack: str = "production", config: BackupConfig | None = None) -> Bac
         logger.info("== Manifest (written last)")
         manifest = write_manifest(ops, backup_id, versions, dump, clickhouse)
 
+        offsite: OffsiteCopyReport | None = None
+        offsite_deleted: list[str] = []
+        mirrored: list[BucketMirror] = []
+        offsite_error: str | None = None
+        if ops.offsite is not None:
+            logger.info("== Off-site copy (age-encrypted, to %s)", ops.offsite.describe())
+            try:
+                offsite = copy_offsite(ops, backup_id)
+                offsite_deleted = prune_offsite(
+                    ops, backup_id, config.offsite_retention, config.dry_run
+                )
+                mirrored = mirror_langfuse_buckets(ops, config.offsite_mirror_grace_days)
+            except Exception as exc:  # the set is complete: retention and report go on
+                offsite_error = ops.error_line(exc, lines="join")
+                logger.error("off-site copy failed: %s", offsite_error)
+
         logger.info("== Retention")
         plan = plan_retention(ops, backup_id, policy=config.retention, dry_run=config.dry_run)
         pruned = apply_retention(ops, plan, config.dry_run)
         report = publish_report(ops, manifest, pruned, plan)
 
+    if offsite_error is not None:
+        # One failed run, one alert (the flow's on_failure hook); the next run catches up.
+        raise OffsiteError(
+            f"backup set {backup_id} is complete on the primary, but its off-site copy "
+            f"failed: {offsite_error}. The next backup copies every set missing off-site."
+        )
     return BackupSummary(
         stack=stack,
         backup_id=backup_id,
@@ -168,4 +214,7 @@ def backup(stack: str = "production", config: BackupConfig | None = None) -> Bac
         kept_complete_sets=len(plan.kept_complete),
         aborted_uploads=pruned.aborted_uploads,
         report_artifact=report,
+        offsite_copied_sets=offsite.copied_sets if offsite else [],
+        offsite_deleted_sets=offsite_deleted,
+        offsite_mirrored_objects=sum(m.copied for m in mirrored),
     )

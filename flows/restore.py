@@ -21,20 +21,25 @@ Blocks: the stack's ``llm-stack`` document.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Literal
+
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
 from blocks.stack import Stack
 from tasks.decisions.drill import operator_steps
-from tasks.decisions.manifest import BACKUP_ID_PATTERN
+from tasks.decisions.manifest import BACKUP_ID_PATTERN, BackupManifest
 from tasks.errors import IntegrityError, RestoreError
 from tasks.notify import alert_on_failure
+from tasks.offsite_mirror import restore_langfuse_buckets
 from tasks.restore import (
     REQUIRED_CLICKHOUSE_TABLES,
     REQUIRED_POSTGRES_TABLES,
     PostgresMode,
     RestoredTarget,
     StagedRestore,
+    TargetPlan,
     drop_staging,
     load_backup_manifest,
     plan_restore_targets,
@@ -44,6 +49,7 @@ from tasks.restore import (
     swap_into_place,
     verify_set_objects,
 )
+from tasks.restore.from_offsite import discard_opened_set, open_offsite_set, opened_stack
 
 __all__ = [
     "RestoreConfig",
@@ -89,6 +95,17 @@ class RestoreConfig(BaseModel):
     jobs: int = Field(default=2, ge=1, le=16, description="pg_restore --jobs in download mode.")
     work_dir: str | None = Field(default=None, description="Temp folder for download mode.")
     restore_timeout_s: int = Field(default=4 * 3600, ge=60, le=24 * 3600)
+    langfuse_buckets: bool = Field(
+        default=False,
+        description="With source 'offsite': also put Langfuse's buckets back from their "
+        "off-site mirror (objects missing or different; nothing is deleted).",
+    )
+    source: Literal["primary", "offsite"] = Field(
+        default="primary",
+        description="Where the set is read from: 'primary' (the stack's bucket) or 'offsite' "
+        "(decrypted from the off-site target into a scratch bucket first: the way back "
+        "after losing the project, with only the off-site target, its keys and the identity).",
+    )
 
 
 def as_unswapped(staged: list[StagedRestore]) -> list[RestoredTarget]:
@@ -101,6 +118,14 @@ class RestoreSummary(BaseModel):
     dry_run: bool
     restored: list[RestoredTarget]
     steps_after: list[str]
+    source: str = "primary"
+    seconds: float | None = Field(default=None, description="Wall time of the run (the RTO).")
+    bucket_objects_restored: int = Field(
+        default=0, description="Langfuse bucket objects written back from the mirror."
+    )
+    set_age_s: float | None = Field(
+        default=None, description="Age of the set when the run started (the RPO)."
+    )
 
 
 @flow(name="restore", on_failure=[alert_on_failure])
@@ -108,7 +133,12 @@ def restore(stack: str = "production", config: RestoreConfig | None = None) -> R
     """Verify a set, then restore it into the named targets; refuse to clobber silently."""
     config = config or RestoreConfig()
     logger = get_run_logger()
+    started = datetime.now(UTC)
     ops = Stack.load_stack(stack)
+    if config.langfuse_buckets and config.source != "offsite":
+        raise RestoreError(
+            "langfuse_buckets restores from the off-site mirror: set source to 'offsite'"
+        )
     if config.postgres_target is None and config.clickhouse_target is None:
         raise RestoreError("nothing to restore: set postgres_target and/or clickhouse_target")
 
@@ -120,12 +150,34 @@ def restore(stack: str = "production", config: RestoreConfig | None = None) -> R
     if refusals:
         raise RestoreError("restore refused: " + " | ".join(refusals))
 
-    logger.info("== verifying the backup set")
-    found = load_backup_manifest(ops, config.backup_id)
+    logger.info("== verifying the backup set (%s)", config.source)
+    # The set is read through `source`: the stack, or the stack reading the scratch bucket
+    # an off-site set was opened into (removed again when the run ends).
+    source = ops
+    if config.source == "offsite":
+        source, found = opened_stack(ops), open_offsite_set(ops, config.backup_id)
+    else:
+        found = load_backup_manifest(ops, config.backup_id)
     if found.manifest is None:
         raise IntegrityError(f"{found.check.name}: {found.check.message}")
     manifest = found.manifest
-    verified = verify_set_objects(ops, manifest)
+    try:
+        return _restore_set(ops, source, config, plans, manifest, started)
+    finally:
+        if source is not ops:
+            discard_opened_set(source, manifest.backup_id)
+
+
+def _restore_set(
+    ops: Stack,
+    source: Stack,
+    config: RestoreConfig,
+    plans: list[TargetPlan],
+    manifest: BackupManifest,
+    started: datetime,
+) -> RestoreSummary:
+    logger = get_run_logger()
+    verified = verify_set_objects(source, manifest)
     if not all(c.passed for c in verified.checks):
         raise IntegrityError(
             "set failed verification: "
@@ -145,6 +197,7 @@ def restore(stack: str = "production", config: RestoreConfig | None = None) -> R
             dry_run=True,
             restored=[],
             steps_after=[],
+            source=config.source,
         )
 
     backup = manifest.clickhouse_for(ops.clickhouse_database) or (
@@ -159,7 +212,7 @@ def restore(stack: str = "production", config: RestoreConfig | None = None) -> R
         if plan.engine == "postgres":
             staged.append(
                 stage_postgres_restore(
-                    ops,
+                    source,
                     manifest,
                     plan=plan,
                     mode=config.postgres_mode,
@@ -172,7 +225,7 @@ def restore(stack: str = "production", config: RestoreConfig | None = None) -> R
         elif backup is not None:
             staged.append(
                 stage_clickhouse_restore(
-                    ops,
+                    source,
                     backup,
                     plan=plan,
                     timeout_s=config.restore_timeout_s,
@@ -197,10 +250,27 @@ def restore(stack: str = "production", config: RestoreConfig | None = None) -> R
     publish_restore_report(ops, manifest.backup_id, restored, steps)
     for step in steps:
         logger.warning("AFTER: %s", step)
+    objects = 0
+    if config.langfuse_buckets:
+        logger.info("== Langfuse's buckets from the off-site mirror")
+        objects = sum(b.copied for b in restore_langfuse_buckets(ops))
+    seconds = (datetime.now(UTC) - started).total_seconds()
+    set_age = (started - manifest.finished_at).total_seconds()
+    logger.info(
+        "restored set %s (%s) in %.1f s (RTO); the set was %.1f h old (RPO)",
+        manifest.backup_id,
+        config.source,
+        seconds,
+        set_age / 3600,
+    )
     return RestoreSummary(
         stack=ops.stack_name,
         backup_id=manifest.backup_id,
         dry_run=False,
         restored=restored,
         steps_after=steps,
+        source=config.source,
+        seconds=seconds,
+        set_age_s=set_age,
+        bucket_objects_restored=objects,
     )

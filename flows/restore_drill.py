@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import secrets
 from datetime import UTC, datetime
+from typing import Literal
 
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
@@ -48,6 +49,11 @@ from tasks.restore import (
     scratch_databases,
     send_drill_summary,
     verify_set_objects,
+)
+from tasks.restore.from_offsite import (
+    discard_opened_set,
+    open_offsite_set,
+    opened_stack,
 )
 
 __all__ = [
@@ -97,6 +103,11 @@ class RestoreDrillConfig(BaseModel):
     notify_success: bool = Field(
         default=False, description="Send a one-line info summary when the drill passes."
     )
+    source: Literal["primary", "offsite"] = Field(
+        default="primary",
+        description="Where the set is read from: 'primary' (the stack's bucket) or "
+        "'offsite' (decrypted from the off-site target into a scratch bucket first).",
+    )
 
 
 @flow(name="restore-drill", on_failure=[alert_on_failure])
@@ -113,8 +124,14 @@ def restore_drill(
     logger.info("== cleaning up after earlier drills")
     drop_orphan_scratch_databases(ops, config.drill_server_block, config.clickhouse)
 
-    logger.info("== verifying the backup set")
-    found = load_backup_manifest(ops, config.backup_id)
+    logger.info("== verifying the backup set (%s)", config.source)
+    # Everything that reads the set reads it through `source`: the stack itself, or the
+    # stack reading the scratch bucket an off-site set was opened into.
+    source = ops
+    if config.source == "offsite":
+        source, found = opened_stack(ops), open_offsite_set(ops, config.backup_id)
+    else:
+        found = load_backup_manifest(ops, config.backup_id)
     checks: list[CheckResult] = [found.check]
     timings = []
     manifest = found.manifest
@@ -127,50 +144,57 @@ def restore_drill(
             scratch_database_name(ops.stack_name, started, secrets.token_hex(3)) for _ in ch_backups
         ],
     )
-    if manifest is not None:
-        verified = verify_set_objects(ops, manifest)
-        checks += verified.checks
-        with scratch_databases(ops, names):
-            if config.postgres and verified.postgres.passed:
-                logger.info("== restoring Postgres into %s", names.postgres)
-                pg = restore_postgres(
-                    ops,
-                    config.drill_server_block,
-                    manifest=manifest,
-                    database=names.postgres,
-                    mode=config.postgres_mode,
-                    jobs=config.jobs,
-                    timeout_s=config.restore_timeout_s,
-                    work_dir=config.work_dir,
-                    required_tables=config.required_postgres_tables,
-                )
-                checks += pg.checks
-                timings += [pg.timing] if pg.timing else []
-            elif config.postgres:
-                checks.append(
-                    skipped("postgres-restore", "dump failed verification", component="postgres")
-                )
-            for backup, target in zip(ch_backups, names.clickhouse, strict=True):
-                if not verified.clickhouse_ok(backup.database):
+    try:
+        if manifest is not None:
+            verified = verify_set_objects(source, manifest)
+            checks += verified.checks
+            with scratch_databases(ops, names):
+                if config.postgres and verified.postgres.passed:
+                    logger.info("== restoring Postgres into %s", names.postgres)
+                    pg = restore_postgres(
+                        source,
+                        config.drill_server_block,
+                        manifest=manifest,
+                        database=names.postgres,
+                        mode=config.postgres_mode,
+                        jobs=config.jobs,
+                        timeout_s=config.restore_timeout_s,
+                        work_dir=config.work_dir,
+                        required_tables=config.required_postgres_tables,
+                    )
+                    checks += pg.checks
+                    timings += [pg.timing] if pg.timing else []
+                elif config.postgres:
                     checks.append(
                         skipped(
-                            f"clickhouse-restore[{backup.database}]",
-                            "backup failed verification",
-                            component="clickhouse",
+                            "postgres-restore", "dump failed verification", component="postgres"
                         )
                     )
-                    continue
-                logger.info("== restoring ClickHouse %s into %s", backup.database, target)
-                ch = restore_clickhouse(
-                    ops,
-                    backup,
-                    target=target,
-                    timeout_s=config.restore_timeout_s,
-                    required_tables=config.required_clickhouse_tables,
-                )
-                checks += ch.checks
-                timings += [ch.timing] if ch.timing else []
-        checks.append(check_no_scratch_left(ops, names))
+                for backup, target in zip(ch_backups, names.clickhouse, strict=True):
+                    if not verified.clickhouse_ok(backup.database):
+                        checks.append(
+                            skipped(
+                                f"clickhouse-restore[{backup.database}]",
+                                "backup failed verification",
+                                component="clickhouse",
+                            )
+                        )
+                        continue
+                    logger.info("== restoring ClickHouse %s into %s", backup.database, target)
+                    ch = restore_clickhouse(
+                        source,
+                        backup,
+                        target=target,
+                        timeout_s=config.restore_timeout_s,
+                        required_tables=config.required_clickhouse_tables,
+                    )
+                    checks += ch.checks
+                    timings += [ch.timing] if ch.timing else []
+            checks.append(check_no_scratch_left(ops, names))
+    finally:
+        if source is not ops and manifest is not None:
+            discarded = discard_opened_set(source, manifest.backup_id)
+            logger.info("removed the opened off-site set (%d objects)", discarded)
 
     finished = datetime.now(UTC)
     report = DrillReport(

@@ -55,7 +55,9 @@ CANARY_PREFIX = "_deploy-verify"  # never a stack name, so never mistaken for a 
 
 # Backup freshness has its own check here (which can start a first backup), so the
 # health sweep's "no backup yet is unhealthy" does not fail a first deploy twice.
-HEALTH_SERVICES: tuple[str, ...] = tuple(s for s in SERVICES if s != "backup-freshness")
+HEALTH_SERVICES: tuple[str, ...] = tuple(
+    s for s in SERVICES if s not in ("backup-freshness", "offsite-freshness")
+)
 
 
 def _error(stack: Stack, exc: BaseException) -> str:

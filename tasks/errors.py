@@ -27,6 +27,7 @@ __all__ = [
     "HealthSweepError",
     "IntegrityError",
     "NotificationError",
+    "OffsiteError",
     "OpsError",
     "PostgresDumpError",
     "RestoreError",
@@ -92,3 +93,7 @@ class HealthSweepError(OpsError):
 
 class NotificationError(OpsError):
     """A notification channel refused a message or did not answer in time."""
+
+
+class OffsiteError(OpsError):
+    """The off-site copy could not be made, pruned or opened; the message names the cause."""

@@ -21,6 +21,8 @@ Services (the names used in alerts, events and ``/metrics``):
     redis              PING, memory vs maxmemory, AOF status
     object-storage     a real S3 call on the backup bucket
     backup-freshness   age of the newest complete backup manifest
+    offsite-freshness  age of the newest complete off-site copy, and whether the off-site
+                       bucket keeps versions or locks objects (healthy when no target)
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ from urllib3.exceptions import HTTPError
 from blocks.stack import Stack
 from tasks.clickhouse import clickhouse_client
 from tasks.decisions.health import SERVICES, STATUS_RANK, HealthStatus, ServiceHealth
-from tasks.errors import OpsError, StorageError
+from tasks.errors import OffsiteError, OpsError, StorageError
+from tasks.offsite import bucket_protection, newest_offsite_set
 from tasks.storage import newest_complete_manifest
 
 __all__ = [
@@ -100,6 +103,13 @@ class HealthThresholds(BaseModel):
     )
     backup_max_age_h: float = Field(
         default=26.0, gt=0, le=24 * 30, description="Newest complete backup older: degraded."
+    )
+    offsite_max_age_h: float = Field(
+        default=50.0,
+        gt=0,
+        le=24 * 30,
+        description="Newest complete off-site copy older: degraded (a day's copy may fail "
+        "and be caught up by the next run without paging).",
     )
     litellm_requires_db: bool | None = Field(
         default=None,
@@ -340,6 +350,25 @@ async def check_backup_freshness(stack: Stack, timeout_s: float, th: HealthThres
     )
 
 
+async def check_offsite_freshness(stack: Stack, timeout_s: float, th: HealthThresholds) -> Reading:
+    if stack.offsite is None:
+        return _ok("no off-site target configured (OFFSITE_* variables)")
+    target = stack.offsite
+    try:
+        client = target.client(timeout_s=timeout_s, retries=0)
+        newest = await _in_thread(lambda: newest_offsite_set(stack, client))
+        protection = await _in_thread(lambda: bucket_protection(client, target.bucket))
+    except OffsiteError as exc:
+        return Reading("unhealthy", "cannot list the off-site copies: " + _reason(stack, str(exc)))
+    reading = freshness_reading(
+        None if newest is None else newest.copied_at,
+        datetime.now(UTC),
+        th.offsite_max_age_h,
+        f"{target.bucket}/{target.prefix}{stack.stack_name}/ (off-site)",
+    )
+    return Reading(reading.status, f"{reading.reason}; {protection}")
+
+
 def freshness_reading(
     finished_at: datetime | None, now: datetime, max_age_h: float, where: str
 ) -> Reading:
@@ -365,6 +394,7 @@ PROBES: dict[str, Probe] = {
     "redis": check_redis,
     "object-storage": check_object_storage,
     "backup-freshness": check_backup_freshness,
+    "offsite-freshness": check_offsite_freshness,
 }
 
 

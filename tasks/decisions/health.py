@@ -26,6 +26,7 @@ SERVICES: tuple[str, ...] = (
     "redis",
     "object-storage",
     "backup-freshness",
+    "offsite-freshness",
 )
 
 

@@ -316,7 +316,11 @@ def test_lone_blips_never_notify(before: int, after: int) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.lists(statuses, min_size=9, max_size=9), min_size=1, max_size=40))
+@given(
+    st.lists(
+        st.lists(statuses, min_size=len(SERVICES), max_size=len(SERVICES)), min_size=1, max_size=40
+    )
+)
 def test_persisted_state_fits_a_prefect_variable(sweeps: list[list[str]]) -> None:
     state = StackState()
     long_reason = "x" * 400

@@ -38,12 +38,17 @@ def create_slot(name: str) -> str:
 
 
 @contextlib.contextmanager
-def hold_slot(name: str, wait_s: float) -> Iterator[None]:
-    """Hold the slot ``name`` for the block; TimeoutError after ``wait_s`` without it."""
+def hold_slot(name: str, wait_s: float, *, lease_s: float = 300) -> Iterator[None]:
+    """Hold the slot ``name`` for the block; TimeoutError after ``wait_s`` without it.
+
+    ``lease_s`` (60 at least, the server's floor) is how long a holder killed outright
+    keeps the slot from the next run.
+    """
     with concurrency(
         name,
         occupy=1,
         timeout_seconds=wait_s,
+        lease_duration=lease_s,
         strict=True,
         raise_on_lease_renewal_failure=False,
     ):

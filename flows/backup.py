@@ -3,11 +3,16 @@
 What: a Postgres dump taken in one exported snapshot (with the exact row count of
 every table in that snapshot) streamed straight into S3 with its sha256; a native
 ClickHouse ``BACKUP DATABASE ... TO S3`` of the Langfuse database; a ``manifest.json``
-written last, which is what makes the set complete; when the stack has an off-site
-target, an age-encrypted copy of every complete set not there yet (checked object by
-object, ``offsite.json`` last) and the off-site retention (a failed copy fails the run
-after the rest is done, and the next run catches up); then retention pruning by
-keep-last plus daily/weekly/monthly rules that never touch the last good backups.
+written last, which is what makes the set complete; optionally a quick restore drill
+of the new set (``drill_after_backup``); when the stack has an off-site target, an
+age-encrypted copy of every complete set not there yet (checked object by object,
+``offsite.json`` last), the off-site retention and the mirror of Langfuse's buckets (a
+failed copy fails the run after the rest is done, and the next run catches up); then
+retention pruning by keep-last plus daily/weekly/monthly rules that never touch the
+last good backups. When drills are scheduled (``restore-drill/<stack>`` has an active
+schedule), "good" means proven: retention keeps the newest set whose drill passed, and
+whatever is newer and not yet drilled (``retention.require_verified``). The report
+shows each set's drill verdict.
 
 When: daily at 03:00 UTC (deployment ``backup/<stack>`` in ``prefect.yaml``), and any
 time with ``prefect deployment run backup/<stack>``.
@@ -26,19 +31,20 @@ from prefect.logging import get_run_logger
 from pydantic import BaseModel, Field
 
 from blocks.stack import Stack
+from flows.restore_drill import RestoreDrillConfig, drill_set
 from tasks.backup import (
     apply_retention,
     ensure_backup_slot,
     one_backup_at_a_time,
     plan_retention,
-    publish_report,
     read_expected_dump_size,
     start_backup_set,
     write_manifest,
 )
+from tasks.backup_report import publish_report
 from tasks.clickhouse import backup_clickhouse
 from tasks.decisions.retention import RetentionPolicy
-from tasks.errors import OffsiteError
+from tasks.errors import BackupError, OffsiteError
 from tasks.notify import alert_on_failure
 from tasks.offsite import OffsiteCopyReport, copy_offsite, prune_offsite
 from tasks.offsite_mirror import BucketMirror, mirror_langfuse_buckets
@@ -107,6 +113,11 @@ class BackupConfig(BaseModel):
         description="An object deleted from a Langfuse bucket is deleted from its off-site "
         "mirror only after this many days.",
     )
+    drill_after_backup: bool = Field(
+        default=False,
+        description="Restore-drill the new set before retention, so it counts as verified "
+        "at once. A failed drill fails the run and prunes nothing; the set stays, unverified.",
+    )
     dry_run: bool = Field(
         default=False,
         description="Back up, but only show the retention plan (artifact) without deleting. "
@@ -127,6 +138,7 @@ class BackupSummary(BaseModel):
     deleted_sets: list[str]
     would_delete_sets: list[str]
     kept_complete_sets: int
+    newest_verified_set: str | None
     aborted_uploads: int
     report_artifact: str
     offsite_copied_sets: list[str] = Field(default_factory=list)
@@ -174,6 +186,16 @@ def backup(stack: str = "production", config: BackupConfig | None = None) -> Bac
         logger.info("== Manifest (written last)")
         manifest = write_manifest(ops, backup_id, versions, dump, clickhouse)
 
+        if config.drill_after_backup:
+            logger.info("== Quick drill of the new set")
+            drill = drill_set(ops, RestoreDrillConfig(backup_id=backup_id))
+            if not drill.passed:
+                # Before retention: a run whose own set does not restore prunes nothing.
+                raise BackupError(
+                    f"set {backup_id} is complete but failed its quick drill: it stays, "
+                    f"not verified, and nothing was pruned.\n{drill.failure_message()}"
+                )
+
         offsite: OffsiteCopyReport | None = None
         offsite_deleted: list[str] = []
         mirrored: list[BucketMirror] = []
@@ -212,6 +234,7 @@ def backup(stack: str = "production", config: BackupConfig | None = None) -> Bac
         deleted_sets=pruned.deleted_sets,
         would_delete_sets=plan.deleted_sets if config.dry_run else [],
         kept_complete_sets=len(plan.kept_complete),
+        newest_verified_set=plan.newest_verified,
         aborted_uploads=pruned.aborted_uploads,
         report_artifact=report,
         offsite_copied_sets=offsite.copied_sets if offsite else [],

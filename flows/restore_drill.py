@@ -11,9 +11,13 @@ database again, whatever happened. Scratch databases of a drill that was killed 
 dropped by the next one before it starts.
 
 The report (each check with its reason, RTO per component, RPO, sizes, throughput) is
-the artifact ``restore-drill-<stack>``. A failed drill ends Failed and alerts through
+the artifact ``restore-drill-<stack>``; the verdict is written beside the set, as
+``<stack>/<backup-id>/drill.json``, where retention and the backup report read it (and
+where it outlives the Prefect database). A failed drill ends Failed and alerts through
 the stack's notification routes; a passing one sends a one-line info summary when
-``notify_success`` is on.
+``notify_success`` is on. Drills of one stack never overlap (slot
+``restore-drill-<stack>``): the backup's quick drill of its new set
+(``drill_after_backup``) is the same drill (:func:`drill_set`).
 
 Blocks: the stack's ``llm-stack`` document; optionally a ``secret`` block holding the
 DSN of a separate Postgres server to drill on (``drill_server_block``).
@@ -31,7 +35,8 @@ from pydantic import BaseModel, Field
 from blocks.stack import Stack
 from tasks.decisions.checks import CheckResult, skipped
 from tasks.decisions.drill import DrillReport, rpo_seconds, scratch_database_name
-from tasks.decisions.manifest import BACKUP_ID_PATTERN
+from tasks.decisions.manifest import BACKUP_ID_PATTERN, BackupManifest
+from tasks.drill_records import record_drill_verdict
 from tasks.errors import IntegrityError
 from tasks.notify import alert_on_failure
 from tasks.restore import (
@@ -42,7 +47,9 @@ from tasks.restore import (
     check_no_scratch_left,
     describe_drill_target,
     drop_orphan_scratch_databases,
+    ensure_drill_slot,
     load_backup_manifest,
+    one_drill_at_a_time,
     publish_drill_report,
     restore_clickhouse,
     restore_postgres,
@@ -58,6 +65,7 @@ from tasks.restore.from_offsite import (
 
 __all__ = [
     "RestoreDrillConfig",
+    "drill_set",
     "restore_drill",
 ]
 
@@ -108,6 +116,12 @@ class RestoreDrillConfig(BaseModel):
         description="Where the set is read from: 'primary' (the stack's bucket) or "
         "'offsite' (decrypted from the off-site target into a scratch bucket first).",
     )
+    lock_timeout_s: int = Field(
+        default=4 * 3600,
+        ge=0,
+        le=24 * 3600,
+        description="How long to wait for another drill of the same stack to finish.",
+    )
 
 
 @flow(name="restore-drill", on_failure=[alert_on_failure])
@@ -116,8 +130,41 @@ def restore_drill(
 ) -> DrillReport:
     """Restore a backup set into scratch databases, prove it, drop them, report."""
     config = config or RestoreDrillConfig()
-    logger = get_run_logger()
     ops = Stack.load_stack(stack)
+    report = drill_set(ops, config)
+    if not report.passed:
+        raise IntegrityError(report.failure_message())
+    if config.notify_success:
+        send_drill_summary(ops, report)
+    return report
+
+
+def drill_set(ops: Stack, config: RestoreDrillConfig) -> DrillReport:
+    """The drill itself, inside a flow run: one at a time, reported, its verdict recorded.
+
+    Returns the report whatever the verdict; the caller decides what a failure ends.
+    """
+    logger = get_run_logger()
+    ensure_drill_slot(ops.stack_name)
+    with one_drill_at_a_time(ops.stack_name, config.lock_timeout_s):
+        report, manifest = _drill(ops, config)
+    publish_drill_report(ops, report)
+    logger.info("%s", report.summary_line())
+    # A set with no trusted manifest gets no record (one would make a missing set look
+    # present), and only a drill of every component may call a set verified.
+    # A drill of the off-site copy proves that copy, not the primary's set: not recorded
+    # beside the primary set (which may not even exist any more).
+    if manifest is not None and config.postgres and config.clickhouse:
+        if config.source == "primary":
+            record_drill_verdict(ops, report)
+    elif manifest is not None:
+        logger.info("partial drill (postgres=%s, clickhouse=%s): verdict not recorded",
+                    config.postgres, config.clickhouse)  # fmt: skip
+    return report
+
+
+def _drill(ops: Stack, config: RestoreDrillConfig) -> tuple[DrillReport, BackupManifest | None]:
+    logger = get_run_logger()
     started = datetime.now(UTC)
     drill_target = describe_drill_target(ops, config.drill_server_block)
 
@@ -210,10 +257,4 @@ def restore_drill(
         set_size=manifest.total_size if manifest else None,
         scratch_databases=[names.postgres, *names.clickhouse],
     )
-    publish_drill_report(ops, report)
-    logger.info("%s", report.summary_line())
-    if not report.passed:
-        raise IntegrityError(report.failure_message())
-    if config.notify_success:
-        send_drill_summary(ops, report)
-    return report
+    return report, manifest

@@ -18,10 +18,9 @@ from uuid import UUID
 import httpx
 import prefect
 from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.client.schemas.filters import (
     FlowFilter,
     FlowFilterName,
@@ -31,8 +30,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStateType,
 )
 from prefect.client.schemas.objects import StateType
-from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 from pydantic import BaseModel
@@ -51,9 +49,11 @@ from tasks.decisions.manifest import (
     set_prefix,
 )
 from tasks.decisions.retention import ObjectRecord, RetentionPlan, RetentionPolicy, UploadRecord
+from tasks.drill_records import read_drill_verdicts
 from tasks.errors import BackupError, StorageError
 from tasks.pg_tools import PgVersions
 from tasks.retry import RETRY_TRANSIENT, RETRY_TRANSIENT_QUICK, RUN_CACHE
+from tasks.slots import create_slot, hold_slot
 from tasks.storage import (
     MultipartUpload,
     abort_multipart_upload,
@@ -71,13 +71,13 @@ __all__ = [
     "RetentionResult",
     "apply_retention",
     "backup_slot_name",
+    "drills_scheduled",
     "ended_backup_runs",
     "ensure_backup_slot",
+    "first_few",
     "one_backup_at_a_time",
     "plan_retention",
-    "publish_report",
     "read_expected_dump_size",
-    "render_report",
     "run_name_for_set",
     "start_backup_set",
     "write_manifest",
@@ -97,38 +97,15 @@ def backup_slot_name(stack: str) -> str:
 )
 def ensure_backup_slot(stack: str) -> str:
     """Create the global concurrency limit ``backup-<stack>`` (limit 1) if it is missing."""
-    name = backup_slot_name(stack)
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            with contextlib.suppress(ObjectAlreadyExists):
-                client.create_global_concurrency_limit(
-                    GlobalConcurrencyLimitCreate(name=name, limit=1)
-                )
-    return name
+    return create_slot(backup_slot_name(stack))
 
 
 @contextlib.contextmanager
 def one_backup_at_a_time(stack: str, wait_s: float) -> Iterator[None]:
-    """Hold the global concurrency slot ``backup-<stack>`` (limit 1) for the block.
-
-    The deployment's own concurrency limit already keeps scheduled runs apart; this
-    slot also covers runs started another way (a second deployment, a direct call).
-    The flow creates the limit first (:func:`ensure_backup_slot`), and ``strict`` makes
-    a missing limit an error instead of a silent no-op. A lease that cannot be renewed (the
-    Prefect server restarting during a long dump) does not cancel the backup; a holder
-    that dies frees the slot when its lease ends.
-    """
+    """Hold the slot ``backup-<stack>`` (:mod:`tasks.slots`) for the block."""
     name = backup_slot_name(stack)
     try:
-        with concurrency(
-            name,
-            occupy=1,
-            timeout_seconds=wait_s,
-            strict=True,
-            raise_on_lease_renewal_failure=False,
-        ):
+        with hold_slot(name, wait_s):
             yield
     except TimeoutError:
         raise BackupError(
@@ -278,15 +255,16 @@ def plan_retention(
 ) -> RetentionPlan:
     """List the bucket and decide, per set, keep or delete; publish the plan artifact."""
     logger = get_run_logger()
-    objects = [
-        ObjectRecord(key=e.key, size=e.size, last_modified=e.last_modified)
-        for e in list_stack_objects(stack)
-    ]
+    entries = list_stack_objects(stack)
+    objects = [ObjectRecord(key=e.key, size=e.size, last_modified=e.last_modified) for e in entries]
     complete = {info.backup_id for info in list_backup_sets(stack) if info.complete}
     uploads = [
         UploadRecord(key=u.key, upload_id=u.upload_id, initiated=u.initiated)
         for u in list_multipart_uploads(stack)
     ]
+    if policy.require_verified is None:
+        policy = policy.model_copy(update={"require_verified": drills_scheduled(stack.stack_name)})
+    verdicts = read_drill_verdicts(stack, entries)
     plan = retention.plan_retention(
         stack.stack_name,
         objects,
@@ -296,6 +274,7 @@ def plan_retention(
         now=datetime.now(UTC),
         current_backup_id=backup_id,
         failed_runs=ended_backup_runs(stack.stack_name),
+        verdicts=verdicts,
     )
     create_table_artifact(
         key=f"backup-retention-{stack.stack_name}",
@@ -308,13 +287,40 @@ def plan_retention(
         ),
     )
     logger.info(
+        "Retention counts %s; %d sets drilled, newest verified: %s",
+        "only verified sets (require_verified)" if plan.policy.verified_only else "every set",
+        len(verdicts),
+        plan.newest_verified or "none",
+    )
+    logger.info(
         "Retention: keep %d complete sets, delete %s, abort %d uploads%s",
         len(plan.kept_complete),
-        _first_few(plan.deleted_sets),
+        first_few(plan.deleted_sets),
         len(plan.aborts),
         " (dry run)" if dry_run else "",
     )
     return plan
+
+
+def drills_scheduled(stack: str) -> bool:
+    """True when ``restore-drill/<stack>`` exists, is not paused and has an active schedule.
+
+    What ``require_verified`` follows when a run leaves it empty: read at run time, so
+    a drill schedule paused in the UI turns it off at the next backup, and a run started
+    with a config of its own (which replaces the deployment's whole ``config``) keeps it.
+    When the API cannot say, it answers True: verified retention only ever keeps more.
+    """
+    try:
+        with get_client(sync_client=True) as client:
+            deployment = client.read_deployment_by_name(f"restore-drill/{stack}")
+    except ObjectNotFound:
+        return False
+    except (httpx.HTTPError, PrefectHTTPStatusError) as exc:
+        get_run_logger().warning(
+            "could not read restore-drill/%s (%s): retention counts only verified sets", stack, exc
+        )
+        return True
+    return not deployment.paused and any(s.active for s in deployment.schedules)
 
 
 @task(
@@ -350,68 +356,8 @@ def apply_retention(stack: Stack, plan: RetentionPlan, dry_run: bool) -> Retenti
     )
 
 
-def _first_few(items: list[str], n: int = 5) -> str:
+def first_few(items: list[str], n: int = 5) -> str:
     if not items:
         return "nothing"
     shown = ", ".join(items[:n])
     return shown + (f" ... and {len(items) - n} more" if len(items) > n else "")
-
-
-# ---- the report -----------------------------------------------------------------------
-
-
-def render_report(manifest: BackupManifest, prune: RetentionResult, plan: RetentionPlan) -> str:
-    """The backup's report in markdown: sizes, durations, throughput, row counts."""
-    pg = manifest.postgres
-    total_s = (manifest.finished_at - manifest.started_at).total_seconds()
-    lines = [
-        f"# Backup {manifest.backup_id} of {manifest.stack}",
-        "",
-        f"Set `{manifest.bucket}/{manifest.prefix}`, {manifest.total_size / 1e6:.1f} MB, "
-        f"{total_s:.1f} s end to end. Manifest written last: the set is complete.",
-        "",
-        "| part | size | seconds | throughput | rows |",
-        "|---|---:|---:|---:|---:|",
-        f"| Postgres `{pg.database}` (pg_dump {pg.pg_dump_version}, server {pg.server_version}) "
-        f"| {pg.dump_size / 1e6:.1f} MB | {pg.seconds:.1f} | "
-        f"{pg.dump_size / 1e6 / max(pg.seconds, 1e-6):.1f} MB/s | {pg.total_rows} |",
-    ]
-    for ch in manifest.clickhouse:
-        lines.append(
-            f"| ClickHouse `{ch.database}` ({ch.server_version}) | {ch.size / 1e6:.1f} MB | "
-            f"{ch.seconds:.1f} | {ch.size / 1e6 / max(ch.seconds, 1e-6):.1f} MB/s | "
-            f"{sum(ch.table_rows.values())}{'' if ch.rows_exact else ' (changed during backup)'} |"
-        )
-    lines += ["", "## Objects", "", "| key | size | sha256 |", "|---|---:|---|"]
-    lines += [f"| `{o.key}` | {o.size} | `{o.sha256}` |" for o in manifest.objects]
-    lines += ["", f"## Postgres rows in snapshot `{pg.snapshot_id}`", "", "| table | rows |",
-              "|---|---:|"]  # fmt: skip
-    lines += [f"| `{name}` | {rows} |" for name, rows in sorted(pg.table_rows.items())]
-    for ch in manifest.clickhouse:
-        lines += ["", f"## ClickHouse `{ch.database}` rows", "", "| table | rows |", "|---|---:|"]
-        lines += [f"| `{name}` | {rows} |" for name, rows in sorted(ch.table_rows.items())]
-    verb = "would delete" if prune.dry_run else "deleted"
-    deleted = plan.deleted_sets if prune.dry_run else prune.deleted_sets
-    lines += [
-        "",
-        "## Retention",
-        "",
-        f"{len(plan.kept_complete)} complete sets kept; {verb} {len(deleted)} sets "
-        f"({_first_few(deleted)}); {len(plan.aborts)} unfinished uploads "
-        f"{'to abort' if prune.dry_run else 'aborted'}. "
-        f"Plan: artifact `backup-retention-{manifest.stack}`.",
-    ]
-    return "\n".join(lines)
-
-
-@task(name="publish-backup-report", cache_policy=NO_CACHE)
-def publish_report(
-    stack: Stack, manifest: BackupManifest, prune: RetentionResult, plan: RetentionPlan
-) -> str:
-    key = f"backup-report-{stack.stack_name}"
-    create_markdown_artifact(
-        key=key,
-        markdown=stack.scrub(render_report(manifest, prune, plan)),
-        description=f"Backup {manifest.backup_id}: {manifest.total_size / 1e6:.1f} MB",
-    )
-    return key

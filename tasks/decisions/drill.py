@@ -93,7 +93,7 @@ def orphan_scratch_databases(
 ) -> list[str]:
     """The scratch databases of ``stack`` left behind by earlier drills, sorted.
 
-    Only one drill per stack runs at a time (deployment concurrency), so every scratch
+    Only one drill per stack runs at a time (the slot ``restore-drill-<stack>``), so every scratch
     database of this stack that the current run did not create (``keep``) belongs to a
     drill that died before its cleanup. Anything else is never returned.
     """

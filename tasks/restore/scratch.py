@@ -4,7 +4,10 @@ Scratch databases of a drill are dropped by :func:`scratch_databases` on the way
 in every case (success, failure, cancellation: Prefect turns a cancel into an
 exception, so ``finally`` runs); a drill killed outright leaves them to the next
 drill, which drops them first (:func:`drop_orphan_scratch_databases`). Only names that
-are a scratch name of the stack are ever dropped here.
+are a scratch name of the stack are ever dropped here. That cleanup takes every other
+scratch database of the stack for an orphan, so drills of one stack never overlap: each
+holds the slot ``restore-drill-<stack>`` (:func:`one_drill_at_a_time`), scheduled ones
+and those a backup runs on its new set alike.
 """
 
 from __future__ import annotations
@@ -30,15 +33,45 @@ from tasks.restore.postgres import (
     pg_databases,
     pg_server,
 )
+from tasks.retry import RETRY_TRANSIENT_QUICK
+from tasks.slots import create_slot, hold_slot
 
 __all__ = [
     "CleanupResult",
     "ScratchNames",
     "check_no_scratch_left",
+    "drill_slot_name",
     "drop_orphan_scratch_databases",
     "drop_scratch",
+    "ensure_drill_slot",
+    "one_drill_at_a_time",
     "scratch_databases",
 ]
+
+
+def drill_slot_name(stack: str) -> str:
+    return f"restore-drill-{stack}"
+
+
+@task(name="ensure-drill-slot", **RETRY_TRANSIENT_QUICK, cache_policy=NO_CACHE)
+def ensure_drill_slot(stack: str) -> str:
+    """Create the global concurrency limit ``restore-drill-<stack>`` (limit 1) if missing."""
+    return create_slot(drill_slot_name(stack))
+
+
+@contextlib.contextmanager
+def one_drill_at_a_time(stack: str, wait_s: float) -> Iterator[None]:
+    """Hold the slot ``restore-drill-<stack>`` (:mod:`tasks.slots`) for the block."""
+    name = drill_slot_name(stack)
+    try:
+        # The shortest lease: the next drill drops what a killed one left, a minute later.
+        with hold_slot(name, wait_s, lease_s=60):
+            yield
+    except TimeoutError:
+        raise RestoreError(
+            f"another restore drill of {stack} holds the slot {name!r}; this one waited "
+            f"{wait_s:.0f} s and restored nothing. Let it finish, or raise lock_timeout_s."
+        ) from None
 
 
 class ScratchNames(BaseModel):

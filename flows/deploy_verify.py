@@ -47,6 +47,7 @@ from blocks.stack import Stack
 from tasks.control_plane import (
     check_backup_freshness,
     check_master_key,
+    check_offsite_copy,
     check_salt_key,
     publish_verify_report,
 )
@@ -164,6 +165,12 @@ class DeployVerifyConfig(BaseModel):
         le=24 * 31,
         description="Oldest acceptable newest complete backup set (daily schedule + slack).",
     )
+    offsite_max_age_hours: float = Field(
+        default=50.0,
+        ge=1,
+        le=24 * 31,
+        description="Oldest acceptable newest off-site copy (informational check).",
+    )
     start_first_backup: bool = Field(
         default=True,
         description="With no backup set at all (first deploy), start backup/<stack> once.",
@@ -264,6 +271,7 @@ def deploy_verify(
         config.backup_max_age_hours,
         config.start_first_backup,
     )
+    ledger.run("offsite-copy", check_offsite_copy, ops, config.offsite_max_age_hours)
     ledger.run("railway-deployments", check_railway_deployments, ops, t)
 
     outcomes = ledger.results()

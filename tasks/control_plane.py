@@ -28,10 +28,10 @@ from prefect.variables import Variable
 from pydantic import ValidationError
 
 from blocks.stack import Stack
-from tasks.decisions.checks import CheckResult, failed
+from tasks.decisions.checks import CheckResult, failed, passed, skipped
 from tasks.decisions.deploy_checks import ReportRow, table_rows
 from tasks.decisions.deploy_judges import SaltRecord, judge_backup_age, judge_master_key, judge_salt
-from tasks.errors import StorageError
+from tasks.errors import OffsiteError, StorageError
 from tasks.storage import newest_complete_manifest
 
 __all__ = [
@@ -110,6 +110,49 @@ def check_backup_freshness(
         timedelta(hours=max_age_hours),
         started_run,
         deployment,
+    )
+
+
+@task(name="check-offsite-copy", cache_policy=NO_CACHE, persist_result=False)
+def check_offsite_copy(stack: Stack, max_age_hours: float) -> CheckResult:
+    """The off-site target answers, its newest complete copy is young enough, and whether
+    its bucket keeps versions or locks objects (information, with the fix)."""
+    from tasks.offsite import bucket_protection, newest_offsite_set
+
+    if stack.offsite is None:
+        return skipped(
+            "offsite-copy",
+            "no off-site target configured: the backups live only inside the project",
+            fix="set the OFFSITE_* variables (README, 'Off-site copy')",
+        )
+    target = stack.offsite
+    try:
+        client = target.client(timeout_s=30, retries=1)
+        newest = newest_offsite_set(stack, client)
+        protection = bucket_protection(client, target.bucket)
+    except OffsiteError as exc:
+        return failed(
+            "offsite-copy",
+            stack.error_line(str(exc), limit=300),
+            fix="check OFFSITE_S3_ENDPOINT, the bucket and the off-site keys' permissions",
+        )
+    if newest is None:
+        return failed(
+            "offsite-copy",
+            f"no complete off-site copy on {target.describe()}; {protection}",
+            fix="run the backup flow: each run copies every set missing off-site",
+        )
+    age_h = (datetime.now(UTC) - newest.copied_at).total_seconds() / 3600
+    if age_h > max_age_hours:
+        return failed(
+            "offsite-copy",
+            f"newest off-site copy ({newest.backup_id}) is {age_h:.1f} h old; {protection}",
+            fix="see the backup runs: an off-site copy that fails ends them Failed",
+        )
+    return passed(
+        "offsite-copy",
+        f"newest off-site copy {newest.backup_id}, {age_h:.1f} h old, key "
+        f"{newest.key_fingerprint}; {protection}",
     )
 
 

@@ -50,7 +50,6 @@ from blocks.stack import Stack
 from tasks.clickhouse import clickhouse_client
 from tasks.decisions.health import SERVICES, STATUS_RANK, HealthStatus, ServiceHealth
 from tasks.errors import OffsiteError, OpsError, StorageError
-from tasks.offsite import bucket_protection, newest_offsite_set
 from tasks.storage import newest_complete_manifest
 
 __all__ = [
@@ -353,6 +352,10 @@ async def check_backup_freshness(stack: Stack, timeout_s: float, th: HealthThres
 async def check_offsite_freshness(stack: Stack, timeout_s: float, th: HealthThresholds) -> Reading:
     if stack.offsite is None:
         return _ok("no off-site target configured (OFFSITE_* variables)")
+    # Imported only for a stack that has a target: every sweep's process start pays for
+    # what it imports.
+    from tasks.offsite import bucket_protection, newest_offsite_set
+
     target = stack.offsite
     try:
         client = target.client(timeout_s=timeout_s, retries=0)

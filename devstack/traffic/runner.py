@@ -154,8 +154,13 @@ class Traffic:
             fail_share=self.fail_share,
             concurrency=self.concurrency,
         )
+        # Idle connections are dropped well before uvicorn's keep-alive timeout (5 s):
+        # a request sent on a connection the server is closing at that instant fails with
+        # a ReadError, which is the client's race, not a fault of the stack.
         limits = httpx.Limits(
-            max_connections=self.concurrency, max_keepalive_connections=self.concurrency
+            max_connections=self.concurrency,
+            max_keepalive_connections=self.concurrency,
+            keepalive_expiry=2.0,
         )
         async with httpx.AsyncClient(limits=limits, timeout=self.request_timeout_s) as client:
             writer = asyncio.create_task(write_spend(spend, spend_rows))

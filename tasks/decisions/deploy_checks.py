@@ -121,6 +121,11 @@ CHECKS: tuple[CheckSpec, ...] = (
         depends_on=("s3-buckets",),
     ),
     CheckSpec(
+        name="offsite-copy",
+        title="Newest off-site copy is fresh; the off-site bucket's versioning and object lock",
+        required=False,
+    ),
+    CheckSpec(
         name="railway-deployments",
         title="Railway reports every service's latest deployment successful",
         required=False,

@@ -61,10 +61,11 @@ ALL_CHECKS = [
     "redis-persistence",
     "s3-buckets",
     "backup-fresh",
+    "offsite-copy",
     "railway-deployments",
 ]
-# On the plain devstack: no backup deployment and no Railway token, so these two skip.
-SKIPPED_ON_DEVSTACK = {"backup-fresh", "railway-deployments"}
+# On the plain devstack: no backup deployment, no off-site target and no Railway token.
+SKIPPED_ON_DEVSTACK = {"backup-fresh", "offsite-copy", "railway-deployments"}
 BASELINE_HAD_BACKUP = [False]  # set by the baseline fixture
 FAST = {"trace_timeout_s": 10.0, "trace_poll_s": 0.2}
 
@@ -123,6 +124,7 @@ def test_the_devstack_passes_every_check_it_can_run(baseline: Run, stack: Stack)
     if "backup-fresh" in skipped:
         assert "backup/devstack" in baseline.rows["backup-fresh"]["fix"]
     assert "RAILWAY_API_TOKEN" in baseline.rows["railway-deployments"]["fix"]
+    assert "OFFSITE_" in baseline.rows["offsite-copy"]["fix"]
 
 
 def test_the_canary_trace_is_in_langfuse_by_its_unique_id(baseline: Run, stack: Stack) -> None:

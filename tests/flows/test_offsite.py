@@ -257,3 +257,22 @@ def test_langfuse_buckets_mirror_incrementally_sealed_and_hold_deletions_back(
     assert (third.copied, third.deleted) == (0, 1)
     names = {o.object_name for o in target(devstack).list_objects("offsite", prefix=gone_key)}
     assert names == set()
+
+
+def test_deploy_verify_and_the_sweep_report_the_off_site_copy_and_its_protection(
+    devstack: Devstack, offsite_stack: Stack, first_set: BackupManifest
+) -> None:
+    import asyncio
+
+    from tasks.control_plane import check_offsite_copy
+    from tasks.health import HealthThresholds, check_offsite_freshness
+
+    result = check_offsite_copy.fn(offsite_stack, 50.0)
+    assert result.passed, result.message
+    # The devstack's off-site bucket keeps no versions: said, with the fix.
+    assert "versioning" in result.message and "enable versioning or object lock" in result.message
+    reading = asyncio.run(check_offsite_freshness(offsite_stack, 5.0, HealthThresholds()))
+    assert reading.status == "healthy" and "h old" in reading.reason
+    with devstack.stopped("offsite"):
+        down = asyncio.run(check_offsite_freshness(offsite_stack, 2.0, HealthThresholds()))
+    assert down.status == "unhealthy" and "cannot list the off-site copies" in down.reason

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
 from prefect.blocks.core import Block
-from pydantic import ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import ByteSize, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from blocks.offsite import OFFSITE_ENV, OffsiteTarget, check_base_url, check_bucket
 from blocks.stack_clients import StackClients
@@ -51,6 +51,7 @@ class Stack(StackClients, Block):
 
     SECRET_FIELDS: ClassVar[tuple[str, ...]] = (
         "postgres_dsn",
+        "drill_postgres_dsn",
         "clickhouse_password",
         "redis_password",
         "s3_secret_key",
@@ -68,6 +69,20 @@ class Stack(StackClients, Block):
     )
     postgres_dsn: SecretStr = Field(
         description="PostgreSQL DSN (DATABASE_URL): postgresql://user:password@host:5432/db."
+    )
+    # Sizes the operator gives: SQL sees what Postgres uses, never the disk's free space.
+    postgres_volume_size: ByteSize | None = Field(
+        default=None,
+        description="Size of the Postgres volume (e.g. 50GB): a restore checks it fits "
+        "before writing. Unset: free space unknown.",
+    )
+    drill_postgres_dsn: SecretStr | None = Field(
+        default=None,
+        description="DSN of a scratch Postgres server for restore drills (DRILL_DATABASE_URL); "
+        "unset: drills restore onto the stack's own server.",
+    )
+    drill_postgres_volume_size: ByteSize | None = Field(
+        default=None, description="Size of the drill server's volume (e.g. 50GB)."
     )
     clickhouse_url: str = Field(
         description="ClickHouse HTTP interface, e.g. http://clickhouse:8123."
@@ -134,9 +149,11 @@ class Stack(StackClients, Block):
 
     # ---- validation -----------------------------------------------------------------
 
-    @field_validator("postgres_dsn")
+    @field_validator("postgres_dsn", "drill_postgres_dsn")
     @classmethod
-    def _check_dsn(cls, value: SecretStr) -> SecretStr:
+    def _check_dsn(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
         raw = value.get_secret_value()
         try:
             parts = urlsplit(raw)

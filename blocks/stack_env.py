@@ -14,6 +14,9 @@ __all__ = ["ENV_FIELDS", "FIELD_ENV", "FIX_HINTS"]
 # Environment variable -> field, in the original template's names.
 ENV_FIELDS: dict[str, str] = {
     "DATABASE_URL": "postgres_dsn",
+    "POSTGRES_VOLUME_SIZE": "postgres_volume_size",
+    "DRILL_DATABASE_URL": "drill_postgres_dsn",
+    "DRILL_POSTGRES_VOLUME_SIZE": "drill_postgres_volume_size",
     "CLICKHOUSE_URL": "clickhouse_url",
     "CLICKHOUSE_USER": "clickhouse_user",
     "CLICKHOUSE_PASSWORD": "clickhouse_password",
@@ -49,6 +52,12 @@ FIELD_ENV.update({f"offsite.{field}": env for env, field in OFFSITE_ENV.items()}
 
 FIX_HINTS: dict[str, str] = {
     "postgres_dsn": "set DATABASE_URL to postgresql://USER:PASSWORD@HOST:5432/DATABASE",
+    "postgres_volume_size": "set POSTGRES_VOLUME_SIZE to the Postgres volume's size, e.g. "
+    "50GB (or leave it unset: free space unknown)",
+    "drill_postgres_dsn": "set DRILL_DATABASE_URL to postgresql://USER:PASSWORD@HOST:5432/DB "
+    "of the drill server (or leave it unset)",
+    "drill_postgres_volume_size": "set DRILL_POSTGRES_VOLUME_SIZE to the drill server's "
+    "volume size, e.g. 20GB (or leave it unset)",
     "clickhouse_url": "set CLICKHOUSE_URL to http://HOST:8123 (scheme, host and port, no path)",
     "clickhouse_s3_endpoint": "set CLICKHOUSE_S3_ENDPOINT to http://HOST:9000 (no path), "
     "or leave it unset to use MINIO_ENDPOINT",

@@ -4,10 +4,12 @@ Run on demand only (deployment ``restore/<stack>``, no schedule). Restores the c
 (default: the newest complete one) into named target databases: Postgres, ClickHouse,
 or both. ``dry_run`` is on by default: set it false to write anything. The set is
 verified first, exactly as the drill does (same code): manifest, objects, the dump's
-sha256 while it is read, row counts against the manifest. Each engine is restored into
-a staging database first; only when every engine passed all its checks are they
-renamed into place, so a failed restore leaves every target as it
-was (and a failed rename keeps the verified staging database and names what moved).
+sha256 while it is read, row counts against the manifest. Then, dry run or not, each
+staging copy must fit where it goes (the same space check as the drill's; staging
+databases sit on the live volumes), or the restore is refused before writing. Each
+engine is restored into a staging database first; only when every engine passed all its
+checks are they renamed into place, so a failed restore leaves every target as it was
+(and a failed rename keeps the verified staging database and names what moved).
 
 Safety: a target that exists, or is the live database the applications use, is
 replaced only when ``confirm`` repeats its exact name; the replaced database is kept,
@@ -30,6 +32,7 @@ from pydantic import BaseModel, Field
 from blocks.stack import Stack
 from tasks.decisions.drill import operator_steps
 from tasks.decisions.manifest import BACKUP_ID_PATTERN, BackupManifest
+from tasks.decisions.space import SpacePolicy
 from tasks.errors import IntegrityError, RestoreError
 from tasks.notify import alert_on_failure
 from tasks.offsite_mirror import restore_langfuse_buckets
@@ -40,6 +43,7 @@ from tasks.restore import (
     RestoredTarget,
     StagedRestore,
     TargetPlan,
+    check_restore_space,
     drop_staging,
     load_backup_manifest,
     plan_restore_targets,
@@ -105,6 +109,14 @@ class RestoreConfig(BaseModel):
         description="Where the set is read from: 'primary' (the stack's bucket) or 'offsite' "
         "(decrypted from the off-site target into a scratch bucket first: the way back "
         "after losing the project, with only the off-site target, its keys and the identity).",
+    )
+    space_unknown: SpacePolicy = Field(
+        default="auto",
+        description="When free space cannot be known: 'refuse', 'proceed', or 'auto' "
+        "(proceed when the copy needs under 1 GB; else refuse: staging goes on live volumes).",
+    )
+    space_margin: float = Field(
+        default=0.2, ge=0, le=5, description="Free space required on top of the estimate."
     )
 
 
@@ -184,6 +196,29 @@ def _restore_set(
             + "; ".join(f"{c.name}: {c.message}" for c in verified.checks if not c.passed)
         )
 
+    backup = manifest.clickhouse_for(ops.clickhouse_database) or (
+        manifest.clickhouse[0] if manifest.clickhouse else None
+    )
+    if config.clickhouse_target is not None and backup is None:
+        raise IntegrityError(f"set {manifest.backup_id} holds no ClickHouse backup")
+
+    logger.info("== checking each staging copy fits before writing anything")
+    space = check_restore_space(
+        ops,
+        manifest,
+        purpose="restore",
+        postgres=config.postgres_target is not None,
+        clickhouse=[backup] if config.clickhouse_target is not None and backup else [],
+        mode=config.postgres_mode,
+        work_dir=config.work_dir,
+        margin=config.space_margin,
+        policy=config.space_unknown,
+    )
+    if space.problems:
+        raise RestoreError(
+            "restore refused, nothing was written: " + " | ".join(c.message for c in space.problems)
+        )
+
     targets = (config.postgres_target, config.clickhouse_target)
     for step in operator_steps(
         ops.stack_name, "before", *targets, ops.postgres_database, ops.clickhouse_database
@@ -199,12 +234,6 @@ def _restore_set(
             steps_after=[],
             source=config.source,
         )
-
-    backup = manifest.clickhouse_for(ops.clickhouse_database) or (
-        manifest.clickhouse[0] if manifest.clickhouse else None
-    )
-    if config.clickhouse_target is not None and backup is None:
-        raise IntegrityError(f"set {manifest.backup_id} holds no ClickHouse backup")
 
     staged: list[StagedRestore] = []
     for plan in plans:

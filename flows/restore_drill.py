@@ -19,6 +19,12 @@ the stack's notification routes; a passing one sends a one-line info summary whe
 ``restore-drill-<stack>``): the backup's quick drill of its new set
 (``drill_after_backup``) is the same drill (:func:`drill_set`).
 
+Before writing anything, it checks each copy fits where it goes (ClickHouse's disks, the
+Postgres server's configured volume, the worker's disk in download mode) and skips what
+does not (``space_unknown`` decides when free space cannot be known). Postgres goes to a
+server apart whenever one is configured: ``drill_server_block``, else the stack's drill
+server (``DRILL_DATABASE_URL``), else the stack's own.
+
 Blocks: the stack's ``llm-stack`` document; optionally a ``secret`` block holding the
 DSN of a separate Postgres server to drill on (``drill_server_block``).
 """
@@ -36,6 +42,7 @@ from blocks.stack import Stack
 from tasks.decisions.checks import CheckResult, skipped
 from tasks.decisions.drill import DrillReport, rpo_seconds, scratch_database_name
 from tasks.decisions.manifest import BACKUP_ID_PATTERN, BackupManifest
+from tasks.decisions.space import SpacePolicy
 from tasks.drill_records import record_drill_verdict
 from tasks.errors import IntegrityError
 from tasks.notify import alert_on_failure
@@ -45,6 +52,7 @@ from tasks.restore import (
     PostgresMode,
     ScratchNames,
     check_no_scratch_left,
+    check_restore_space,
     describe_drill_target,
     drop_orphan_scratch_databases,
     ensure_drill_slot,
@@ -83,7 +91,16 @@ class RestoreDrillConfig(BaseModel):
     drill_server_block: str | None = Field(
         default=None,
         description="Name of a Secret block holding postgresql://USER:PASSWORD@HOST:5432/DB "
-        "of a separate server to restore onto; empty = the stack's own server.",
+        "of a separate server to restore onto; empty = the stack's drill server "
+        "(DRILL_DATABASE_URL) if it has one, else the stack's own server.",
+    )
+    space_unknown: SpacePolicy = Field(
+        default="auto",
+        description="When free space cannot be known: 'refuse', 'proceed', or 'auto' "
+        "(proceed on a separate server, or when the copy needs under 1 GB; else refuse).",
+    )
+    space_margin: float = Field(
+        default=0.2, ge=0, le=5, description="Free space required on top of the estimate."
     )
     postgres_mode: PostgresMode = Field(
         default="download",
@@ -195,8 +212,22 @@ def _drill(ops: Stack, config: RestoreDrillConfig) -> tuple[DrillReport, BackupM
         if manifest is not None:
             verified = verify_set_objects(source, manifest)
             checks += verified.checks
+            logger.info("== checking each copy fits before writing anything")
+            space = check_restore_space(
+                ops,
+                manifest,
+                purpose="drill",
+                server_block=config.drill_server_block,
+                postgres=config.postgres and verified.postgres.passed,
+                clickhouse=[b for b in ch_backups if verified.clickhouse_ok(b.database)],
+                mode=config.postgres_mode,
+                work_dir=config.work_dir,
+                margin=config.space_margin,
+                policy=config.space_unknown,
+            )
+            checks += space.checks
             with scratch_databases(ops, names):
-                if config.postgres and verified.postgres.passed:
+                if config.postgres and verified.postgres.passed and space.fits("postgres"):
                     logger.info("== restoring Postgres into %s", names.postgres)
                     pg = restore_postgres(
                         source,
@@ -212,17 +243,24 @@ def _drill(ops: Stack, config: RestoreDrillConfig) -> tuple[DrillReport, BackupM
                     checks += pg.checks
                     timings += [pg.timing] if pg.timing else []
                 elif config.postgres:
+                    why = "no room (see postgres-free-space)" if verified.postgres.passed else None
                     checks.append(
                         skipped(
-                            "postgres-restore", "dump failed verification", component="postgres"
+                            "postgres-restore",
+                            why or "dump failed verification",
+                            component="postgres",
                         )
                     )
                 for backup, target in zip(ch_backups, names.clickhouse, strict=True):
-                    if not verified.clickhouse_ok(backup.database):
+                    ok = verified.clickhouse_ok(backup.database)
+                    why = None if ok else "backup failed verification"
+                    if why is None and not space.fits("clickhouse"):
+                        why = "no room (see clickhouse-free-space)"
+                    if why is not None:
                         checks.append(
                             skipped(
                                 f"clickhouse-restore[{backup.database}]",
-                                "backup failed verification",
+                                why,
                                 component="clickhouse",
                             )
                         )

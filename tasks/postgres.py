@@ -337,6 +337,12 @@ def dump_postgres(
             inventory.large_objects.count,
             snapshot_id,
         )
+        # What a restore of this dump needs on disk: the drill and the restore check
+        # that much is free before they write (tasks/decisions/space.py).
+        database_size: int | None = None
+        with contextlib.suppress(psycopg.Error):
+            row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+            database_size = int(row[0]) if row else None
         with contextlib.suppress(psycopg.Error):
             conn.rollback()
     seconds = time.monotonic() - started
@@ -359,6 +365,7 @@ def dump_postgres(
         table_rows=counts,
         partitioned_tables=inventory.partitioned,
         large_objects=inventory.large_objects,
+        database_size=database_size,
         seconds=seconds,
     )
 

@@ -192,6 +192,12 @@ class PostgresDump(BaseModel):
         default=None,
         description="Large objects in the snapshot (none recorded by older sets).",
     )
+    database_size: int | None = Field(
+        default=None,
+        ge=0,
+        description="pg_database_size of the source at the dump: what a restore needs on "
+        "disk (none recorded by older sets).",
+    )
 
     @property
     def total_rows(self) -> int:

@@ -11,12 +11,17 @@ One module per concept:
   checking its objects before a restore.
 - :mod:`~tasks.restore.engine`: the engine interface (:class:`RestoreEngine`) the real
   restore goes through, and what restoring one component found.
-- :mod:`~tasks.restore.postgres`: the Postgres server restored onto, its databases,
-  row counts, the ``restore-postgres`` task and the Postgres swap.
+- :mod:`~tasks.restore.pg_server`: the Postgres server restored onto (the stack's own,
+  or a drill server apart), its databases, what it uses on disk.
+- :mod:`~tasks.restore.postgres`: row counts, the ``restore-postgres`` task and the
+  Postgres swap.
 - :mod:`~tasks.restore.pg_restore`: running ``pg_restore`` on the dump (stream or
   download mode), the dump's sha256 checked on the way.
 - :mod:`~tasks.restore.clickhouse`: RESTORE, waiting for it, reading and counting the
-  restored tables, the free-space check, and the ClickHouse swap.
+  restored tables, and the ClickHouse swap.
+- :mod:`~tasks.restore.space`: room to restore, read from each engine (ClickHouse's
+  ``system.disks``, Postgres's configured volume size less what it uses), checked
+  before anything is written.
 - :mod:`~tasks.restore.scratch`: a drill's scratch databases, dropped on the way out,
   and those a killed drill left behind.
 - :mod:`~tasks.restore.swap`: the real restore: staging databases and the swap into
@@ -39,15 +44,12 @@ from tasks.restore.clickhouse import (
     CH_QUERY_TIMEOUT_S,
     CH_VERIFY_TIMEOUT_S,
     CHECKABLE_ENGINE,
-    FREE_SPACE_MARGIN,
     REQUIRED_CLICKHOUSE_TABLES,
     ClickHouseEngine,
     ClickHouseSource,
     ch_client,
     ch_databases,
-    check_ch_free_space,
     drop_ch_database,
-    free_space_refusal,
     read_ch_tables,
     restore_clickhouse,
     run_ch_restore,
@@ -55,6 +57,7 @@ from tasks.restore.clickhouse import (
 )
 from tasks.restore.engine import ComponentOutcome, EngineName, RestoreEngine
 from tasks.restore.pg_restore import CHUNK, STDERR_TAIL, PostgresMode, restore_postgres_dump
+from tasks.restore.pg_server import drill_server, pg_used_bytes
 from tasks.restore.postgres import (
     PG_CONNECT_TIMEOUT_S,
     REQUIRED_POSTGRES_TABLES,
@@ -89,6 +92,13 @@ from tasks.restore.scratch import (
     one_drill_at_a_time,
     scratch_databases,
 )
+from tasks.restore.space import (
+    SpaceCheck,
+    check_restore_space,
+    clickhouse_free_space,
+    postgres_free_space,
+    worker_free_space,
+)
 from tasks.restore.swap import (
     RestoredTarget,
     StagedRestore,
@@ -107,7 +117,6 @@ __all__ = [
     "CH_POLL_S",
     "CH_QUERY_TIMEOUT_S",
     "CH_VERIFY_TIMEOUT_S",
-    "FREE_SPACE_MARGIN",
     "PG_CONNECT_TIMEOUT_S",
     "REQUIRED_CLICKHOUSE_TABLES",
     "REQUIRED_POSTGRES_TABLES",
@@ -126,16 +135,19 @@ __all__ = [
     "RestoredTarget",
     "ScratchNames",
     "SetVerification",
+    "SpaceCheck",
     "StagedRestore",
     "TargetPlan",
     "ch_client",
     "ch_databases",
-    "check_ch_free_space",
     "check_no_scratch_left",
+    "check_restore_space",
+    "clickhouse_free_space",
     "count_pg_rows",
     "create_pg_database",
     "describe_drill_target",
     "descriptor_files",
+    "drill_server",
     "drill_slot_name",
     "drop_ch_database",
     "drop_orphan_scratch_databases",
@@ -143,7 +155,6 @@ __all__ = [
     "drop_scratch",
     "drop_staging",
     "ensure_drill_slot",
-    "free_space_refusal",
     "load_backup_manifest",
     "object_sizes",
     "one_drill_at_a_time",
@@ -151,7 +162,9 @@ __all__ = [
     "pg_databases",
     "pg_large_objects",
     "pg_server",
+    "pg_used_bytes",
     "plan_restore_targets",
+    "postgres_free_space",
     "publish_drill_report",
     "publish_restore_report",
     "read_ch_tables",
@@ -168,4 +181,5 @@ __all__ = [
     "swap_into_place",
     "verify_set_objects",
     "wait_ch_restore",
+    "worker_free_space",
 ]

@@ -9,9 +9,10 @@ ReplacingMergeTree table can fold duplicate versions. Merges start again once co
 RESTORE does not verify checksums (ClickHouse issue 65191), so every table is then
 checked (``CHECK TABLE``), read in full (``SELECT * ... FORMAT Null``) and counted. The
 statement holds the S3 secret: it is never logged, and errors are scrubbed. A restored
-copy lands on the live volumes, so the free space is checked first. :func:`_swap_ch` is
-how the real restore puts a verified staging database in place; :class:`ClickHouseEngine`
-is this module behind the engine interface.
+copy lands on the live volumes: the drill and the restore check the free space before
+(:mod:`tasks.restore.space`). :func:`_swap_ch` is how the real restore puts a verified
+staging database in place; :class:`ClickHouseEngine` is this module behind the engine
+interface.
 """
 
 from __future__ import annotations
@@ -50,15 +51,12 @@ __all__ = [
     "CH_POLL_S",
     "CH_QUERY_TIMEOUT_S",
     "CH_VERIFY_TIMEOUT_S",
-    "FREE_SPACE_MARGIN",
     "REQUIRED_CLICKHOUSE_TABLES",
     "ClickHouseEngine",
     "ClickHouseSource",
     "ch_client",
     "ch_databases",
-    "check_ch_free_space",
     "drop_ch_database",
-    "free_space_refusal",
     "merge_tree_tables",
     "read_ch_tables",
     "restore_clickhouse",
@@ -269,43 +267,6 @@ def read_ch_tables(
     return [read], counts
 
 
-# A restored copy needs about the backup's size; keep this much more free on top.
-FREE_SPACE_MARGIN = 1.2
-
-
-def free_space_refusal(free: int, needed: int, margin: float = FREE_SPACE_MARGIN) -> str | None:
-    """Why a restore of ``needed`` bytes must not start on a disk with ``free`` bytes, or None."""
-    if free >= needed * margin:
-        return None
-    return (
-        f"not enough free disk: {free / 1e9:.2f} GB free, the copy needs about "
-        f"{needed / 1e9:.2f} GB (+{(margin - 1) * 100:.0f}% margin); restoring would fill "
-        "the live volume. Free space or grow the volume first"
-    )
-
-
-def check_ch_free_space(
-    stack: Stack, client: ClickHouseClient, backup: ClickHouseBackup
-) -> CheckResult:
-    """ClickHouse's disks have room for a full copy of the backup (it lands on live volumes)."""
-    name = f"clickhouse-free-space[{backup.database}]"
-    try:
-        row = client.query("SELECT sum(free_space) FROM system.disks").result_rows
-        free = int(row[0][0]) if row else 0
-    except (ClickHouseError, OSError) as exc:
-        return failed(
-            name, _ch_error(stack, "free-space lookup", exc).args[0], component="clickhouse"
-        )
-    refusal = free_space_refusal(free, backup.size)
-    if refusal is not None:
-        return failed(name, refusal, component="clickhouse")
-    return passed(
-        name,
-        f"{free / 1e9:.1f} GB free for a {backup.size / 1e9:.2f} GB copy",
-        component="clickhouse",
-    )
-
-
 def _start_merges(stack: Stack, client: ClickHouseClient, target: str) -> None:
     """Merges run again on the counted copy (a real restore puts it in the live place)."""
     try:
@@ -333,10 +294,6 @@ def restore_clickhouse(
     client = ch_client(stack, CH_VERIFY_TIMEOUT_S)
     started = time.monotonic()
     try:
-        space = check_ch_free_space(stack, client, backup)
-        if not space.passed:
-            logger.error("%s %s: %s", space.name, space.status, space.message)
-            return ComponentOutcome(checks=[space])
         checks = [run_ch_restore(stack, client, backup=backup, target=target, timeout_s=timeout_s)]
         seconds = time.monotonic() - started
         verify_started = time.monotonic()

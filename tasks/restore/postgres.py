@@ -1,7 +1,7 @@
-"""Postgres for a restore: the server restored onto, its databases, the restore task, the swap.
+"""Postgres for a restore: the restore task, proving its result, the swap.
 
-The server is the stack's own, or one whose DSN a Prefect Secret block holds (a drill
-onto another server); its password never leaves :class:`PgServer` unscrubbed. Running
+The server restored onto is :mod:`tasks.restore.pg_server` (the stack's own, or for a
+drill a server apart; re-exported here). Running
 ``pg_restore`` on the dump is :mod:`tasks.restore.pg_restore`; :func:`restore_postgres`
 creates the database, runs it, and proves the result against the manifest (row counts,
 large objects, the tables the applications need). :func:`_swap_pg` is how the real
@@ -14,8 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Literal
-from urllib.parse import unquote, urlsplit, urlunsplit
+from typing import Literal
 
 import psycopg
 from prefect import task
@@ -32,18 +31,24 @@ from tasks.decisions.drill import (
     check_row_counts,
 )
 from tasks.decisions.manifest import BackupManifest, LargeObjects
-from tasks.decisions.redaction import error_line, redact_url
-from tasks.errors import RestoreError, StackConfigError, ToolVersionError
+from tasks.errors import ToolVersionError
 from tasks.pg_inventory import count_rows, large_objects
-from tasks.pg_tools import (
-    PgTool,
-    dsn_without_password,
-    parse_tool_version,
-    pg_client_tool,
-    server_version,
-)
+from tasks.pg_tools import parse_tool_version
 from tasks.restore.engine import ComponentOutcome
 from tasks.restore.pg_restore import PostgresMode, restore_postgres_dump
+from tasks.restore.pg_server import (
+    PG_CONNECT_TIMEOUT_S,
+    PgServer,
+    create_pg_database,
+    describe_drill_target,
+    drill_server,
+    drop_pg_database,
+    pg_database_exists,
+    pg_databases,
+    pg_server,
+    pg_server_error,
+    restore_tool,
+)
 
 __all__ = [
     "PG_CONNECT_TIMEOUT_S",
@@ -54,6 +59,7 @@ __all__ = [
     "count_pg_rows",
     "create_pg_database",
     "describe_drill_target",
+    "drill_server",
     "drop_pg_database",
     "pg_database_exists",
     "pg_databases",
@@ -63,7 +69,6 @@ __all__ = [
     "restore_tool",
 ]
 
-PG_CONNECT_TIMEOUT_S = 10
 
 # Without these, LiteLLM or Langfuse do not start or lose their keys and settings.
 REQUIRED_POSTGRES_TABLES: tuple[str, ...] = (
@@ -80,144 +85,6 @@ REQUIRED_POSTGRES_TABLES: tuple[str, ...] = (
 )
 
 
-# ---- where Postgres is restored -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PgServer:
-    """A Postgres server to restore onto: the stack's own, or one named by a Secret block.
-
-    ``dsn`` holds the password; only :attr:`redacted` and :meth:`scrub`-ed texts leave
-    this object. ``pg_restore`` gets the password through ``PGPASSWORD``, never argv.
-    """
-
-    dsn: str
-    stack: Stack
-
-    @property
-    def redacted(self) -> str:
-        return redact_url(self.dsn)
-
-    @property
-    def maintenance_database(self) -> str:
-        return urlsplit(self.dsn).path.lstrip("/") or "postgres"
-
-    def dsn_for(self, database: str) -> str:
-        parts = urlsplit(self.dsn)
-        return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, ""))
-
-    def scrub(self, text: str) -> str:
-        password = urlsplit(self.dsn).password
-        for value in (password, unquote(password or "")):
-            if value and len(value) >= 4:
-                text = text.replace(value, "***")
-        return self.stack.scrub(text)
-
-    def connect(self, database: str | None = None) -> psycopg.Connection[Any]:
-        return psycopg.connect(
-            self.dsn_for(database or self.maintenance_database),
-            autocommit=True,
-            connect_timeout=PG_CONNECT_TIMEOUT_S,
-        )
-
-    def tool_target(self, database: str) -> tuple[str, dict[str, str]]:
-        """``(dsn without password, env)`` for a libpq command-line tool."""
-        dsn, password = dsn_without_password(self.dsn_for(database))
-        return dsn, ({"PGPASSWORD": password} if password else {})
-
-
-def pg_server(stack: Stack, server_block: str | None) -> PgServer:
-    """The stack's own server, or the DSN stored in the Prefect Secret block named."""
-    if server_block is None:
-        return PgServer(dsn=stack.postgres_dsn.get_secret_value(), stack=stack)
-    from prefect.runtime import flow_run
-
-    cache_key = (str(flow_run.id), server_block)
-    dsn = _server_dsns.get(cache_key)
-    if dsn is None:
-        dsn = _server_dsns[cache_key] = _load_secret_dsn(server_block)
-    if urlsplit(dsn).scheme not in ("postgres", "postgresql"):
-        raise StackConfigError(
-            f"Secret block {server_block!r} does not hold a postgresql:// DSN"
-        ) from None
-    return PgServer(dsn=dsn, stack=stack)
-
-
-# A drill's tasks share one load of the Secret block per flow run (and process).
-_server_dsns: dict[tuple[str, str], str] = {}
-
-
-def _load_secret_dsn(server_block: str) -> str:
-    from prefect.blocks.system import Secret
-
-    try:
-        value = Secret.load(server_block).get()  # type: ignore[union-attr]
-    except ValueError as exc:
-        raise StackConfigError(
-            f"no Secret block named {server_block!r} ({exc}); create one holding "
-            "postgresql://USER:PASSWORD@HOST:5432/postgres for the drill server"
-        ) from None
-    return str(value)
-
-
-@task(name="describe-drill-target", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def describe_drill_target(stack: Stack, server_block: str | None) -> str:
-    """The Postgres server the drill restores onto, password redacted."""
-    return pg_server(stack, server_block).redacted
-
-
-def _pg_error(server: PgServer, action: str, exc: BaseException) -> RestoreError:
-    return RestoreError(
-        f"Postgres {action} failed on {server.redacted}: {error_line(exc, server.scrub)}"
-    )
-
-
-def pg_database_exists(server: PgServer, database: str) -> bool:
-    try:
-        with server.connect() as conn:
-            row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
-            return row.fetchone() is not None
-    except psycopg.Error as exc:
-        raise _pg_error(server, f"lookup of database {database!r}", exc) from None
-
-
-def pg_databases(server: PgServer) -> list[str]:
-    try:
-        with server.connect() as conn:
-            return [str(r[0]) for r in conn.execute("SELECT datname FROM pg_database")]
-    except psycopg.Error as exc:
-        raise _pg_error(server, "listing of databases", exc) from None
-
-
-def create_pg_database(server: PgServer, database: str) -> None:
-    try:
-        with server.connect() as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
-    except psycopg.Error as exc:
-        raise _pg_error(server, f"CREATE DATABASE {database}", exc) from None
-
-
-def drop_pg_database(server: PgServer, database: str) -> None:
-    """Drop it even with sessions attached (a killed drill's pg_restore may still be there)."""
-    try:
-        with server.connect() as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
-            )
-    except psycopg.Error as exc:
-        raise _pg_error(server, f"DROP DATABASE {database}", exc) from None
-
-
-def restore_tool(server: PgServer) -> PgTool:
-    """The pg_restore for this server's major (equal, else the smallest newer one)."""
-    try:
-        with server.connect() as conn:
-            _, major = server_version(conn)
-    except psycopg.Error as exc:
-        raise _pg_error(server, "version lookup", exc) from None
-    return pg_client_tool("pg_restore", major)
-
-
 # ---- restoring the dump, and proving it -----------------------------------------------------
 
 
@@ -227,7 +94,7 @@ def pg_large_objects(server: PgServer, database: str) -> LargeObjects:
         with server.connect(database) as conn:
             return large_objects(conn)
     except psycopg.Error as exc:
-        raise _pg_error(server, f"large objects in {database}", exc) from None
+        raise pg_server_error(server, f"large objects in {database}", exc) from None
 
 
 def count_pg_rows(server: PgServer, database: str) -> dict[str, int]:
@@ -236,7 +103,7 @@ def count_pg_rows(server: PgServer, database: str) -> dict[str, int]:
         with server.connect(database) as conn:
             return count_rows(conn)
     except psycopg.Error as exc:
-        raise _pg_error(server, f"row count in {database}", exc) from None
+        raise pg_server_error(server, f"row count in {database}", exc) from None
 
 
 @task(name="restore-postgres", cache_policy=NO_CACHE)
@@ -252,13 +119,37 @@ def restore_postgres(
     work_dir: str | None,
     required_tables: list[str],
 ) -> ComponentOutcome:
-    """Create ``database``, restore the dump into it, and prove it against the manifest.
+    """Create ``database`` on the drill server, restore the dump into it, and prove it.
 
     Checks: the dump's sha256/size, pg_restore's exit, the exact row count of every
     table, the tables the applications need. The caller drops or keeps the database.
     """
+    return _restore_into(
+        drill_server(stack, server_block),
+        stack,
+        manifest=manifest,
+        database=database,
+        mode=mode,
+        jobs=jobs,
+        timeout_s=timeout_s,
+        work_dir=work_dir,
+        required_tables=required_tables,
+    )
+
+
+def _restore_into(
+    server: PgServer,
+    stack: Stack,
+    *,
+    manifest: BackupManifest,
+    database: str,
+    mode: PostgresMode,
+    jobs: int,
+    timeout_s: float,
+    work_dir: str | None,
+    required_tables: list[str],
+) -> ComponentOutcome:
     logger = get_run_logger()
-    server = pg_server(stack, server_block)
     dump = manifest.postgres
     try:
         tool = restore_tool(server)
@@ -376,7 +267,7 @@ def _swap_pg(server: PgServer, staging: str, target: str, previous: str | None) 
                 if previous is not None:
                     _allow_connections(server, admin, [target, previous])
     except psycopg.Error as exc:
-        raise _pg_error(server, f"rename of {staging} to {target}", exc) from None
+        raise pg_server_error(server, f"rename of {staging} to {target}", exc) from None
 
 
 def _allow_connections(server: PgServer, admin: str, names: list[str]) -> None:
@@ -441,9 +332,9 @@ class PostgresEngine:
         _swap_pg(self.server, staging, target, previous)
 
     def restore_into(self, database: str, source: PostgresSource) -> ComponentOutcome:
-        return restore_postgres.fn(
+        return _restore_into(
+            self.server,
             self.stack,
-            self.server_block,
             manifest=source.manifest,
             database=database,
             mode=source.mode,

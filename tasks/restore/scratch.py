@@ -28,10 +28,10 @@ from tasks.decisions.drill import is_scratch_database, orphan_scratch_databases,
 from tasks.errors import RestoreError
 from tasks.restore.clickhouse import ch_databases, drop_ch_database
 from tasks.restore.postgres import (
+    drill_server,
     drop_pg_database,
     pg_database_exists,
     pg_databases,
-    pg_server,
 )
 from tasks.retry import RETRY_TRANSIENT_QUICK
 from tasks.slots import create_slot, hold_slot
@@ -91,7 +91,7 @@ def drop_scratch(stack: Stack, names: ScratchNames) -> list[str]:
     """
     dropped: list[str] = []
     errors: list[str] = []
-    server = pg_server(stack, names.server_block)
+    server = drill_server(stack, names.server_block)
     for name in [names.postgres]:
         if not is_scratch_database(name, stack.stack_name):
             raise RestoreError(f"refusing to drop {name!r}: not a drill scratch database")
@@ -155,7 +155,7 @@ def drop_orphan_scratch_databases(
 ) -> CleanupResult:
     """Drop scratch databases of this stack left by an earlier drill that was killed."""
     logger = get_run_logger()
-    server = pg_server(stack, server_block)
+    server = drill_server(stack, server_block)
     result = CleanupResult()
     for name in orphan_scratch_databases(pg_databases(server), stack.stack_name):
         drop_pg_database(server, name)
@@ -178,7 +178,7 @@ def drop_orphan_scratch_databases(
 @task(name="check-no-scratch-left", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def check_no_scratch_left(stack: Stack, names: ScratchNames) -> CheckResult:
     """After the drill, none of its scratch databases exists any more."""
-    server = pg_server(stack, names.server_block)
+    server = drill_server(stack, names.server_block)
     left = [f"postgres:{n}" for n in [names.postgres] if pg_database_exists(server, n)]
     if names.clickhouse:
         existing = set(ch_databases(stack))

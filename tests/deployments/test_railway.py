@@ -49,7 +49,7 @@ def test_the_whole_stack_is_there_with_prefect_instead_of_the_two_daemons(
 ) -> None:
     assert set(template.services) == {
         "litellm", "langfuse-web", "langfuse-worker", "postgres", "clickhouse", "redis",
-        "minio", "prefect-db", "prefect-server", "prefect-worker",
+        "minio", "prefect-db", "prefect-server", "prefect-worker", "drill-db",
     }  # fmt: skip
     assert "backup-service" not in template.services
     assert "health-monitor" not in template.services

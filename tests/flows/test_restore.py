@@ -100,6 +100,25 @@ def test_restore_is_a_dry_run_unless_told_otherwise(devstack, good_set, targets)
     assert ch not in ch_databases(devstack)
 
 
+def test_a_restore_that_does_not_fit_is_refused_before_any_staging_database(
+    devstack, stack, good_set, targets
+):
+    from tests.flows.test_restore_drill import tight_stack
+
+    pg, _ = targets
+    name = tight_stack(stack, "devstack-tight", free=10_000_000)
+    before = pg_databases(devstack)
+    with pytest.raises(RestoreError) as caught:
+        restore(
+            stack=name,
+            config=RestoreConfig(backup_id=good_set.backup_id, postgres_target=pg, dry_run=False),
+        )
+    message = str(caught.value)
+    assert message.startswith("restore refused, nothing was written: postgres: not enough free")
+    assert "grow the volume and raise POSTGRES_VOLUME_SIZE" in message
+    assert pg_databases(devstack) == before  # no staging database, no target
+
+
 def test_restore_into_fresh_databases_gives_the_seeded_data_back(
     devstack, stack, good_set, targets
 ):

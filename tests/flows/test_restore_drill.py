@@ -303,10 +303,57 @@ def test_a_clickhouse_backup_larger_than_the_free_disk_is_not_restored(devstack,
         data["clickhouse"][0]["size"] = 10**16  # 10 PB: more than any disk here
 
     backup_id, copied = copy_set(devstack, good_set, edit_manifest=huge)
-    message = failed_drill(backup_id)
-    database = copied.clickhouse[0].database
-    assert f"clickhouse-free-space[{database}] failed: not enough free disk" in message
+    message = failed_drill(backup_id, postgres=False)
+    assert "clickhouse-free-space failed: clickhouse: not enough free space on ClickHouse disk" in (
+        message
+    )
+    assert "(system.disks unreserved_space)" in message
+    assert f"clickhouse-restore[{copied.clickhouse[0].database}] skipped: no room" in message
     assert ch_scratch(devstack) == []  # nothing was restored
+
+
+# ---- room to restore: checked before anything is written ---------------------------------------
+
+
+def tight_stack(stack: Stack, name: str, free: int) -> str:
+    """Save a block of the same stack whose Postgres volume has ``free`` bytes left."""
+    from tasks.restore import pg_server, pg_used_bytes
+
+    used = pg_used_bytes(pg_server(stack, None))
+    values = {**stack.model_dump(), "postgres_volume_size": used + free}
+    Stack(**values).save(name, overwrite=True)
+    return name
+
+
+def test_a_drill_that_does_not_fit_fails_before_writing_and_leaves_nothing(
+    devstack, stack, good_set, clean
+):
+    name = tight_stack(stack, "devstack-tight", free=10_000_000)  # 10 MB left on the volume
+    config = RestoreDrillConfig(backup_id=good_set.backup_id, clickhouse=False)
+    with pytest.raises(Exception) as caught:
+        restore_drill(stack=name, config=config)
+    message = str(caught.value)
+    assert "postgres-free-space failed: postgres: not enough free space on Postgres" in message
+    assert "MB free (POSTGRES_VOLUME_SIZE" in message and "nothing was written" in message
+    assert "DRILL_DATABASE_URL" in message  # the fix: a scratch server for drills
+    assert "postgres-restore skipped: no room (see postgres-free-space)" in message
+    assert pg_scratch(devstack) == []
+    report = latest_drill_report()
+    assert "| postgres-free-space | postgres | failed |" in report
+    assert "postgres-row-counts" not in report  # pg_restore never ran
+
+
+def test_unknown_free_space_follows_the_policy(devstack, good_set, clean):
+    # The devstack block gives no volume size: Postgres's free space is unknown.
+    report = drill(good_set.backup_id, clickhouse=False)  # auto: a small set proceeds
+    assert report.passed, report.failure_message()
+    (space,) = [c for c in report.checks if c.name == "postgres-free-space"]
+    assert space.message.startswith("postgres: free space unknown: the volume size of Postgres")
+    assert "set POSTGRES_VOLUME_SIZE to check it; proceeding" in space.message
+    message = failed_drill(good_set.backup_id, clickhouse=False, space_unknown="refuse")
+    assert "postgres-free-space failed: postgres: free space unknown" in message
+    assert "refused (space_unknown is 'refuse'); nothing was written" in message
+    assert pg_scratch(devstack) == []
 
 
 def test_a_failed_drill_alerts_the_stacks_channels(devstack, stack, good_set, receiver, clean):

@@ -368,13 +368,3 @@ def test_operator_steps_say_pause_first_and_where_to_point_afterwards():
     assert any("CLICKHOUSE_DB" in s and "'lf'" in s for s in after)
     same = operator_steps("prod", "after", "railway", "default", "railway", "default")
     assert not any("DATABASE_URL" in s or "CLICKHOUSE_DB" in s for s in same)
-
-
-@given(st.integers(min_value=0, max_value=10**15), st.integers(min_value=0, max_value=10**15))
-def test_a_restore_starts_only_with_room_for_the_copy_and_a_margin(free: int, needed: int) -> None:
-    from tasks.restore import FREE_SPACE_MARGIN, free_space_refusal
-
-    refusal = free_space_refusal(free, needed)
-    assert (refusal is None) == (free >= needed * FREE_SPACE_MARGIN)
-    if refusal is not None:
-        assert refusal.startswith("not enough free disk")

@@ -45,7 +45,6 @@ from tasks.restore import (
     TargetPlan,
     check_restore_space,
     drop_staging,
-    load_backup_manifest,
     plan_restore_targets,
     publish_restore_report,
     stage_clickhouse_restore,
@@ -53,7 +52,7 @@ from tasks.restore import (
     swap_into_place,
     verify_set_objects,
 )
-from tasks.restore.from_offsite import discard_opened_set, open_offsite_set, opened_stack
+from tasks.restore.from_offsite import discard_opened_set, load_set
 
 __all__ = [
     "RestoreConfig",
@@ -165,11 +164,7 @@ def restore(stack: str = "production", config: RestoreConfig | None = None) -> R
     logger.info("== verifying the backup set (%s)", config.source)
     # The set is read through `source`: the stack, or the stack reading the scratch bucket
     # an off-site set was opened into (removed again when the run ends).
-    source = ops
-    if config.source == "offsite":
-        source, found = opened_stack(ops), open_offsite_set(ops, config.backup_id)
-    else:
-        found = load_backup_manifest(ops, config.backup_id)
+    source, found = load_set(ops, config.backup_id, config.source)
     if found.manifest is None:
         raise IntegrityError(f"{found.check.name}: {found.check.message}")
     manifest = found.manifest

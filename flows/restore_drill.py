@@ -56,7 +56,6 @@ from tasks.restore import (
     describe_drill_target,
     drop_orphan_scratch_databases,
     ensure_drill_slot,
-    load_backup_manifest,
     one_drill_at_a_time,
     publish_drill_report,
     restore_clickhouse,
@@ -65,11 +64,7 @@ from tasks.restore import (
     send_drill_summary,
     verify_set_objects,
 )
-from tasks.restore.from_offsite import (
-    discard_opened_set,
-    open_offsite_set,
-    opened_stack,
-)
+from tasks.restore.from_offsite import discard_opened_set, load_set
 
 __all__ = [
     "RestoreDrillConfig",
@@ -191,11 +186,7 @@ def _drill(ops: Stack, config: RestoreDrillConfig) -> tuple[DrillReport, BackupM
     logger.info("== verifying the backup set (%s)", config.source)
     # Everything that reads the set reads it through `source`: the stack itself, or the
     # stack reading the scratch bucket an off-site set was opened into.
-    source = ops
-    if config.source == "offsite":
-        source, found = opened_stack(ops), open_offsite_set(ops, config.backup_id)
-    else:
-        found = load_backup_manifest(ops, config.backup_id)
+    source, found = load_set(ops, config.backup_id, config.source)
     checks: list[CheckResult] = [found.check]
     timings = []
     manifest = found.manifest

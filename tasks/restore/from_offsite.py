@@ -14,7 +14,7 @@ import hashlib
 import tempfile
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, BinaryIO, cast
+from typing import TYPE_CHECKING, BinaryIO, Literal, cast
 
 import urllib3
 from minio.error import MinioException
@@ -29,7 +29,7 @@ from tasks.decisions.manifest import BackupManifest, backup_id_time, manifest_ke
 from tasks.decisions.offsite import OffsiteObject, sealed_key
 from tasks.errors import OffsiteError
 from tasks.offsite import PART_SIZE, list_offsite_sets, offsite_failure, offsite_target
-from tasks.restore.backup_set import ManifestOutcome
+from tasks.restore.backup_set import ManifestOutcome, load_backup_manifest
 
 if TYPE_CHECKING:
     from minio import Minio
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = [
     "discard_opened_set",
     "fetch_offsite_set",
+    "load_set",
     "offsite_scratch_bucket",
     "open_offsite_set",
     "opened_stack",
@@ -232,6 +233,20 @@ def open_offsite_set(stack: Stack, backup_id: str | None) -> ManifestOutcome:
             component="set",
         ),
     )
+
+
+def load_set(
+    stack: Stack, backup_id: str | None, source: Literal["primary", "offsite"]
+) -> tuple[Stack, ManifestOutcome]:
+    """The stack to read the set through, and the set's manifest (with its check).
+
+    ``primary``: the stack itself and its bucket. ``offsite``: the set opened from the
+    off-site target into the scratch bucket, and the stack reading from there; the
+    caller removes it afterwards (:func:`discard_opened_set`).
+    """
+    if source == "offsite":
+        return opened_stack(stack), open_offsite_set(stack, backup_id)
+    return stack, load_backup_manifest(stack, backup_id)
 
 
 def discard_opened_set(opened: Stack, backup_id: str) -> int:

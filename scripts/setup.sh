@@ -28,7 +28,15 @@ uv() { if command -v uv >/dev/null; then command uv "$@"; else python3 -m uv "$@
 uv sync --frozen -q
 
 if [ ! -x .venv-litellm/bin/litellm ]; then
-  uv venv -q --python "$(command -v python3)" .venv-litellm
+  # Python 3.12 or newer when the machine has one: CPython 3.11's contextvars can crash
+  # during garbage collection (cpython#148891), which segfaulted LiteLLM under traffic.
+  py=""
+  for v in 3.13 3.12; do
+    py=$(ls -d "$(pyenv root 2>/dev/null || echo /nonexistent)"/versions/$v*/bin/python 2>/dev/null | head -1)
+    [ -z "$py" ] && py=$(command -v python$v || true)
+    [ -n "$py" ] && break
+  done
+  uv venv -q --python "${py:-$(command -v python3)}" .venv-litellm
   uv pip install -q --python .venv-litellm/bin/python -r devstack/litellm-requirements.txt
 fi
 echo "setup: done"

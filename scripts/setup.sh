@@ -31,7 +31,7 @@ if [ ! -x .venv-litellm/bin/litellm ]; then
   # Python 3.12 or newer when the machine has one: CPython 3.11's contextvars can crash
   # during garbage collection (cpython#148891), which segfaulted LiteLLM under traffic.
   py=""
-  for v in 3.13 3.12; do
+  for v in 3.12 3.13; do
     py=$(ls -d "$(pyenv root 2>/dev/null || echo /nonexistent)"/versions/$v*/bin/python 2>/dev/null | head -1)
     [ -z "$py" ] && py=$(command -v python$v || true)
     [ -n "$py" ] && break

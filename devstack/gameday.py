@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 DEPLOYMENT = "gameday"
+FLAP_THRESHOLD = 6
 PAGER, SLACK, CUSTOM = "/pagerduty", "/slack", "/custom"
 SERVICES = ["postgres", "redis", "clickhouse", "object-storage", "litellm", "langfuse-web"]
 
@@ -56,6 +57,12 @@ class Scenario:
     pages: tuple[str, ...] = ()  # services whose outage must page (PagerDuty incidents)
     refuse_first: str | None = None  # a channel refusing for the incident's first sweeps
     refuse_at_recovery: str | None = None  # a channel refusing when the recovery comes
+    # Sweeps until the first page may come: alert_after + 1 when None (the first bad
+    # sweep can start up to one interval after the fault); a flapping service pages only
+    # once flap_threshold changes were seen.
+    bound_sweeps: int | None = None
+    # Run once the stack recovered (e.g. the next backup, which must resolve its page).
+    after: Callable[[GameDay], None] | None = None
 
 
 @dataclass
@@ -68,6 +75,7 @@ class Outcome:
     left_open: list[str] = field(default_factory=list)
     first_page_s: float | None = None
     bound_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -81,6 +89,7 @@ class Outcome:
             f"| {self.scenario} | {accepted} | {self.pages} | {self.duplicates} | "
             f"{len(self.lost)} | {len(self.left_open)} | {first} (≤ {self.bound_s:.0f} s) | "
             f"{'pass' if self.passed else 'FAIL'} |"
+            + (f" {'; '.join(self.notes)} |" if self.notes else "")
         )
 
 
@@ -109,6 +118,7 @@ class GameDay:
         self.stack = stack
         self.receiver = devstack.receiver_url
         self.deployment_id: Any = None
+        self.notes: list[str] = []
 
     # ---- the deployment ------------------------------------------------------------
 
@@ -124,7 +134,7 @@ class GameDay:
                     "alert_after": self.alert_after,
                     "recover_after": self.recover_after,
                     "flap_window": 12,
-                    "flap_threshold": 6,
+                    "flap_threshold": FLAP_THRESHOLD,
                 },
             },
         }
@@ -276,6 +286,7 @@ class GameDay:
     # ---- playing ------------------------------------------------------------------------
 
     def play(self, scenario: Scenario) -> Outcome:
+        self.notes = []
         self.clear()
         # Start from a clean bill of health: two sweeps with nothing to tell.
         self.wait_sweeps(2, datetime.now(UTC), deadline_s=self.interval_s * 8 + 60)
@@ -298,13 +309,17 @@ class GameDay:
                 self.wait_sweeps(self.recover_after + 2, recovered, self.interval_s * 12 + 120)
         else:
             self.wait_sweeps(self.recover_after + 1, recovered, self.interval_s * 12 + 120)
+        if scenario.after is not None:
+            scenario.after(self)
         # Owed notices go out on the next sweeps, once every channel accepts again.
         self.wait_quiet(deadline_s=self.interval_s * 20 + 120)
-        return self.judge(scenario, started)
+        outcome = self.judge(scenario, started)
+        outcome.notes = list(self.notes)
+        return outcome
 
     def judge(self, scenario: Scenario, started: datetime) -> Outcome:
         records = self.records()
-        bound = (self.alert_after + 1) * self.interval_s
+        bound = (scenario.bound_sweeps or self.alert_after + 1) * self.interval_s
         outcome = Outcome(scenario=scenario.name, bound_s=bound)
         for prefix in (PAGER, SLACK, CUSTOM):
             outcome.accepted[prefix] = sum(
@@ -378,6 +393,45 @@ def _flapping(
     return fault
 
 
+def _s3_down_during_backup(day: GameDay) -> contextlib.AbstractContextManager[None]:
+    """A backup runs; S3 stops while its dump is being uploaded, and stays down."""
+
+    @contextlib.contextmanager
+    def fault() -> Iterator[None]:
+        from flows.backup import BackupConfig, backup
+        from tasks.postgres import dump_hooks
+
+        stopped: list[int] = []
+
+        def stop_s3(streamed: int) -> None:
+            if streamed > 6 * 1024 * 1024 and not stopped:
+                stopped.append(streamed)
+                day.devstack.stop_service("s3")
+
+        try:
+            with dump_hooks(on_bytes=stop_s3):
+                state = backup(
+                    stack=day.stack,
+                    config=BackupConfig(part_size_mb=5, upload_threads=1),
+                    return_state=True,
+                )
+            day.notes.append(f"backup during the outage: {state.name}, no manifest")
+            yield
+        finally:
+            day.devstack.start_service("s3")
+
+    return fault()
+
+
+def _next_backup(day: GameDay) -> None:
+    from flows.backup import backup
+
+    state = backup(stack=day.stack, return_state=True)
+    day.notes.append(
+        f"next backup: {state.name}" + (", set complete" if state.is_completed() else "")
+    )
+
+
 def _langfuse(mode: str) -> Callable[[GameDay], contextlib.AbstractContextManager[None]]:
     @contextlib.contextmanager
     def fault(day: GameDay) -> Iterator[None]:
@@ -420,6 +474,14 @@ def scenarios(short: bool = False) -> list[Scenario]:
             _flapping("redis", 4),
             sweeps=0,
             pages=("redis",),
+            bound_sweeps=FLAP_THRESHOLD + 1,
+        ),
+        Scenario(
+            "S3 stopped during a backup's upload",
+            _s3_down_during_backup,
+            sweeps=3,
+            pages=("object-storage", "backup/failure"),
+            after=_next_backup,
         ),
         # Nothing in the stack is wrong: no page; the sweeps must resume by themselves.
         Scenario("worker killed for 3 minutes", _stopped("prefect_worker"), hold_s=180.0),

@@ -45,7 +45,7 @@ from tasks.backup_report import publish_report
 from tasks.clickhouse import backup_clickhouse
 from tasks.decisions.retention import RetentionPolicy
 from tasks.errors import BackupError, OffsiteError
-from tasks.notify import alert_on_failure
+from tasks.notify import alert_on_failure, resolve_on_success
 from tasks.offsite import OffsiteCopyReport, copy_offsite, prune_offsite
 from tasks.offsite_mirror import BucketMirror, mirror_langfuse_buckets
 from tasks.postgres import check_pg_dump_version, dump_postgres
@@ -152,6 +152,7 @@ class BackupSummary(BaseModel):
     name="backup",
     flow_run_name="backup-{stack}",
     on_failure=[alert_on_failure],
+    on_completion=[resolve_on_success],
     persist_result=True,
 )
 def backup(stack: str = "production", config: BackupConfig | None = None) -> BackupSummary:

@@ -69,7 +69,7 @@ from tasks.deploy_probes import (
 from tasks.errors import VerificationError
 from tasks.langfuse import wait_for_trace
 from tasks.litellm import check_litellm_auth, check_litellm_models, send_canary_completion
-from tasks.notify import alert_on_failure
+from tasks.notify import alert_on_failure, resolve_on_success
 from tasks.railway import check_railway_deployments
 
 __all__ = [
@@ -204,6 +204,7 @@ class DeployVerifyResult(BaseModel):
     name="deploy-verify",
     flow_run_name="verify-{stack}",
     on_failure=[alert_on_failure],
+    on_completion=[resolve_on_success],
     timeout_seconds=1800,
 )
 def deploy_verify(

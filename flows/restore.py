@@ -34,7 +34,7 @@ from tasks.decisions.drill import operator_steps
 from tasks.decisions.manifest import BACKUP_ID_PATTERN, BackupManifest
 from tasks.decisions.space import SpacePolicy
 from tasks.errors import IntegrityError, RestoreError
-from tasks.notify import alert_on_failure
+from tasks.notify import alert_on_failure, resolve_on_success
 from tasks.offsite_mirror import restore_langfuse_buckets
 from tasks.restore import (
     REQUIRED_CLICKHOUSE_TABLES,
@@ -139,7 +139,7 @@ class RestoreSummary(BaseModel):
     )
 
 
-@flow(name="restore", on_failure=[alert_on_failure])
+@flow(name="restore", on_failure=[alert_on_failure], on_completion=[resolve_on_success])
 def restore(stack: str = "production", config: RestoreConfig | None = None) -> RestoreSummary:
     """Verify a set, then restore it into the named targets; refuse to clobber silently."""
     config = config or RestoreConfig()

@@ -45,7 +45,7 @@ from tasks.decisions.manifest import BACKUP_ID_PATTERN, BackupManifest
 from tasks.decisions.space import SpacePolicy
 from tasks.drill_records import record_drill_verdict
 from tasks.errors import IntegrityError
-from tasks.notify import alert_on_failure
+from tasks.notify import alert_on_failure, resolve_on_success
 from tasks.restore import (
     REQUIRED_CLICKHOUSE_TABLES,
     REQUIRED_POSTGRES_TABLES,
@@ -136,7 +136,7 @@ class RestoreDrillConfig(BaseModel):
     )
 
 
-@flow(name="restore-drill", on_failure=[alert_on_failure])
+@flow(name="restore-drill", on_failure=[alert_on_failure], on_completion=[resolve_on_success])
 def restore_drill(
     stack: str = "production", config: RestoreDrillConfig | None = None
 ) -> DrillReport:

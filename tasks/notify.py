@@ -48,6 +48,7 @@ __all__ = [
     "http_logs_scrubbed",
     "redact_urls",
     "report_undeliverable",
+    "resolve_on_success",
     "run_link",
     "scrub_channel_error",
     "send_alert",
@@ -337,6 +338,7 @@ def alert_on_failure(flow: Any, flow_run: Any, state: Any) -> None:
         link=run_link(stack, flow_run.id),
     )
     report: DeliveryReport | None = run_coro_as_sync(deliver(stack, alert))
+    _mark_failure_open(stack_name, flow.name, str(flow_run.name), str(state.name))
     if report is None or report.sent == 0:
         failures = "; ".join(
             f"{r.block}: {r.error}" for r in (report.results if report else []) if not r.ok
@@ -347,3 +349,64 @@ def alert_on_failure(flow: Any, flow_run: Any, state: Any) -> None:
         )
         logger.error("%s", reason)
         report_undeliverable(stack_name, flow.name, stack.scrub(reason), flow_run.id)
+
+
+def _open_failure_name(stack_name: str, flow_name: str) -> str:
+    """The Variable that marks a flow's failure alert as open until a run succeeds."""
+    name = re.sub(r"[^a-z0-9_-]", "-", f"open-failure-{stack_name}-{flow_name}".lower())
+    return name[:255]
+
+
+def _mark_failure_open(stack_name: str, flow_name: str, run_name: str, state_name: str) -> None:
+    from datetime import UTC, datetime
+
+    from prefect.variables import Variable
+
+    try:
+        Variable.set(
+            _open_failure_name(stack_name, flow_name),
+            {"run": run_name, "state": state_name, "at": datetime.now(UTC).isoformat()},
+            tags=["ops-alert"],
+            overwrite=True,
+        )
+    except Exception as exc:  # the alert went out; only its later resolve is at stake
+        _logger().warning("could not record the open failure of %s: %s", flow_name, exc)
+
+
+def resolve_on_success(flow: Any, flow_run: Any, state: Any) -> None:
+    """Flow ``on_completion`` hook: after a failure was alerted, the next run that
+    completes tells the same channels it is over, and resolves the page (same dedup key).
+
+    Sent only when a failure is open; kept open (and sent again by the next success)
+    while a channel refuses it, so a pager incident never stays open for ever.
+    """
+    from prefect.utilities.asyncutils import run_coro_as_sync
+    from prefect.variables import Variable
+
+    logger = _logger()
+    stack_name = str(flow_run.parameters.get("stack", "production"))
+    name = _open_failure_name(stack_name, flow.name)
+    try:
+        opened = Variable.get(name)
+        if not opened:
+            return
+        stack = Stack.load_stack(stack_name)
+    except Exception as exc:
+        logger.warning("cannot resolve an earlier failure of %s: %s", flow.name, exc)
+        return
+    since = opened.get("run", "an earlier run") if isinstance(opened, dict) else "an earlier run"
+    alert = Alert(
+        stack=stack_name,
+        source=flow.name,
+        title=f"{flow.name} recovered on {stack_name}",
+        body=f"Flow run {flow_run.name!r} completed: the failure of {since!r} is over.",
+        severity="critical",
+        kind="recovery",
+        dedup_key=f"{stack_name}/{flow.name}/failure",
+        link=run_link(stack, flow_run.id),
+    )
+    report: DeliveryReport | None = run_coro_as_sync(deliver(stack, alert))
+    if report is not None and report.sent > 0 and all(r.ok for r in report.results):
+        Variable.unset(name)
+    else:
+        logger.warning("the recovery of %s was not accepted by every channel: kept", flow.name)

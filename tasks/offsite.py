@@ -319,7 +319,7 @@ def _copy_object(
     try:
         response = primary.get_object(stack.backup_bucket, key)
     except _S3_ERRORS as exc:
-        raise storageoffsite_failure(stack, key, exc) from None
+        raise read_failure(stack, key, exc) from None
     try:
         plain = HashingReader(response)
         with EncryptingReader(plain, [target.recipient()]) as sealed_stream:
@@ -358,7 +358,7 @@ def _copy_object(
     )
 
 
-def storageoffsite_failure(stack: Stack, key: str, exc: BaseException) -> OffsiteError:
+def read_failure(stack: Stack, key: str, exc: BaseException) -> OffsiteError:
     return OffsiteError(
         f"off-site copy: read of {stack.backup_bucket}/{key} failed: "
         f"{stack.error_line(exc, limit=300, lines='join')}"

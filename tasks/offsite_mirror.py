@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,7 @@ _S3_ERRORS = (MinioException, urllib3.exceptions.HTTPError, OSError)
 # the ciphertext's MD5); larger ones stream through a multipart upload.
 _SMALL = 8 * 1024 * 1024
 _PART = 16 * 1024 * 1024
+_THREADS = 8
 
 
 class BucketMirror(BaseModel):
@@ -140,18 +142,28 @@ def mirror_bucket(
     except _S3_ERRORS as exc:
         raise offsite_failure(stack, f"mirror listing of {bucket}", exc) from None
     entries: dict[str, dict[str, Any]] = index.get("objects", {})
-    copied = copied_bytes = unchanged = 0
+    unchanged = 0
+    todo: list[tuple[str, str, int]] = []
+    for key, (etag, size) in sorted(listing.items()):
+        entry = entries.get(key)
+        if entry and entry.get("etag") == etag and entry.get("size") == size:
+            entry.pop("gone_since", None)
+            unchanged += 1
+        else:
+            todo.append((key, etag, size))
     try:
-        for key, (etag, size) in sorted(listing.items()):
-            entry = entries.get(key)
-            if entry and entry.get("etag") == etag and entry.get("size") == size:
-                entry.pop("gone_since", None)
-                unchanged += 1
-                continue
-            requests += _seal(source, bucket, key, off, target, base + key + ".age", size)
-            entries[key] = {"etag": etag, "size": size, "copied_at": now.isoformat()}
-            copied += 1
-            copied_bytes += size
+        # Small objects are latency-bound (a GET and a PUT each): several in flight.
+        with ThreadPoolExecutor(max_workers=_THREADS) as pool:
+            done = pool.map(
+                lambda item: _seal(
+                    source, bucket, item[0], off, target, base + item[0] + ".age", item[2]
+                ),
+                todo,
+            )
+            for (key, etag, size), used in zip(todo, done, strict=True):
+                requests += used
+                entries[key] = {"etag": etag, "size": size, "copied_at": now.isoformat()}
+        copied, copied_bytes = len(todo), sum(size for _, _, size in todo)
         gone = [k for k in entries if k not in listing]
         marked = deleted = 0
         doomed = []

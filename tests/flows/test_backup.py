@@ -235,6 +235,15 @@ def test_s3_stopped_mid_upload_fails_alerts_and_the_next_run_succeeds(
         t for t in texts_of_runs([run_id(recovered)]) if t.startswith(f"backup-retention-{STACK} ")
     )
     assert f"upload {left[0].key}" in plan and "younger than 24 h" in plan
+    # The run that succeeded says the failure is over, and resolves the page it opened.
+    wait_for_alert(receiver, "backup recovered on devstack")
+    resolves = [
+        r["json"]
+        for r in receiver.received("/pagerduty")
+        if r["json"].get("event_action") == "resolve"
+        and r["json"].get("dedup_key") == "devstack/backup/failure"
+    ]
+    assert len(resolves) == 1
     assert_no_secrets(stack, [failed, recovered], receiver)
 
 

@@ -1,6 +1,6 @@
 """Game day: every scripted incident against the whole control plane, and its table.
 
-    uv run python bench/gameday.py [--dir .devstack] [--interval 20] [--rate 5]
+    uv run python bench/gameday.py [--dir .devstack] [--interval 20] [--rate 5] [--only NAME]
 
 Against a running devstack with its worker (``python -m devstack up``): a fast
 ``health-sweep`` deployment (``--interval`` seconds, alert after 2 bad sweeps, recover
@@ -32,6 +32,11 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=20.0, help="seconds between sweeps")
     parser.add_argument("--rate", type=float, default=5.0, help="traffic, requests/s")
     parser.add_argument("--short", action="store_true", help="only the test suite's scenarios")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="only the scenarios whose name contains one of these (comma-separated)",
+    )
     args = parser.parse_args()
     stack = Devstack(args.dir, log=lambda _m: None)
     for key, value in stack.client_env().items():
@@ -41,6 +46,8 @@ def main() -> int:
     with Traffic(stack, rate=args.rate) as traffic, GameDay(stack, interval_s=args.interval) as day:
         print(HEADER, flush=True)
         for scenario in scenarios(short=args.short):
+            if not any(part in scenario.name for part in args.only.split(",")):
+                continue
             outcome = day.play(scenario)
             outcomes.append(outcome)
             print(outcome.row(), flush=True)

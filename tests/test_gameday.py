@@ -1,6 +1,6 @@
 """A short game day: the real scheduler and worker sweep the stack while it breaks.
 
-Two scripted incidents, each with a channel refusing at the worst moment, played
+A scripted incident with a channel refusing at each of the worst moments, played
 through a ``health-sweep`` deployment on a 10-second interval while traffic flows
 (``devstack/gameday.py``; ``bench/gameday.py`` plays every scenario). Each must end
 with every page delivered once and every PagerDuty incident resolved. The seconds to

@@ -77,6 +77,7 @@ class Outcome:
     bound_s: float = 0.0
     notes: list[str] = field(default_factory=list)
     false_pages: int = 0  # pages in a scenario where nothing in the stack is wrong
+    expected_pages: int = 0  # one PagerDuty incident per page; each channel gets 2 notices
 
     @property
     def passed(self) -> bool:
@@ -86,9 +87,15 @@ class Outcome:
 
     def row(self) -> str:
         first = f"{self.first_page_s:.0f} s" if self.first_page_s is not None else "-"
-        accepted = ", ".join(f"{k.strip('/')} {v}" for k, v in sorted(self.accepted.items()))
+        # Expected: per page, the alert and the recovery on every channel (PagerDuty: the
+        # trigger and the resolve).
+        want = 2 * self.expected_pages
+        accepted = ", ".join(
+            f"{k.strip('/')} {v} of {want}" for k, v in sorted(self.accepted.items())
+        )
         return (
-            f"| {self.scenario} | {accepted} | {self.pages} | {self.duplicates} | "
+            f"| {self.scenario} | {accepted} | {self.pages} of {self.expected_pages} | "
+            f"{self.duplicates} | "
             f"{len(self.lost)} | {len(self.left_open)} | {first} (≤ {self.bound_s:.0f} s) | "
             f"{'pass' if self.passed else 'FAIL'} |"
             + (f" {'; '.join(self.notes)} |" if self.notes else "")
@@ -96,7 +103,8 @@ class Outcome:
 
 
 HEADER = (
-    "| scenario | accepted per channel | pages | duplicates | lost | PD left open | "
+    "| scenario | accepted per channel (of expected) | pages (of expected) | duplicates | "
+    "lost | PD left open | "
     "first page | verdict |\n|---|---|---|---|---|---|---|---|"
 )
 
@@ -372,7 +380,7 @@ class GameDay:
     def judge(self, scenario: Scenario, started: datetime) -> Outcome:
         records = self.records()
         bound = (scenario.bound_sweeps or self.alert_after + 1) * self.interval_s
-        outcome = Outcome(scenario=scenario.name, bound_s=bound)
+        outcome = Outcome(scenario=scenario.name, bound_s=bound, expected_pages=len(scenario.pages))
         for prefix in (PAGER, SLACK, CUSTOM):
             outcome.accepted[prefix] = sum(
                 1 for r in records if r["path"].startswith(prefix) and r.get("status", 200) < 300

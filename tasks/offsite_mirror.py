@@ -21,10 +21,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import urllib3
 from minio.deleteobjects import DeleteObject
@@ -36,7 +37,7 @@ from prefect.logging import get_run_logger
 from pydantic import BaseModel
 
 from blocks.stack import Stack
-from tasks.age_stream import EncryptingReader
+from tasks.age_stream import DecryptionFailed, EncryptingReader, decrypt_stream
 from tasks.errors import OffsiteError
 from tasks.offsite import offsite_failure, offsite_target
 
@@ -268,8 +269,6 @@ def restore_langfuse_buckets(stack: Stack) -> list[BucketMirror]:
 
 def restore_bucket(stack: Stack, target: OffsiteTarget, bucket: str) -> BucketMirror:
     """One bucket back from its mirror; a mirrored object that does not open fails it."""
-    import pyrage
-
     started = time.monotonic()
     primary, off = stack.s3(), target.client()
     base = mirror_prefix(target, bucket)
@@ -298,27 +297,30 @@ def restore_bucket(stack: Stack, target: OffsiteTarget, bucket: str) -> BucketMi
             if present.get(key) == entry.get("size"):
                 already += 1
                 continue
-            sealed = off.get_object(target.bucket, base + key + ".age")
-            try:
-                raw = sealed.read()
-            finally:
-                sealed.close()
-                sealed.release_conn()
-            try:
-                body = pyrage.decrypt(raw, identities)
-            except pyrage.DecryptError as exc:
-                raise OffsiteError(
-                    f"mirrored object {base}{key}.age does not decrypt: {exc}"
-                ) from None
-            if len(body) != entry.get("size"):
-                raise OffsiteError(
-                    f"mirrored object {base}{key}.age opens to {len(body)} bytes, the index "
-                    f"records {entry.get('size')}"
-                )
-            primary.put_object(bucket, key, io.BytesIO(body), len(body))
+            # Decrypted into a spooled file (memory up to 8 MiB, then disk): an attachment
+            # of any size is restored in constant memory, and only once it opened whole.
+            with tempfile.SpooledTemporaryFile(_SMALL) as spool:
+                sealed = off.get_object(target.bucket, base + key + ".age")
+                try:
+                    decrypt_stream(sealed, spool, identities)
+                except DecryptionFailed as exc:
+                    raise OffsiteError(
+                        f"mirrored object {base}{key}.age does not decrypt: {exc}"
+                    ) from None
+                finally:
+                    sealed.close()
+                    sealed.release_conn()
+                size = spool.tell()
+                if size != entry.get("size"):
+                    raise OffsiteError(
+                        f"mirrored object {base}{key}.age opens to {size} bytes, the index "
+                        f"records {entry.get('size')}"
+                    )
+                spool.seek(0)
+                primary.put_object(bucket, key, cast(BinaryIO, spool), size, part_size=_PART)
             requests += 2
             written += 1
-            written_bytes += len(body)
+            written_bytes += size
     except _S3_ERRORS as exc:
         raise offsite_failure(stack, f"restore of bucket {bucket}", exc) from None
     return BucketMirror(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -55,6 +56,9 @@ def test_the_off_site_side_alone_brings_the_stack_back(
     if not s3.bucket_exists(BUCKET):
         s3.make_bucket(BUCKET)
     uploads = {f"events/project-1/{i:04d}.json": f'{{"event": {i}}}'.encode() for i in range(40)}
+    # A media attachment larger than what is sealed or opened in memory: it streams
+    # through a multipart upload both ways.
+    uploads["media/project-1/attachment.bin"] = os.urandom(12 * 1024 * 1024)
     for key, body in uploads.items():
         s3.put_object(BUCKET, key, io.BytesIO(body), len(body))
     backup(stack=STACK)

@@ -5,7 +5,7 @@
 Against a running devstack with its worker (``python -m devstack up``): a fast
 ``health-sweep`` deployment (``--interval`` seconds, alert after 2 bad sweeps, recover
 after 2 good ones) sweeps the stack while traffic flows at ``--rate`` requests/s, and
-each scenario of ``devstack/gameday.py`` is played in turn. Prints, per scenario, what
+each scenario of ``devstack/gameday/`` is played in turn. Prints, per scenario, what
 every channel accepted, pages, duplicates, lost pages, PagerDuty incidents left open,
 seconds to the first page against the bound (alert_after + 1) x interval, and a verdict
 line. Exits 1 if any scenario failed.

@@ -2,7 +2,7 @@
 
 A scripted incident with a channel refusing at each of the worst moments, played
 through a ``health-sweep`` deployment on a 10-second interval while traffic flows
-(``devstack/gameday.py``; ``bench/gameday.py`` plays every scenario). Each must end
+(``devstack/gameday/``; ``bench/gameday.py`` plays every scenario). Each must end
 with every page delivered once and every PagerDuty incident resolved. The seconds to
 the first page are printed, not asserted (the suite shares the machine with everything
 else): ``bench/gameday.py`` measures them against (alert_after + 1) x interval.

@@ -1,0 +1,71 @@
+"""Health checks of every service of a stack, run concurrently, each with its own timeout.
+
+A check probes one service and gives its
+:class:`~tasks.decisions.health.ServiceHealth`: healthy, degraded or unhealthy, its
+latency and a one-line reason a person can act on. :func:`run_checks` runs them all at once, so a
+sweep takes as long as its slowest check (at most ``timeout_s``), never their sum.
+
+Every socket gets the check's timeout too: ``asyncio.wait_for`` cannot interrupt a
+blocking driver call, so the drivers without an asyncio API (clickhouse-connect,
+minio) run in a dedicated thread pool (not the loop's small default one, which 50
+stacks would exhaust) and give up on their own when their socket times out.
+
+Services (the names used in alerts, events and ``/metrics``):
+
+    litellm            liveliness (the process answers)
+    litellm-readiness  readiness, including LiteLLM's database connection
+    langfuse-web       /api/public/health
+    langfuse-worker    /api/health
+    postgres           connect, SELECT 1, connections used vs max_connections
+    clickhouse         /ping, SELECT 1, free disk
+    redis              PING, memory vs maxmemory, AOF status
+    object-storage     a real S3 call on the backup bucket
+    backup-freshness   age of the newest complete backup manifest
+    offsite-freshness  age of the newest complete off-site copy, and whether the off-site
+                       bucket keeps versions or locks objects (healthy when no target)
+
+Modules: ``base`` (thresholds, readings, shared helpers), ``web`` (LiteLLM, Langfuse),
+``postgres``, ``clickhouse``, ``redis``, ``backups`` (object storage, freshness),
+``runner`` (every probe at once; the sweep's task).
+"""
+
+from tasks.health.backups import (
+    check_backup_freshness,
+    check_object_storage,
+    check_offsite_freshness,
+    freshness_reading,
+)
+from tasks.health.base import HealthThresholds, Probe, Reading
+from tasks.health.clickhouse import check_clickhouse, disk_reading
+from tasks.health.postgres import check_postgres
+from tasks.health.redis import check_redis, redis_reading
+from tasks.health.runner import PROBES, check_services, run_check, run_checks
+from tasks.health.web import (
+    check_langfuse_web,
+    check_langfuse_worker,
+    check_litellm,
+    check_litellm_readiness,
+)
+
+__all__ = [
+    "PROBES",
+    "HealthThresholds",
+    "Probe",
+    "Reading",
+    "check_backup_freshness",
+    "check_clickhouse",
+    "check_langfuse_web",
+    "check_langfuse_worker",
+    "check_litellm",
+    "check_litellm_readiness",
+    "check_object_storage",
+    "check_offsite_freshness",
+    "check_postgres",
+    "check_redis",
+    "check_services",
+    "disk_reading",
+    "freshness_reading",
+    "redis_reading",
+    "run_check",
+    "run_checks",
+]

@@ -1,0 +1,113 @@
+"""What every probe shares: the thresholds, a reading, the thread pool for blocking
+drivers, and the HTTP helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple, TypeVar
+
+import certifi
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+from blocks.stack import Stack
+from tasks.decisions.health import HealthStatus
+
+__all__ = [
+    "BLOCKING",
+    "HealthThresholds",
+    "Probe",
+    "Reading",
+    "http_get",
+    "http_reading",
+    "in_thread",
+    "ok",
+    "percent",
+    "reason_of",
+]
+
+# Blocking drivers run here. Sized for many stacks swept by one worker: a thread
+# stuck on a dead host holds its slot until its socket timeout, never longer.
+BLOCKING = ThreadPoolExecutor(max_workers=128, thread_name_prefix="health-probe")
+T = TypeVar("T")
+# One TLS context for every probe: building one per client costs tens of milliseconds
+# of loop time, which 50 stacks x 6 HTTP checks would turn into seconds.
+TLS = ssl.create_default_context(cafile=certifi.where())
+
+
+class HealthThresholds(BaseModel):
+    """Where degraded begins; defaults match the runbook."""
+
+    model_config = ConfigDict(frozen=True)
+
+    postgres_connections_degraded_pct: float = Field(
+        default=80.0, ge=1, le=100, description="Connections used vs max_connections."
+    )
+    redis_memory_degraded_pct: float = Field(
+        default=90.0, ge=1, le=100, description="used_memory vs maxmemory."
+    )
+    clickhouse_free_disk_degraded_pct: float = Field(
+        default=10.0, ge=0, le=100, description="Free disk below this is degraded."
+    )
+    clickhouse_free_disk_unhealthy_pct: float = Field(
+        default=3.0, ge=0, le=100, description="Free disk below this is unhealthy."
+    )
+    backup_max_age_h: float = Field(
+        default=26.0, gt=0, le=24 * 30, description="Newest complete backup older: degraded."
+    )
+    offsite_max_age_h: float = Field(
+        default=50.0,
+        gt=0,
+        le=24 * 30,
+        description="Newest complete off-site copy older: degraded (a day's copy may fail "
+        "and be caught up by the next run without paging).",
+    )
+    litellm_requires_db: bool | None = Field(
+        default=None,
+        description="LiteLLM without a database (no keys, no spend) is degraded; "
+        "None follows the stack block's litellm_requires_db (LITELLM_REQUIRES_DB).",
+    )
+
+
+class Reading(NamedTuple):
+    """What one probe of a service read: its status and the one-line reason."""
+
+    status: HealthStatus
+    reason: str
+
+
+# A probe of one service: reads it within timeout_s, judged against the thresholds.
+Probe = Callable[[Stack, float, HealthThresholds], Awaitable[Reading]]
+
+
+def ok(reason: str) -> Reading:
+    return Reading("healthy", reason)
+
+
+def reason_of(stack: Stack, error: BaseException | str) -> str:
+    """An error as part of a reason: scrubbed, its first line, at most 200 characters."""
+    return stack.error_line(error, limit=200, lines="first")
+
+
+async def in_thread(fn: Callable[[], T]) -> T:
+    return await asyncio.get_running_loop().run_in_executor(BLOCKING, fn)
+
+
+def percent(used: float, total: float) -> float:
+    return 100.0 * used / total if total > 0 else 0.0
+
+
+async def http_get(url: str, timeout_s: float) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(timeout_s), verify=TLS) as client:
+        return await client.get(url)
+
+
+def http_reading(name: str, response: httpx.Response) -> Reading | None:
+    """Unhealthy for an HTTP error status, None when the status is fine."""
+    if response.status_code >= 400:
+        body = response.text.strip().replace("\n", " ")[:120]
+        return Reading("unhealthy", f"{name} answered HTTP {response.status_code}: {body}")
+    return None

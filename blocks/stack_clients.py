@@ -158,11 +158,16 @@ class StackClients:
 
         return redis.Redis(**self._redis_settings(timeout_s))
 
-    def redis_async(self, *, timeout_s: float = 5.0) -> AsyncRedis:
-        """:meth:`redis` for asyncio code; a timeout is not retried (a probe reports it)."""
+    def redis_async(self, *, timeout_s: float = 5.0, decode_responses: bool = False) -> AsyncRedis:
+        """:meth:`redis` for asyncio code; a timeout is not retried (a probe reports it).
+        ``decode_responses`` gives str instead of bytes (what ``bullmq`` expects)."""
         import redis.asyncio
 
-        return redis.asyncio.Redis(**self._redis_settings(timeout_s), retry_on_timeout=False)
+        return redis.asyncio.Redis(
+            **self._redis_settings(timeout_s),
+            retry_on_timeout=False,
+            decode_responses=decode_responses,
+        )
 
     def _redis_settings(self, timeout_s: float) -> dict[str, Any]:
         return {

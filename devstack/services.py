@@ -253,6 +253,11 @@ def _start_langfuse(stack: Devstack, role: str) -> None:
             "CLICKHOUSE_USER": "clickhouse",
             "CLICKHOUSE_PASSWORD": stack.creds.clickhouse_password,
             "CLICKHOUSE_DB": "default",
+            # Ingestion through a real BullMQ queue in the stack's Redis, as Langfuse does.
+            "REDIS_CONNECTION_STRING": (
+                f"redis://:{stack.creds.redis_password}@127.0.0.1:{stack.ports['redis']}/0"
+            ),
+            "STANDIN_WEB_URL": stack.url("langfuse"),
         }
     )
     stack.spawn(name, argv, env=env)

@@ -38,7 +38,7 @@ from prefect import flow
 from prefect.client.schemas.objects import State
 from prefect.logging import get_run_logger
 from prefect.states import Completed
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from tasks.decisions.alerting import AlertPolicy, StatusChange, decide, worst_status
 from tasks.decisions.delivery import (
@@ -47,7 +47,7 @@ from tasks.decisions.delivery import (
     record_delivery,
     undelivered_critical,
 )
-from tasks.decisions.health import HealthStatus, ServiceHealth
+from tasks.decisions.health import SERVICES, HealthStatus, ServiceHealth
 from tasks.decisions.redaction import error_line
 from tasks.errors import HealthSweepError
 from tasks.health import HealthThresholds, check_services
@@ -87,7 +87,11 @@ class HealthSweepConfig(BaseModel):
         default=5.0, ge=0.5, le=20, description="Per-check timeout; the sweep's upper bound."
     )
     services: list[str] | None = Field(
-        default=None, description="Services to check (default: all nine)."
+        default=None, description="Services to check (default: every one the sweep knows)."
+    )
+    skip: list[str] = Field(
+        default_factory=list,
+        description="Services not to check: switches a probe off (e.g. 'langfuse-queues').",
     )
     max_lateness_s: float = Field(
         default=45,
@@ -98,6 +102,20 @@ class HealthSweepConfig(BaseModel):
     )
     policy: AlertPolicy = Field(default_factory=AlertPolicy)
     thresholds: HealthThresholds = Field(default_factory=HealthThresholds)
+
+    @field_validator("services", "skip")
+    @classmethod
+    def _known(cls, names: list[str] | None) -> list[str] | None:
+        unknown = sorted(set(names or ()) - set(SERVICES))
+        if unknown:
+            raise ValueError(
+                f"unknown service(s) {', '.join(unknown)}: use names from {', '.join(SERVICES)}"
+            )
+        return names
+
+    def checked(self) -> list[str]:
+        """The services a sweep checks: ``services`` (or all) less ``skip``."""
+        return [s for s in (self.services or SERVICES) if s not in self.skip]
 
 
 class SweepSummary(BaseModel):
@@ -198,7 +216,7 @@ async def _check_and_tell(
     stack: str, inputs: SweepInputs, config: HealthSweepConfig, run_id: str | None
 ) -> SweepSummary:
     results = await check_services(
-        inputs.stack, config.timeout_s, config.services, config.thresholds
+        inputs.stack, config.timeout_s, config.checked(), config.thresholds
     )
 
     now = datetime.now(UTC)

@@ -170,7 +170,12 @@ def test_langfuse_standin_answers_health_and_ingestion(stack: Stack) -> None:
             f"{stack.langfuse_url}/api/public/ingestion", json={"batch": [event]}, auth=auth
         )
         assert sent.status_code in (200, 207)
-        found = client.get(f"{stack.langfuse_url}/api/public/traces/{trace_id}", auth=auth)
+        # Ingestion goes through the queue and the worker, as in Langfuse: readable soon.
+        deadline = time.monotonic() + 30
+        while (
+            found := client.get(f"{stack.langfuse_url}/api/public/traces/{trace_id}", auth=auth)
+        ).status_code == 404 and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert found.status_code == 200 and found.json()["id"] == trace_id
         assert client.get(f"{stack.langfuse_url}/api/public/traces/{trace_id}").status_code == 401
 

@@ -14,14 +14,21 @@ here; the memory is langfuse_state.py and the OTLP decoding otlp.py.
     python devstack/standins/langfuse.py --port 13000 --public-key pk-lf-x --secret-key sk-lf-x
     python devstack/standins/langfuse.py --port 13030 --role worker
 
+Ingestion goes through a real BullMQ queue in Redis when REDIS_CONNECTION_STRING is set
+(langfuse_queue.py): web enqueues, the worker role consumes and hands each job back to
+web's /__standin/apply, which stores it; so traces are readable only once the worker has
+taken them, as in Langfuse.
+
 Test-only control (no auth), under /__standin/:
-    POST /__standin/fault {"mode": "ok"|"hang"|"error500"|"drop_ingestion"}
+    POST /__standin/fault {"mode": "ok"|"hang"|"error500"|"drop_ingestion"|"stall"}
+                                 stall (worker role): stop consuming, health stays OK
+    POST /__standin/apply        store one queued job (the worker calls it)
     GET  /__standin/fault        current mode
     GET  /__standin/traces       JSON list of stored trace ids
     GET  /__standin/stats        traces held, ClickHouse rows written/pending/dropped, errors
     POST /__standin/reset        forget all traces
 
-Unlike real Langfuse, ingested data is visible at once (no queue/worker delay).
+Without a queue configured, ingested data is visible at once.
 Readiness: GET /api/public/health (web), GET /api/health (worker). Stops on SIGTERM.
 """
 
@@ -39,12 +46,13 @@ from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
 from clickhouse_writer import ClickHouseWriter
+from langfuse_queue import Consumer, Producer
 from langfuse_state import PROJECT, State
 from otlp import otlp_spans_from_json, otlp_spans_from_protobuf
 from serve import serve
 
 VERSION = "3.x-standin"
-FAULT_MODES = {"ok", "hang", "error500", "drop_ingestion"}
+FAULT_MODES = {"ok", "hang", "error500", "drop_ingestion", "stall"}
 OBSERVATION_TYPES = {
     "span-create": "SPAN",
     "span-update": "SPAN",
@@ -61,6 +69,8 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "LangfuseStandin"
     state: State
     role: str
+    producer: Producer | None
+    consumer: Consumer | None
     public_key: str
     secret_key: str
 
@@ -189,7 +199,13 @@ class Handler(BaseHTTPRequestHandler):
             if mode not in FAULT_MODES:
                 return self._send(400, {"message": f"mode must be one of {sorted(FAULT_MODES)}"})
             self.state.set_mode(mode)
+            if self.consumer is not None:
+                (self.consumer.stall if mode == "stall" else self.consumer.resume)()
             return self._send(200, {"mode": mode})
+        if path == "/__standin/apply" and self.role == "web":
+            job = json.loads(body or b"{}")
+            self._apply(job.get("kind"), job.get("payload") or [])
+            return self._send(200, {"ok": True})
         if path == "/__standin/reset":
             with self.state.lock:
                 self.state.traces.clear()
@@ -209,27 +225,52 @@ class Handler(BaseHTTPRequestHandler):
             batch = json.loads(body or b"{}").get("batch", [])
         except ValueError:
             return self._send(400, {"message": "Invalid JSON"})
-        store = self.state.mode != "drop_ingestion"
-        successes, errors = [], []
+        successes, errors, accepted = [], [], []
         for event in batch:
-            event_id = event.get("id")
-            try:
-                kind, payload = event["type"], event.get("body") or {}
-                if store:
-                    if kind == "trace-create":
-                        self.state.upsert_trace(payload, event.get("timestamp"))
-                    elif kind in OBSERVATION_TYPES:
-                        self.state.upsert_observation(
-                            OBSERVATION_TYPES[kind], payload, event.get("timestamp")
-                        )
-                    elif kind == "score-create":
-                        self.state.add_score(payload, event.get("timestamp"))
-                successes.append({"id": event_id, "status": 201})
-            except (KeyError, TypeError, AttributeError) as exc:
-                errors.append(
-                    {"id": event_id, "status": 400, "message": "Invalid event", "error": str(exc)}
-                )
+            event_id = event.get("id") if isinstance(event, dict) else None
+            if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+                errors.append({"id": event_id, "status": 400, "message": "Invalid event"})
+                continue
+            accepted.append(event)
+            successes.append({"id": event_id, "status": 201})
+        errors += self._accept("batch", accepted)
         self._send(207, {"successes": successes, "errors": errors})
+
+    def _accept(self, kind: str, payload: list) -> list:
+        """Queue what was accepted (or store it at once without a queue); errors of the
+        events a direct store refused."""
+        if not payload or self.state.mode == "drop_ingestion":
+            return []
+        if self.producer is not None and self.producer.enqueue(kind, payload):
+            self.state.count("enqueued")
+            return []
+        if self.producer is not None:
+            self.state.count("enqueue_failed")
+        return self._apply(kind, payload)
+
+    def _apply(self, kind: str | None, payload: list) -> list:
+        """Store a batch of events or OTLP spans; the errors of events that did not fit."""
+        errors = []
+        for item in payload:
+            try:
+                if kind == "otlp":
+                    if item["trace_id"]:
+                        self.state.add_otel_span(item)
+                    continue
+                event_kind, event_body = item["type"], item.get("body") or {}
+                if event_kind == "trace-create":
+                    self.state.upsert_trace(event_body, item.get("timestamp"))
+                elif event_kind in OBSERVATION_TYPES:
+                    self.state.upsert_observation(
+                        OBSERVATION_TYPES[event_kind], event_body, item.get("timestamp")
+                    )
+                elif event_kind == "score-create":
+                    self.state.add_score(event_body, item.get("timestamp"))
+            except (KeyError, TypeError, AttributeError) as exc:
+                error = {"id": item.get("id"), "status": 400, "message": "Invalid event"}
+                errors.append({**error, "error": str(exc)})
+        self.state.count("applied")
+        return errors
 
     def _otlp(self, body: bytes):
         is_json = self.headers.get("Content-Type", "").startswith("application/json")
@@ -241,10 +282,7 @@ class Handler(BaseHTTPRequestHandler):
             )
         except Exception as exc:
             return self._send(400, {"message": f"Could not parse OTLP payload: {exc}"})
-        if self.state.mode != "drop_ingestion":
-            for span in spans:
-                if span["trace_id"]:
-                    self.state.add_otel_span(span)
+        self._accept("otlp", [span for span in spans if span["trace_id"]])
         # An empty ExportTraceServiceResponse: `{}` in JSON, zero bytes in protobuf.
         if is_json:
             return self._send(200, {})
@@ -264,12 +302,15 @@ def main(argv=None):
     writer = ClickHouseWriter.from_env() if opts.role == "web" else None
     if writer is not None:
         writer.start()
+    consumer = Consumer.from_env() if opts.role == "worker" else None
     handler = type(
         "BoundHandler",
         (Handler,),
         {
             "state": State(opts.hang_seconds, writer),
             "role": opts.role,
+            "producer": Producer.from_env() if opts.role == "web" else None,
+            "consumer": consumer,
             "public_key": opts.public_key,
             "secret_key": opts.secret_key,
         },
@@ -278,7 +319,7 @@ def main(argv=None):
         handler,
         opts.port,
         f"langfuse stand-in ({opts.role})",
-        on_close=writer.stop if writer is not None else None,
+        on_close=writer.stop if writer is not None else consumer.close if consumer else None,
     )
 
 

@@ -64,6 +64,12 @@ class State:
         # Hanging requests wait on this; a mode change sets it to release them
         # at once, and installs a fresh event for the next hang.
         self.mode_changed = threading.Event()
+        # Ingestion through the queue: jobs enqueued, refused by Redis, stored.
+        self.ingestion = {"enqueued": 0, "enqueue_failed": 0, "applied": 0}
+
+    def count(self, what: str) -> None:
+        with self.lock:
+            self.ingestion[what] += 1
 
     def set_mode(self, mode: str):
         with self.lock:
@@ -174,9 +180,9 @@ class State:
 
     def stats(self) -> dict:
         with self.lock:
-            held = len(self.traces)
+            held, ingestion = len(self.traces), dict(self.ingestion)
         writer = self.writer.stats() if self.writer is not None else {"enabled": False}
-        return {"traces": held, "clickhouse": writer}
+        return {"traces": held, "clickhouse": writer, "ingestion": ingestion}
 
     def snapshot(self, trace_id: str) -> dict | None:
         with self.lock:

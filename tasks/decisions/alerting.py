@@ -72,6 +72,11 @@ DEPENDS_ON: dict[str, tuple[str, ...]] = {
     "langfuse-web": ("postgres", "clickhouse", "redis", "object-storage"),
     "langfuse-worker": ("postgres", "clickhouse", "redis", "object-storage"),
     "backup-freshness": ("object-storage",),
+    # A dead worker or Redis explains a queue that does not drain.
+    "langfuse-queues": ("redis", "langfuse-worker"),
+    "migrations": ("postgres", "clickhouse"),
+    "postgres-maintenance": ("postgres",),
+    "clickhouse-storage": ("clickhouse",),
 }
 
 _CHAR: dict[str, str] = {"healthy": "h", "degraded": "d", "unhealthy": "u"}

@@ -27,6 +27,10 @@ SERVICES: tuple[str, ...] = (
     "object-storage",
     "backup-freshness",
     "offsite-freshness",
+    "langfuse-queues",
+    "migrations",
+    "postgres-maintenance",
+    "clickhouse-storage",
 )
 
 

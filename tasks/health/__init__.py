@@ -23,9 +23,15 @@ Services (the names used in alerts, events and ``/metrics``):
     backup-freshness   age of the newest complete backup manifest
     offsite-freshness  age of the newest complete off-site copy, and whether the off-site
                        bucket keeps versions or locks objects (healthy when no target)
+    langfuse-queues    every BullMQ queue in Redis: backlog age, stalled consumer, failed jobs
+    migrations         Prisma migrations (LiteLLM, Langfuse) failed or unfinished; ClickHouse's
+                       schema_migrations left dirty
+    postgres-maintenance  transaction-ID age (wraparound), transactions holding back vacuum
+    clickhouse-storage system log tables against the data, parts per partition, stuck mutations
 
 Modules: ``base`` (thresholds, readings, shared helpers), ``web`` (LiteLLM, Langfuse),
 ``postgres``, ``clickhouse``, ``redis``, ``backups`` (object storage, freshness),
+``queues``, ``migrations``, ``maintenance`` (Postgres vacuum, ClickHouse storage),
 ``runner`` (every probe at once; the sweep's task).
 """
 
@@ -37,7 +43,10 @@ from tasks.health.backups import (
 )
 from tasks.health.base import HealthThresholds, Probe, Reading
 from tasks.health.clickhouse import check_clickhouse, disk_reading
+from tasks.health.maintenance import check_clickhouse_storage, check_postgres_maintenance
+from tasks.health.migrations import check_migrations
 from tasks.health.postgres import check_postgres
+from tasks.health.queues import check_langfuse_queues
 from tasks.health.redis import check_redis, redis_reading
 from tasks.health.runner import PROBES, check_services, run_check, run_checks
 from tasks.health.web import (
@@ -54,13 +63,17 @@ __all__ = [
     "Reading",
     "check_backup_freshness",
     "check_clickhouse",
+    "check_clickhouse_storage",
+    "check_langfuse_queues",
     "check_langfuse_web",
     "check_langfuse_worker",
     "check_litellm",
     "check_litellm_readiness",
+    "check_migrations",
     "check_object_storage",
     "check_offsite_freshness",
     "check_postgres",
+    "check_postgres_maintenance",
     "check_redis",
     "check_services",
     "disk_reading",

@@ -11,7 +11,7 @@ from typing import NamedTuple, TypeVar
 
 import certifi
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from blocks.stack import Stack
 from tasks.decisions.health import HealthStatus
@@ -65,11 +65,57 @@ class HealthThresholds(BaseModel):
         description="Newest complete off-site copy older: degraded (a day's copy may fail "
         "and be caught up by the next run without paging).",
     )
+    queue_wait_degraded_s: float = Field(
+        default=120.0,
+        gt=0,
+        le=86_400,
+        description="A queue's oldest waiting job older than this: degraded.",
+    )
+    queue_wait_unhealthy_s: float = Field(
+        default=600.0,
+        gt=0,
+        le=86_400,
+        description="A queue's oldest waiting job older than this: unhealthy.",
+    )
+    queue_failed_degraded: int = Field(
+        default=5000, ge=1, description="Failed jobs kept by one queue at or above: degraded."
+    )
+    postgres_xid_age_degraded: int = Field(
+        default=1_000_000_000, ge=1, le=2**31, description="Transaction-ID age: degraded."
+    )
+    postgres_xid_age_unhealthy: int = Field(
+        default=1_500_000_000, ge=1, le=2**31, description="Transaction-ID age: unhealthy."
+    )
+    postgres_transaction_degraded_s: float = Field(
+        default=3600.0, gt=0, description="A transaction open longer: degraded."
+    )
+    postgres_idle_in_transaction_degraded_s: float = Field(
+        default=600.0, gt=0, description="A session idle in a transaction longer: degraded."
+    )
+    clickhouse_system_logs_ratio: float = Field(
+        default=1.0, gt=0, description="system.*_log bytes above this times the data: degraded."
+    )
+    clickhouse_system_logs_min_bytes: int = Field(
+        default=2**30, ge=0, description="...and above this many bytes (small stacks stay quiet)."
+    )
+    clickhouse_parts_degraded_pct: float = Field(
+        default=50.0, gt=0, le=100, description="Parts in one partition vs parts_to_throw_insert."
+    )
     litellm_requires_db: bool | None = Field(
         default=None,
         description="LiteLLM without a database (no keys, no spend) is degraded; "
         "None follows the stack block's litellm_requires_db (LITELLM_REQUIRES_DB).",
     )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> HealthThresholds:
+        if self.queue_wait_unhealthy_s <= self.queue_wait_degraded_s:
+            raise ValueError(
+                f"queue_wait_unhealthy_s ({self.queue_wait_unhealthy_s:g}) must be above "
+                f"queue_wait_degraded_s ({self.queue_wait_degraded_s:g}): raise the first or "
+                "lower the second"
+            )
+        return self
 
 
 class Reading(NamedTuple):

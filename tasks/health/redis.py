@@ -1,4 +1,4 @@
-"""Redis: PING, memory against maxmemory, the AOF's status."""
+"""Redis: PING, memory against maxmemory, the eviction policy Langfuse needs, the AOF."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ async def check_redis(stack: Stack, timeout_s: float, th: HealthThresholds) -> R
         await client.ping()
         memory: dict[str, Any] = await client.info("memory")
         persistence: dict[str, Any] = await client.info("persistence")
+        stats: dict[str, Any] = await client.info("stats")
     except AuthenticationError:
         return Reading("unhealthy", "authentication refused: check REDIS_PASSWORD")
     except (RedisError, OSError) as exc:
@@ -30,15 +31,33 @@ async def check_redis(stack: Stack, timeout_s: float, th: HealthThresholds) -> R
         int(memory.get("maxmemory", 0)),
         {k: str(v) for k, v in persistence.items()},
         th,
+        policy=str(memory.get("maxmemory_policy", "noeviction")),
+        evicted=int(stats.get("evicted_keys", 0)),
     )
 
 
 def redis_reading(
-    used: int, limit: int, persistence: dict[str, str], th: HealthThresholds
+    used: int,
+    limit: int,
+    persistence: dict[str, str],
+    th: HealthThresholds,
+    *,
+    policy: str = "noeviction",
+    evicted: int = 0,
 ) -> Reading:
-    """Memory against maxmemory (0 = no limit) and the AOF status from INFO persistence."""
+    """Memory against maxmemory (0 = no limit), the eviction policy (Langfuse's queues
+    need ``noeviction``: an evicted job is lost) and the AOF status."""
     summary = f"PING ok, {used / 2**20:.0f} MiB used"
     problems: list[Reading] = []
+    if policy != "noeviction":
+        problems.append(
+            Reading(
+                "degraded",
+                f"maxmemory-policy is {policy}: Langfuse requires noeviction (an evicted queue "
+                f"job is lost; {evicted} key(s) evicted since start); set maxmemory-policy "
+                "noeviction",
+            )
+        )
     if limit:
         pct = percent(used, limit)
         summary += f" of {limit / 2**20:.0f} MiB ({pct:.0f}%)"

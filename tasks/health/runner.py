@@ -18,7 +18,10 @@ from tasks.health.backups import (
 )
 from tasks.health.base import HealthThresholds, Probe, Reading, reason_of
 from tasks.health.clickhouse import check_clickhouse
+from tasks.health.maintenance import check_clickhouse_storage, check_postgres_maintenance
+from tasks.health.migrations import check_migrations
 from tasks.health.postgres import check_postgres
+from tasks.health.queues import check_langfuse_queues
 from tasks.health.redis import check_redis
 from tasks.health.web import (
     check_langfuse_web,
@@ -40,6 +43,10 @@ PROBES: dict[str, Probe] = {
     "object-storage": check_object_storage,
     "backup-freshness": check_backup_freshness,
     "offsite-freshness": check_offsite_freshness,
+    "langfuse-queues": check_langfuse_queues,
+    "migrations": check_migrations,
+    "postgres-maintenance": check_postgres_maintenance,
+    "clickhouse-storage": check_clickhouse_storage,
 }
 
 

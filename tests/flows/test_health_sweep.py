@@ -289,3 +289,13 @@ def test_status_server_serves_health_and_metrics(fresh, devstack: Devstack, lang
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_a_probe_is_switched_off_by_name_and_a_wrong_name_is_refused() -> None:
+    config = HealthSweepConfig(skip=["langfuse-queues", "clickhouse-storage"])
+    assert "langfuse-queues" not in config.checked()
+    assert "clickhouse-storage" not in config.checked() and "redis" in config.checked()
+    narrow = HealthSweepConfig(services=["redis", "langfuse-queues"], skip=["langfuse-queues"])
+    assert narrow.checked() == ["redis"]
+    with pytest.raises(ValueError, match="unknown service\\(s\\) langfuse-queue: use names"):
+        HealthSweepConfig(skip=["langfuse-queue"])

@@ -81,6 +81,22 @@ def test_redis_stopped_is_unhealthy(stack, devstack) -> None:  # type: ignore[no
     assert found["postgres"].status == "healthy"  # one fault, one finding
 
 
+def test_an_evicting_redis_is_degraded_naming_langfuses_requirement(stack) -> None:  # type: ignore[no-untyped-def]
+    client = stack.redis(timeout_s=5)
+    before = client.config_get("maxmemory-policy")["maxmemory-policy"]
+    assert before == "noeviction"
+    client.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        found = check(stack, ["redis"])["redis"]
+    finally:
+        client.config_set("maxmemory-policy", before)
+        client.close()
+    assert found.status == "degraded"
+    assert "maxmemory-policy is allkeys-lru: Langfuse requires noeviction" in found.reason
+    assert found.reason.endswith("; set maxmemory-policy noeviction")
+    assert check(stack, ["redis"])["redis"].status == "healthy"
+
+
 def test_hanging_endpoint_is_unhealthy_after_the_timeout_only(stack, langfuse_fault) -> None:  # type: ignore[no-untyped-def]
     langfuse_fault("hang")
     found = check(stack, ["langfuse-web", "langfuse-worker", "redis"], timeout_s=1.0)

@@ -1,0 +1,109 @@
+"""Probes of the failures where every service says it is up, each fault made for real on
+the devstack: a Prisma migration failed or left unfinished, a dirty ClickHouse migration,
+a transaction left open. (ClickHouse's system logs past the data cannot be grown here: the
+devstack's ClickHouse engine, chdb, keeps no system log tables; the probe's queries run
+against it in the first test, and its judge is tested with langfuse#13123's figures.)"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from devstack.core import Devstack
+from tasks.decisions.health import ServiceHealth
+from tasks.health import HealthThresholds, run_checks
+
+pytestmark = pytest.mark.usefixtures("traffic")
+
+
+def probe(stack: Any, service: str, th: HealthThresholds | None = None) -> ServiceHealth:
+    th = th or HealthThresholds(litellm_requires_db=False)
+    return asyncio.run(run_checks(stack, 5.0, [service], th))[0]
+
+
+@pytest.fixture
+def prisma_row(devstack: Devstack) -> Iterator[Any]:
+    """Insert rows into LiteLLM's real ``_prisma_migrations``; removed afterwards."""
+    names: list[str] = []
+
+    def insert(name: str, *, logs: str | None, started_hours_ago: float) -> None:
+        names.append(name)
+        with psycopg.connect(devstack.admin_dsn("railway"), autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO public._prisma_migrations (id, checksum, migration_name, logs, "
+                "started_at, applied_steps_count) VALUES (%s, %s, %s, %s, "
+                "now() - make_interval(secs => %s), 0)",
+                (str(uuid.uuid4()), "0" * 64, name, logs, started_hours_ago * 3600),
+            )
+
+    yield insert
+    with psycopg.connect(devstack.admin_dsn("railway"), autocommit=True) as conn:
+        conn.execute(
+            "DELETE FROM public._prisma_migrations WHERE migration_name = ANY(%s)", (names,)
+        )
+
+
+def test_every_new_probe_is_healthy_on_a_working_stack(stack: Any) -> None:
+    for service in ("migrations", "postgres-maintenance", "clickhouse-storage"):
+        found = probe(stack, service)
+        assert found.status == "healthy", found
+    assert "Prisma migration(s) in langfuse, public" in probe(stack, "migrations").reason
+
+
+def test_a_failed_and_an_unfinished_prisma_migration_are_reported(
+    stack: Any, prisma_row: Any
+) -> None:
+    prisma_row("20991231000000_ops_failed", logs="Database error: P3018", started_hours_ago=0.1)
+    found = probe(stack, "migrations")
+    assert found.status == "degraded"
+    assert "public._prisma_migrations 20991231000000_ops_failed failed" in found.reason
+    assert "prisma migrate resolve --rolled-back 20991231000000_ops_failed" in found.reason
+
+    prisma_row("20991231000001_ops_unfinished", logs=None, started_hours_ago=2)
+    found = probe(stack, "migrations")
+    assert "20991231000001_ops_unfinished unfinished since" in found.reason
+
+
+def test_a_dirty_clickhouse_migration_is_reported(stack: Any, devstack: Devstack) -> None:
+    client = devstack.clickhouse_client()
+    client.command(
+        "CREATE TABLE default.schema_migrations (version Int64, dirty UInt8, sequence UInt64) "
+        "ENGINE = TinyLog"
+    )
+    try:
+        client.command("INSERT INTO default.schema_migrations VALUES (5, 0, 1), (6, 1, 2)")
+        found = probe(stack, "migrations")
+        assert found.status == "degraded"
+        assert "ClickHouse schema_migrations dirty at version 6" in found.reason
+    finally:
+        client.command("DROP TABLE IF EXISTS default.schema_migrations")
+        client.close()
+    assert probe(stack, "migrations").status == "healthy"
+
+
+def test_a_transaction_left_open_is_reported_with_its_client(
+    stack: Any, devstack: Devstack
+) -> None:
+    quick = HealthThresholds(
+        litellm_requires_db=False,
+        postgres_transaction_degraded_s=1,
+        postgres_idle_in_transaction_degraded_s=1,
+    )
+    with psycopg.connect(
+        devstack.admin_dsn("railway"), application_name="forgetful-client"
+    ) as conn:
+        conn.execute("SELECT txid_current()")  # a transaction begins, and is never ended
+        deadline = time.monotonic() + 30
+        while (found := probe(stack, "postgres-maintenance", quick)).status == "healthy":
+            assert time.monotonic() < deadline, found
+            time.sleep(0.3)
+        conn.rollback()
+    assert found.status == "degraded"
+    assert "(forgetful-client): it holds back vacuum" in found.reason
+    assert "1 session(s) idle in a transaction" in found.reason

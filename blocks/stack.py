@@ -138,6 +138,16 @@ class Stack(StackClients, Block):
         description="Ping URL of an outside monitor (Healthchecks.io and its clones): every "
         "sweep pings <url>/start, then <url> or <url>/fail. Unset: no heartbeat.",
     )
+    public_urls: list[str] = Field(
+        default_factory=list,
+        description="Public https URLs of the stack (LiteLLM, langfuse-web, prefect-server) "
+        "whose TLS certificates the sweep watches; comma-separated in PUBLIC_URLS.",
+    )
+    tls_ca_file: str | None = Field(
+        default=None,
+        description="A CA bundle to trust besides the public ones (a private CA), for the "
+        "certificate probe.",
+    )
     notifications: list[NotificationRoute] = Field(
         default_factory=list, description="Where alerts go, and from which severity."
     )
@@ -199,6 +209,22 @@ class Stack(StackClients, Block):
     @classmethod
     def _check_bucket(cls, value: str | None) -> str | None:
         return None if value is None else check_bucket(value)
+
+    @field_validator("public_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("public_urls")
+    @classmethod
+    def _check_public_urls(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            parts = urlsplit(url)
+            if parts.scheme != "https" or not parts.hostname:
+                raise ValueError(f"{url!r} is not https://HOST[:PORT]")
+        return urls
 
     @field_validator("litellm_master_key")
     @classmethod

@@ -46,6 +46,8 @@ ENV_FIELDS: dict[str, str] = {
     "RAILWAY_ENVIRONMENT_ID": "railway_environment_id",
     "PREFECT_UI_URL": "ui_url",
     "HEARTBEAT_URL": "heartbeat_url",
+    "PUBLIC_URLS": "public_urls",
+    "TLS_CA_FILE": "tls_ca_file",
 }
 FIELD_ENV: dict[str, str] = {field: env for env, field in ENV_FIELDS.items()}
 FIELD_ENV.update({f"offsite.{field}": env for env, field in OFFSITE_ENV.items()})
@@ -72,6 +74,8 @@ FIX_HINTS: dict[str, str] = {
     "digits, dots or dashes)",
     "heartbeat_url": "set HEARTBEAT_URL to the ping URL of an outside monitor, e.g. "
     "https://hc-ping.com/<uuid> (or leave it unset: no heartbeat)",
+    "public_urls": "set PUBLIC_URLS to the stack's public https URLs, comma-separated, e.g. "
+    "https://litellm.example.com,https://langfuse.example.com (or leave it unset)",
     "langfuse_bucket": "set LANGFUSE_S3_BUCKET to the bucket Langfuse uploads events to",
     "litellm_url": "set LITELLM_URL to http://HOST:4000",
     "litellm_master_key": "set LITELLM_MASTER_KEY to a key that starts with 'sk-'",

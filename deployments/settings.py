@@ -38,6 +38,8 @@ FLOWS: dict[str, str] = {
     "restore-drill": "flows/restore_drill.py:restore_drill",
     "deploy-verify": "flows/deploy_verify.py:deploy_verify",
     "restore": "flows/restore.py:restore",
+    "ingestion-canary": "flows/ingestion_canary.py:ingestion_canary",
+    "capacity": "flows/capacity.py:capacity",
 }
 HEALTH_SWEEP_FLOW = "health-sweep"
 
@@ -61,6 +63,10 @@ SCHEDULES: dict[str, ScheduleSpec] = {
     "deploy-verify": ScheduleSpec(
         slug="deploy-verify-daily", active_variable="OPS_DEPLOY_VERIFY_ACTIVE"
     ),
+    "ingestion-canary": ScheduleSpec(
+        slug="ingestion-canary", active_variable="OPS_INGESTION_CANARY_ACTIVE"
+    ),
+    "capacity": ScheduleSpec(slug="capacity-daily", active_variable="OPS_CAPACITY_ACTIVE"),
 }
 
 _STACK_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
@@ -86,6 +92,10 @@ DEPLOY_DEFAULTS: dict[str, str] = {
     "OPS_RESTORE_DRILL_ACTIVE": "true",
     "OPS_DEPLOY_VERIFY_CRON": "30 6 * * *",
     "OPS_DEPLOY_VERIFY_ACTIVE": "false",
+    "OPS_INGESTION_CANARY_CRON": "*/10 * * * *",
+    "OPS_INGESTION_CANARY_ACTIVE": "true",
+    "OPS_CAPACITY_CRON": "15 5 * * *",
+    "OPS_CAPACITY_ACTIVE": "true",
 }
 
 

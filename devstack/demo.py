@@ -46,6 +46,8 @@ DEMO_RUNS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("restore-drill", {}),
     ("restore", {"config": {"postgres_target": "demo_restore", "dry_run": True}}),
     ("deploy-verify", {}),
+    ("ingestion-canary", {}),
+    ("capacity", {}),
 )
 
 

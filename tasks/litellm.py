@@ -23,6 +23,7 @@ __all__ = [
     "CANARY_PROMPT",
     "check_litellm_auth",
     "check_litellm_models",
+    "post_canary",
     "send_canary_completion",
 ]
 
@@ -88,6 +89,35 @@ def check_litellm_models(stack: Stack, canary_model: str, timeout_s: float) -> C
     return judge_models(response.status_code, models, canary_model)
 
 
+def post_canary(
+    stack: Stack,
+    *,
+    model: str,
+    trace_id: str,
+    tags: list[str],
+    generation_name: str,
+    mock: bool,
+    timeout_s: float,
+) -> httpx.Response:
+    """One canary chat completion tagged with ``trace_id`` (``mock``: LiteLLM answers
+    itself, no provider call, no tokens). Raises httpx errors; never retried."""
+    payload: dict[str, object] = {
+        "model": model,
+        "messages": [{"role": "user", "content": CANARY_PROMPT}],
+        "max_tokens": 5,
+        "metadata": {"trace_id": trace_id, "tags": tags, "generation_name": generation_name},
+    }
+    if mock:
+        payload["mock_response"] = "pong"
+    headers = {"Authorization": f"Bearer {stack.litellm_master_key.get_secret_value()}"}
+    return httpx.post(
+        f"{stack.litellm_url}/v1/chat/completions",
+        json=payload,
+        headers=headers,
+        timeout=timeout_s,
+    )
+
+
 @task(name="send-canary-completion", cache_policy=NO_CACHE, persist_result=False)
 def send_canary_completion(
     stack: Stack,
@@ -98,22 +128,16 @@ def send_canary_completion(
     timeout_s: float,
 ) -> CheckResult:
     """One chat completion tagged with ``trace_id``; never retried (it could spend twice)."""
-    payload: dict[str, object] = {
-        "model": model,
-        "messages": [{"role": "user", "content": CANARY_PROMPT}],
-        "max_tokens": 5,
-        "metadata": {"trace_id": trace_id, "tags": tags, "generation_name": "deploy-verify"},
-    }
-    if mock:
-        payload["mock_response"] = "pong"
-    headers = {"Authorization": f"Bearer {stack.litellm_master_key.get_secret_value()}"}
     get_run_logger().info("canary completion on %r, trace id %s", model, trace_id)
     try:
-        response = httpx.post(
-            f"{stack.litellm_url}/v1/chat/completions",
-            json=payload,
-            headers=headers,
-            timeout=timeout_s,
+        response = post_canary(
+            stack,
+            model=model,
+            trace_id=trace_id,
+            tags=tags,
+            generation_name="deploy-verify",
+            mock=mock,
+            timeout_s=timeout_s,
         )
     except httpx.HTTPError as exc:
         return _unreachable("litellm-canary", stack, exc)

@@ -41,6 +41,8 @@ PAUSED = {
     "OPS_BACKUP_ACTIVE": "false",
     "OPS_RESTORE_DRILL_ACTIVE": "false",
     "OPS_DEPLOY_VERIFY_ACTIVE": "false",
+    "OPS_INGESTION_CANARY_ACTIVE": "false",
+    "OPS_CAPACITY_ACTIVE": "false",
 }
 UUID_RE = re.compile(r"UUID: ([0-9a-f-]{36})")
 

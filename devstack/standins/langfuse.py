@@ -22,6 +22,8 @@ taken them, as in Langfuse.
 Test-only control (no auth), under /__standin/:
     POST /__standin/fault {"mode": "ok"|"hang"|"error500"|"drop_ingestion"|"stall"}
                                  stall (worker role): stop consuming, health stays OK
+                                 delay (worker role, with "hold_s"): store each job only
+                                 once it is hold_s old
     POST /__standin/apply        store one queued job (the worker calls it)
     GET  /__standin/fault        current mode
     GET  /__standin/traces       JSON list of stored trace ids
@@ -52,7 +54,7 @@ from otlp import otlp_spans_from_json, otlp_spans_from_protobuf
 from serve import serve
 
 VERSION = "3.x-standin"
-FAULT_MODES = {"ok", "hang", "error500", "drop_ingestion", "stall"}
+FAULT_MODES = {"ok", "hang", "error500", "drop_ingestion", "stall", "delay"}
 OBSERVATION_TYPES = {
     "span-create": "SPAN",
     "span-update": "SPAN",
@@ -193,14 +195,16 @@ class Handler(BaseHTTPRequestHandler):
         body = self._body()
         if path == "/__standin/fault":
             try:
-                mode = json.loads(body or b"{}").get("mode", "ok")
-            except ValueError:
-                mode = None
+                request = json.loads(body or b"{}")
+                mode, hold_s = request.get("mode", "ok"), float(request.get("hold_s", 0))
+            except (ValueError, TypeError, AttributeError):
+                mode, hold_s = None, 0.0
             if mode not in FAULT_MODES:
                 return self._send(400, {"message": f"mode must be one of {sorted(FAULT_MODES)}"})
             self.state.set_mode(mode)
             if self.consumer is not None:
                 (self.consumer.stall if mode == "stall" else self.consumer.resume)()
+                self.consumer.hold_s = hold_s if mode == "delay" else 0.0
             return self._send(200, {"mode": mode})
         if path == "/__standin/apply" and self.role == "web":
             job = json.loads(body or b"{}")

@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import threading
+import time
 import urllib.request
 from collections.abc import Coroutine
 from typing import Any
@@ -85,6 +86,7 @@ class Consumer:
         self._loop = _Loop("ingestion-consumer")
         self._worker: Any = None
         self.stalled = False
+        self.hold_s = 0.0  # "delay": each job is stored only once it is this old
         self._loop.run(self._start(), 10)
 
     @classmethod
@@ -102,6 +104,10 @@ class Consumer:
         )
 
     async def _process(self, job: Any, token: str) -> str:
+        # The fault "delay" holds each job until it is hold_s old, as a slow worker would.
+        wait_s = job.timestamp / 1000 + self.hold_s - time.time()
+        if wait_s > 0:
+            await asyncio.sleep(wait_s)
         body = json.dumps(job.data).encode()
         request = urllib.request.Request(
             f"{self._web_url}/__standin/apply",

@@ -77,6 +77,8 @@ DEPENDS_ON: dict[str, tuple[str, ...]] = {
     "migrations": ("postgres", "clickhouse"),
     "postgres-maintenance": ("postgres",),
     "clickhouse-storage": ("clickhouse",),
+    # A canary that cannot arrive because a part of its path is down says nothing new.
+    "ingestion-lag": ("litellm", "langfuse-web", "langfuse-worker", "langfuse-queues"),
 }
 
 _CHAR: dict[str, str] = {"healthy": "h", "degraded": "d", "unhealthy": "u"}

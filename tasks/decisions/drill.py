@@ -17,6 +17,7 @@ Everything here is pure (no Prefect, no I/O), so every rule is tested exhaustive
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -71,8 +72,13 @@ Component = Literal["set", "postgres", "clickhouse"]
 
 def _stack_part(stack: str) -> str:
     # Stack names are [a-z0-9-]; identifiers want underscores. 63 - len("drill_") - 1 -
-    # 14 - 1 - 6 leaves 35 characters for the stack.
-    return stack.replace("-", "_")[:35]
+    # 14 - 1 - 6 leaves 35 characters for the stack. A longer name keeps 28 and a digest
+    # of the whole name: two stacks sharing their first 35 characters never share
+    # scratch databases (a drill of one would drop the other's as orphans).
+    part = stack.replace("-", "_")
+    if len(part) <= 35:
+        return part
+    return f"{part[:28]}_{hashlib.sha256(stack.encode()).hexdigest()[:6]}"
 
 
 def scratch_database_name(stack: str, now: datetime, token: str) -> str:

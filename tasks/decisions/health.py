@@ -31,6 +31,8 @@ SERVICES: tuple[str, ...] = (
     "migrations",
     "postgres-maintenance",
     "clickhouse-storage",
+    "ingestion-lag",
+    "certificates",
 )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.decisions.health import STATUS_RANK, HealthStatus
+from tasks.decisions.units import binary_size
 
 __all__ = [
     "ClickHouseStorage",
@@ -25,14 +26,6 @@ __all__ = [
 ]
 
 WRAPAROUND = 2**31  # transaction IDs Postgres can hand out before it stops writes
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def _worst(findings: list[tuple[HealthStatus, str]], summary: str) -> tuple[HealthStatus, str]:
@@ -122,8 +115,9 @@ def judge_clickhouse_storage(
         findings.append(
             (
                 "degraded",
-                f"system log tables hold {_size(s.system_log_bytes)} against "
-                f"{_size(s.data_bytes)} of data ({s.largest_log} {_size(s.largest_log_bytes)}): "
+                f"system log tables hold {binary_size(s.system_log_bytes)} against "
+                f"{binary_size(s.data_bytes)} of data ({s.largest_log} "
+                f"{binary_size(s.largest_log_bytes)}): "
                 "give them a TTL in the server's config, as Langfuse documents "
                 "(<query_log><ttl>event_date + INTERVAL 7 DAY DELETE</ttl></query_log>, same "
                 f"for trace_log and the others), then TRUNCATE TABLE {s.largest_log}",
@@ -149,7 +143,7 @@ def judge_clickhouse_storage(
             )
         )
     summary = (
-        f"system logs {_size(s.system_log_bytes)}, data {_size(s.data_bytes)}, "
+        f"system logs {binary_size(s.system_log_bytes)}, data {binary_size(s.data_bytes)}, "
         f"at most {s.max_partition_parts} parts in a partition"
     )
     return _worst(findings, summary)

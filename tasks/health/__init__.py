@@ -28,10 +28,14 @@ Services (the names used in alerts, events and ``/metrics``):
                        schema_migrations left dirty
     postgres-maintenance  transaction-ID age (wraparound), transactions holding back vacuum
     clickhouse-storage system log tables against the data, parts per partition, stuck mutations
+    ingestion-lag      the ingestion canary's latest lag (LiteLLM -> readable in Langfuse),
+                       p50/p95 over the day
+    certificates       days until the TLS certificates of PUBLIC_URLS expire
 
 Modules: ``base`` (thresholds, readings, shared helpers), ``web`` (LiteLLM, Langfuse),
 ``postgres``, ``clickhouse``, ``redis``, ``backups`` (object storage, freshness),
 ``queues``, ``migrations``, ``maintenance`` (Postgres vacuum, ClickHouse storage),
+``ingestion`` (the canary's lag), ``certificates``,
 ``runner`` (every probe at once; the sweep's task).
 """
 
@@ -42,7 +46,9 @@ from tasks.health.backups import (
     freshness_reading,
 )
 from tasks.health.base import HealthThresholds, Probe, Reading
+from tasks.health.certificates import check_certificates
 from tasks.health.clickhouse import check_clickhouse, disk_reading
+from tasks.health.ingestion import check_ingestion_lag
 from tasks.health.maintenance import check_clickhouse_storage, check_postgres_maintenance
 from tasks.health.migrations import check_migrations
 from tasks.health.postgres import check_postgres
@@ -62,8 +68,10 @@ __all__ = [
     "Probe",
     "Reading",
     "check_backup_freshness",
+    "check_certificates",
     "check_clickhouse",
     "check_clickhouse_storage",
+    "check_ingestion_lag",
     "check_langfuse_queues",
     "check_langfuse_web",
     "check_langfuse_worker",

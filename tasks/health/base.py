@@ -101,6 +101,24 @@ class HealthThresholds(BaseModel):
     clickhouse_parts_degraded_pct: float = Field(
         default=50.0, gt=0, le=100, description="Parts in one partition vs parts_to_throw_insert."
     )
+    ingestion_lag_degraded_s: float = Field(
+        default=120.0, gt=0, description="The latest canary's trace later than this: degraded."
+    )
+    ingestion_lag_unhealthy_s: float = Field(
+        default=600.0, gt=0, description="...later than this, or never: unhealthy."
+    )
+    ingestion_canary_period_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="The ingestion-canary deployment's period (OPS_INGESTION_CANARY_CRON); "
+        "no sample for 3 periods: degraded.",
+    )
+    certificate_degraded_days: float = Field(
+        default=21.0, gt=0, description="A public certificate expiring sooner: degraded."
+    )
+    certificate_unhealthy_days: float = Field(
+        default=7.0, gt=0, description="...sooner than this, or refused: unhealthy."
+    )
     litellm_requires_db: bool | None = Field(
         default=None,
         description="LiteLLM without a database (no keys, no spend) is degraded; "

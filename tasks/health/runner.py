@@ -17,7 +17,9 @@ from tasks.health.backups import (
     check_offsite_freshness,
 )
 from tasks.health.base import HealthThresholds, Probe, Reading, reason_of
+from tasks.health.certificates import check_certificates
 from tasks.health.clickhouse import check_clickhouse
+from tasks.health.ingestion import check_ingestion_lag
 from tasks.health.maintenance import check_clickhouse_storage, check_postgres_maintenance
 from tasks.health.migrations import check_migrations
 from tasks.health.postgres import check_postgres
@@ -47,6 +49,8 @@ PROBES: dict[str, Probe] = {
     "migrations": check_migrations,
     "postgres-maintenance": check_postgres_maintenance,
     "clickhouse-storage": check_clickhouse_storage,
+    "ingestion-lag": check_ingestion_lag,
+    "certificates": check_certificates,
 }
 
 

@@ -327,6 +327,8 @@ def test_a_schedule_paused_in_the_ui_stays_paused_across_deploys_unless_the_vari
         "OPS_HEALTH_SWEEP_ACTIVE": "false",
         "OPS_BACKUP_ACTIVE": "false",
         "OPS_DEPLOY_VERIFY_ACTIVE": "false",
+        "OPS_INGESTION_CANARY_ACTIVE": "false",
+        "OPS_CAPACITY_ACTIVE": "false",
     }
     env.pop("OPS_RESTORE_DRILL_ACTIVE", None)  # the drill's schedule: default, active
 

@@ -79,6 +79,15 @@ def test_orphans_are_exactly_this_stacks_scratch_databases_not_kept(stack, runs,
         assert name.startswith("drill_") and name not in current
 
 
+def test_stacks_sharing_a_long_prefix_never_share_scratch_databases():
+    long = "a" * 35
+    mine = scratch_database_name(long, NOW, "abcdef")
+    theirs = scratch_database_name(long + "-x", NOW, "abcdef")
+    assert mine != theirs and len(theirs) <= 63
+    assert orphan_scratch_databases([mine, theirs], long) == [mine]
+    assert orphan_scratch_databases([mine, theirs], long + "-x") == [theirs]
+
+
 def test_orphans_leave_lookalikes_and_other_stacks_alone():
     names = [
         "drill_prod_20261122040000_abcdef",  # ours

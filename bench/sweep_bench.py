@@ -4,10 +4,11 @@
 
 Against a running (or started here) devstack, side by side in one process:
 
-1. sweep wall time of all nine checks, all healthy and with three endpoints hanging
+1. sweep wall time of every check, all healthy and with three endpoints hanging
    (Langfuse web and worker in ``hang`` mode, LiteLLM replaced by a socket that accepts
    and never answers), for the concurrent sweep (5 s per-check timeout) and for the
    original monitor's design (the same checks one after another, 10 s timeouts);
+   and (``probes``) wall and CPU seconds without and with the silent-failure probes;
 2. schedule-to-completed latency and CPU seconds per sweep through the real process
    worker (flow runs of a ``health-sweep`` deployment, scheduled now); CPU is the
    worker's own plus its reaped flow-run processes';
@@ -128,13 +129,67 @@ def bench_wall_time(dev: Devstack, rounds: int) -> None:
     rows.append(("all healthy, concurrent", statistics.median(healthy)))
     rows.append(("3 endpoints hanging, concurrent (5 s timeout)", statistics.median(hanging)))
     rows.append(("3 endpoints hanging, sequential (original, 10 s)", original))
-    print(f"\n## 1. sweep wall time (9 checks; medians of {rounds})")
+    print(f"\n## 1. sweep wall time (every check; medians of {rounds})")
     for label, seconds in rows:
         print(f"  {label:50} {seconds:7.2f} s")
     print(
         f"  hanging sweep / (timeout + 1 s)                    {rows[1][1] / 6.0:7.2f}  (goal <= 1)"
     )
     print(f"  original / concurrent, hanging                     {original / rows[1][1]:7.1f}x")
+
+
+# The services a sweep checked before the silent-failure probes were added.
+BEFORE_PROBES = (
+    "litellm",
+    "litellm-readiness",
+    "langfuse-web",
+    "langfuse-worker",
+    "postgres",
+    "clickhouse",
+    "redis",
+    "object-storage",
+    "backup-freshness",
+    "offsite-freshness",
+)
+
+
+def bench_probes(dev: Devstack, rounds: int) -> None:
+    """Wall and CPU seconds of one sweep's checks, without and with every probe, side by
+    side, the Langfuse queue holding the traffic a live stack would put in it."""
+    from blocks.stack import Stack
+    from devstack.traffic import flowing
+    from tasks.decisions.health import SERVICES
+    from tasks.health import HealthThresholds, run_checks
+
+    th = HealthThresholds(litellm_requires_db=False)
+    stack = Stack.from_env(dev.env(), stack_name="devstack")
+
+    def measure(services: list[str]) -> tuple[float, float]:
+        cpu, wall = time.process_time(), time.monotonic()
+        asyncio.run(run_checks(stack, 5.0, services, th))
+        return time.monotonic() - wall, time.process_time() - cpu
+
+    rows: dict[str, list[tuple[float, float]]] = {"before": [], "all": []}
+    with flowing(dev, 5.0):
+        measure(list(SERVICES))  # imports and first connections paid once, for both
+        for _ in range(rounds):  # interleaved, so drift hits both alike
+            rows["before"].append(measure(list(BEFORE_PROBES)))
+            rows["all"].append(measure(list(SERVICES)))
+    print(f"\n## probes: one sweep's checks in-process (medians of {rounds}, traffic 5/s)")
+    med = {
+        k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v))
+        for k, v in rows.items()
+    }
+    print(
+        f"  {len(BEFORE_PROBES)} checks (before the probes)   wall {med['before'][0]:6.3f} s   CPU {med['before'][1]:6.3f} s"
+    )
+    print(
+        f"  {len(SERVICES)} checks (every probe on)     wall {med['all'][0]:6.3f} s   CPU {med['all'][1]:6.3f} s"
+    )
+    print(
+        f"  ratio all / before                wall {med['all'][0] / med['before'][0]:6.2f}x   "
+        f"CPU {med['all'][1] / med['before'][1]:6.2f}x  (goal <= 1.2x)"
+    )
 
 
 def proc_cpu(pid: int) -> float:
@@ -329,7 +384,7 @@ def main() -> int:
     ap.add_argument("--retention-days", type=float, default=7)
     ap.add_argument(
         "--parts",
-        default="wall,fifty,worker,fifty-worker,db",
+        default="wall,probes,fifty,worker,fifty-worker,db",
         help="which measurements, comma-separated",
     )
     opts = ap.parse_args()
@@ -344,6 +399,8 @@ def main() -> int:
     os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
     if "wall" in parts:
         bench_wall_time(dev, opts.rounds)
+    if "probes" in parts:
+        bench_probes(dev, max(opts.rounds, 10))
     if "fifty" in parts:
         bench_fifty(dev)
     if "worker" in parts:

@@ -208,9 +208,7 @@ def fit_variable(name: str, value_with_reasons: Callable[[int], dict[str, Any]])
 
 def state_value(state: StackState) -> dict[str, Any]:
     """The alert state as stored: it fits Prefect's limit."""
-    return fit_variable(
-        "health-state", lambda chars: with_reasons_cut(state, chars).model_dump(mode="json")
-    )
+    return fit_variable("health-state", lambda chars: with_reasons_cut(state, chars).packed())
 
 
 def status_value(stack: str, state: StackState, results: list[ServiceHealth]) -> dict[str, Any]:

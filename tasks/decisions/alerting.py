@@ -31,7 +31,7 @@ dependency pages.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from typing import Literal
 
@@ -141,8 +141,25 @@ class ChannelBackoff(BaseModel):
     next_sweep: int = Field(ge=0, description="The sweep count from which to try it again.")
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_STATUS_OF: dict[str, HealthStatus] = {"h": "healthy", "d": "degraded", "u": "unhealthy"}
+
+
+def _micros(moment: datetime | None) -> int | None:
+    return None if moment is None else (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def _moment(micros: int | None) -> datetime | None:
+    return None if micros is None else _EPOCH + timedelta(microseconds=micros)
+
+
 class ServiceState(BaseModel):
-    """What the machine remembers about one service between sweeps."""
+    """What the machine remembers about one service between sweeps.
+
+    Stored packed (:meth:`packed`: a list, times as epoch microseconds), so every
+    service a sweep knows fits Prefect's 5,000 characters with room for reasons; the
+    field-by-field form is read too.
+    """
 
     history: str = Field(default="", description="Last statuses, oldest first: h, d, u.")
     status: HealthStatus = "healthy"
@@ -154,6 +171,41 @@ class ServiceState(BaseModel):
     paged: bool = Field(default=False, description="Told at critical severity (pager).")
     last_notified: datetime | None = None
     reminders: int = 0
+
+    def packed(self) -> list[object]:
+        return [
+            self.history,
+            _CHAR[self.status],
+            _micros(self.since),
+            _micros(self.bad_since),
+            self.reason,
+            int(self.open),
+            None if self.notified is None else _CHAR[self.notified],
+            int(self.paged),
+            _micros(self.last_notified),
+            self.reminders,
+        ]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unpack(cls, data: object) -> object:
+        if not isinstance(data, list):
+            return data
+        if len(data) != 10:
+            raise ValueError(f"a packed service state has 10 fields, not {len(data)}")
+        history, status, since, bad_since, reason, is_open, notified, paged, last, reminders = data
+        return {
+            "history": history,
+            "status": _STATUS_OF[status],
+            "since": _moment(since),
+            "bad_since": _moment(bad_since),
+            "reason": reason,
+            "open": bool(is_open),
+            "notified": None if notified is None else _STATUS_OF[notified],
+            "paged": bool(paged),
+            "last_notified": _moment(last),
+            "reminders": reminders,
+        }
 
 
 class StackState(BaseModel):
@@ -173,6 +225,13 @@ class StackState(BaseModel):
     backoff: dict[str, ChannelBackoff] = Field(
         default_factory=dict, description="Channels that refused, and when to retry them."
     )
+
+    def packed(self) -> dict[str, object]:
+        """The stored form: JSON, each service packed (``StackState.model_validate`` reads
+        it back, as it reads the field-by-field form)."""
+        stored = self.model_dump(mode="json", exclude={"services"})
+        stored["services"] = {name: s.packed() for name, s in self.services.items()}
+        return stored
 
 
 class Notice(BaseModel):

@@ -29,14 +29,17 @@ _PG_QUERY = """
 SELECT d.age, d.datname, t.oldest_s, t.app, i.n, i.oldest_s
 FROM (SELECT age(datfrozenxid) AS age, datname FROM pg_database
       ORDER BY age(datfrozenxid) DESC LIMIT 1) d,
-     (SELECT extract(epoch FROM now() - xact_start)::float8 AS oldest_s,
+     (SELECT greatest(0, extract(epoch FROM clock_timestamp() - xact_start))::float8
+               AS oldest_s,
              coalesce(nullif(application_name, ''), usename::text) AS app
       FROM pg_stat_activity
       WHERE xact_start IS NOT NULL AND pid <> pg_backend_pid()
         AND backend_type = 'client backend'
       UNION ALL SELECT NULL, NULL
       ORDER BY 1 DESC NULLS LAST LIMIT 1) t,
-     (SELECT count(*) AS n, extract(epoch FROM max(now() - state_change))::float8 AS oldest_s
+     (SELECT count(*) AS n,
+             greatest(0, extract(epoch FROM max(clock_timestamp() - state_change)))::float8
+               AS oldest_s
       FROM pg_stat_activity WHERE state LIKE 'idle in transaction%') i
 """
 

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.utilities.asyncutils import run_coro_as_sync
 from prefect.variables import Variable
 
 from blocks.stack import Stack
@@ -23,14 +22,18 @@ NAME = "capcheck"
 MIB = 2**20
 
 
-async def _artifact(key: str) -> str:
-    async with get_client() as client:
-        artifact = await client.read_latest_artifacts_by_key(key)  # type: ignore[attr-defined]
-    return str(artifact.data) if artifact else ""
-
-
 def latest_markdown(key: str) -> str:
-    return str(run_coro_as_sync(_artifact(key)))
+    """The markdown of the newest artifact with ``key``."""
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )
+    return str(artifact.data)
 
 
 @pytest.fixture
@@ -45,18 +48,13 @@ def capcheck() -> Iterator[Stack]:
     block = Stack(**values)
     block.save(NAME, overwrite=True)
     yield block
-    for variable in run_coro_as_sync(_variables()) or []:
+    for variable in _variables():
         Variable.unset(variable)
 
 
-async def _variables() -> list[str]:
-    from prefect.client.schemas.filters import VariableFilter, VariableFilterName
-
-    async with get_client() as client:
-        found = await client.read_variables(
-            variable_filter=VariableFilter(name=VariableFilterName(like_=f"capacity-{NAME}-"))
-        )
-    return [v.name for v in found]
+def _variables() -> list[str]:
+    with get_client(sync_client=True) as client:
+        return [v.name for v in client.read_variables() if v.name.startswith(f"capacity-{NAME}-")]
 
 
 def test_a_week_of_growth_is_drawn_and_forecast_and_alerted_once(

@@ -223,8 +223,11 @@ def test_each_sweep_pings_the_heartbeat_and_a_broken_one_pings_fail(  # type: ig
         assert len({parse_qs(urlsplit(p).query)["rid"][0] for p in pings}) == 1  # one run
 
         fresh.clear()
+        # A sweep that breaks inside: a service list the config would refuse at its door
+        # (HealthSweepConfig validates names), put past the validation on purpose.
+        broken = config("postgres").model_copy(update={"services": ["no-such-service"]})
         with pytest.raises(HealthSweepError, match="unknown services"):
-            asyncio.run(health_sweep(name, config("no-such-service")))
+            asyncio.run(health_sweep(name, broken))
         start, fail = fresh.received(f"/hc/{token}")
         assert urlsplit(start["path"]).path == f"/hc/{token}/start"
         assert urlsplit(fail["path"]).path == f"/hc/{token}/fail"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
@@ -18,7 +19,6 @@ from tasks.decisions.alerting import (
     StackState,
     decide,
     trailing,
-    with_reasons_cut,
 )
 from tasks.decisions.delivery import dedup_key, group_notices
 from tasks.decisions.health import SERVICES, HealthStatus, ServiceHealth
@@ -323,15 +323,15 @@ def test_lone_blips_never_notify(before: int, after: int) -> None:
     )
 )
 def test_persisted_state_fits_a_prefect_variable(sweeps: list[list[str]]) -> None:
-    """Whatever the sweeps, the state stays bounded: with its remembered reasons cut as the
-    sweep stores them when they do not fit whole (``tasks.health_state.REASON_BUDGETS``),
-    every service the sweep knows fits Prefect's 5,000 characters."""
+    """Whatever the sweeps, the stored (packed) state of every service the sweep knows,
+    each remembering a reason as long as the machine keeps, fits Prefect's 5,000
+    characters (json.dumps, as Prefect measures)."""
     state = StackState()
     long_reason = "x" * 400
     for minute, codes in enumerate(sweeps):
         results = [result(s, c, long_reason) for s, c in zip(SERVICES, codes, strict=True)]
         state = decide(state, results, T0 + timedelta(minutes=minute)).state
-    assert len(with_reasons_cut(state, 48).model_dump_json()) <= 5000
+    assert len(json.dumps(state.packed())) <= 5000
 
 
 @settings(max_examples=200, deadline=None)

@@ -23,7 +23,14 @@ if TYPE_CHECKING:
     from minio import Minio
     from pyrage.x25519 import Identity, Recipient
 
-__all__ = ["OFFSITE_ENV", "OffsiteTarget", "check_base_url", "check_bucket", "key_fingerprint"]
+__all__ = [
+    "OFFSITE_DEFAULTED",
+    "OFFSITE_ENV",
+    "OffsiteTarget",
+    "check_base_url",
+    "check_bucket",
+    "key_fingerprint",
+]
 
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
@@ -38,6 +45,8 @@ OFFSITE_ENV: dict[str, str] = {
     "OFFSITE_AGE_RECIPIENT": "age_recipient",
     "OFFSITE_AGE_IDENTITY": "age_identity",
 }
+# Fields with a default: set alone (a template's region), they configure nothing.
+OFFSITE_DEFAULTED = frozenset({"region", "prefix"})
 
 
 def check_base_url(value: str, schemes: tuple[str, ...], allow_path: bool = False) -> str:

@@ -23,7 +23,13 @@ from urllib.parse import unquote, urlsplit
 from prefect.blocks.core import Block
 from pydantic import ByteSize, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from blocks.offsite import OFFSITE_ENV, OffsiteTarget, check_base_url, check_bucket
+from blocks.offsite import (
+    OFFSITE_DEFAULTED,
+    OFFSITE_ENV,
+    OffsiteTarget,
+    check_base_url,
+    check_bucket,
+)
 from blocks.stack_clients import StackClients
 from blocks.stack_env import ENV_FIELDS, _describe, _missing_stack, _parse_routes
 from tasks.decisions.alerts import NotificationRoute, Severity
@@ -259,7 +265,9 @@ class Stack(StackClients, Block):
             for env_name, field in OFFSITE_ENV.items()
             if (raw := env.get(env_name)) is not None and raw.strip() != ""
         }
-        if offsite:
+        # Region and prefix have defaults (railway.toml sets OFFSITE_S3_REGION): alone
+        # they configure no off-site copy.
+        if set(offsite) - OFFSITE_DEFAULTED:
             values["offsite"] = offsite
         routes = env.get("NOTIFICATION_ROUTES")
         problems: list[str] = []

@@ -203,3 +203,12 @@ def test_notification_routes_from_env_and_their_severities() -> None:
     with pytest.raises(StackConfigError, match="NOTIFICATION_ROUTES"):
         Stack.from_env(env | {"NOTIFICATION_ROUTES": "just-a-name"})
     assert NotificationRoute(block="slack-webhook/x").min_severity == "warning"
+
+
+def test_the_templates_offsite_defaults_alone_configure_no_offsite_copy() -> None:
+    # railway.toml gives the worker OFFSITE_S3_REGION (and an empty prefix): a stack
+    # without an off-site target must still bootstrap, not fail on the four unset.
+    env = {**good_env(), "OFFSITE_S3_REGION": "us-east-1", "OFFSITE_S3_PREFIX": "llm/"}
+    assert Stack.from_env(env).offsite is None
+    with pytest.raises(StackConfigError, match="OFFSITE_S3_ENDPOINT"):
+        Stack.from_env({**env, "OFFSITE_S3_BUCKET": "offsite-copies"})

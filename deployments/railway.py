@@ -1,8 +1,13 @@
-"""Reads ``railway.toml`` (the original template's format) and checks its wiring.
+"""Reads ``railway.toml`` (the project's layout) and the graph Railway receives, and
+checks their wiring.
 
-Plain functions, no I/O beyond reading the file: the tests run every check, and
-``python -m deployments.railway`` prints the problems of a template before it is
-published. What is checked:
+``railway.toml`` is the one source of truth; ``.railway/railway.py`` translates it into
+the graph of Railway's Infrastructure as Code (``railway config plan|apply``).
+:func:`compile_definition` evaluates that file the way Railway's CLI does (offline,
+with the ``railway-sdk`` package) and :func:`template_from_graph` reads the graph back,
+so the same checks run on the layout and on what Railway would apply. Plain functions:
+the tests run every check, and ``python -m deployments.railway`` prints the problems
+before a plan. What is checked:
 
 - every reference (``reference = "svc.VAR"``, ``${{svc.VAR}}``, ``${{VAR}}``) names a
   service of the template and a variable that service defines or Railway provides
@@ -16,11 +21,18 @@ published. What is checked:
 - Langfuse's services share one ``DATABASE_URL`` naming their own schema
   (``?schema=langfuse``), never LiteLLM's ``public``;
 - the litellm service's image carries a config with the model deploy-verify calls
-  (a ``mock_response`` canary) and the Langfuse success callback.
+  (a ``mock_response`` canary) and the Langfuse success callback;
+- every service that keeps data has a volume, and a Postgres keeps PGDATA on it;
+- on the graph: every service and variable of the layout is there, and every generated
+  secret is ``preserve()`` (kept as Railway holds it), never a literal: Railway's IaC
+  evaluates no ``${{secret()}}``, so it would land verbatim, and a literal secret
+  would be replaced by the next apply (``LITELLM_SALT_KEY`` must never change).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
 import re
 import sys
 import tomllib
@@ -36,7 +48,9 @@ from blocks.stack_env import ENV_FIELDS
 from deployments.settings import PROJECT_DIR
 
 __all__ = [
+    "DATA_SERVICES",
     "EXPECTED_PUBLIC",
+    "IAC_FILE",
     "LANGFUSE_SERVICES",
     "PUBLIC_ONLY",
     "RAILWAY_FILE",
@@ -45,6 +59,7 @@ __all__ = [
     "Service",
     "Template",
     "Variable",
+    "check_graph",
     "check_langfuse_database",
     "check_litellm_config",
     "check_public",
@@ -52,18 +67,35 @@ __all__ = [
     "check_secrets",
     "check_start_commands",
     "check_template",
+    "check_volumes",
     "check_worker_env",
+    "compile_definition",
     "langfuse_schema",
     "litellm_config_path",
     "load_template",
     "main",
     "parse_template",
     "references",
+    "template_from_graph",
 ]
 
 RAILWAY_FILE = PROJECT_DIR / "railway.toml"
+IAC_FILE = PROJECT_DIR / ".railway" / "railway.py"
 WORKER_SERVICE = "prefect-worker"
-EXPECTED_PUBLIC = frozenset({"litellm", "langfuse-web", "prefect-server"})
+# prefect-server is private: its one shared password opens every stack secret and
+# `restore` (README, "Who can reach the control plane").
+EXPECTED_PUBLIC = frozenset({"litellm", "langfuse-web"})
+# Where each service keeps what must survive a redeploy.
+DATA_SERVICES: dict[str, str] = {
+    "postgres": "/var/lib/postgresql/data",
+    "drill-db": "/var/lib/postgresql/data",
+    "prefect-db": "/var/lib/postgresql/data",
+    "clickhouse": "/var/lib/clickhouse",
+    "redis": "/data",
+    "minio": "/data",
+    "prefect-server": "/data",
+    "prefect-worker": "/data",
+}
 
 # Variables Railway sets in every service (RAILWAY_PUBLIC_DOMAIN: public ones only).
 RAILWAY_PROVIDED = frozenset(
@@ -100,7 +132,8 @@ class Variable(BaseModel):
 
     @property
     def is_generated(self) -> bool:
-        if self.generate == "secret":
+        """Generated once (railway.toml), or kept as Railway holds it (the graph)."""
+        if self.generate in ("secret", "preserve"):
             return True
         return any(
             token.startswith("secret(") for token in _INTERPOLATION.findall(self.default or "")
@@ -116,6 +149,7 @@ class Service(BaseModel):
     dockerfile: str | None = None
     volume: str | None = None
     restart_policy: str | None = None
+    healthcheck: str | None = None
 
 
 class Template(BaseModel):
@@ -143,6 +177,7 @@ def parse_template(data: Mapping[str, Any]) -> Template:
             dockerfile=body.get("build", {}).get("dockerfilePath"),
             volume=body.get("volume", {}).get("mountPath"),
             restart_policy=body.get("deploy", {}).get("restartPolicyType"),
+            healthcheck=body.get("deploy", {}).get("healthcheckPath"),
         )
     return Template(services=services)
 
@@ -313,6 +348,20 @@ def check_litellm_config(template: Template, canary_model: str = "canary") -> li
     return problems
 
 
+def check_volumes(template: Template) -> list[str]:
+    problems = []
+    for name, path in DATA_SERVICES.items():
+        service = template.services.get(name)
+        if service is None:
+            continue
+        if service.volume != path:
+            problems.append(f"{name}: no volume at {path}, where its data lives")
+        pgdata = service.env.get("PGDATA")
+        if pgdata is not None and not (pgdata.default or "").startswith(f"{path}/"):
+            problems.append(f"{name}: PGDATA is not on its volume ({path})")
+    return problems
+
+
 def check_template(template: Template) -> list[str]:
     return (
         check_references(template)
@@ -322,14 +371,143 @@ def check_template(template: Template) -> list[str]:
         + check_start_commands(template)
         + check_langfuse_database(template)
         + check_litellm_config(template)
+        + check_volumes(template)
     )
 
 
+# ---- the graph Railway applies ----------------------------------------------------
+
+
+def compile_definition(path: Path = IAC_FILE, environment: str = "production") -> dict[str, Any]:
+    """The project graph, evaluated as Railway's CLI evaluates ``.railway/railway.py``:
+    the file loaded under its own name, ``main`` (or ``Railway``/``default``) called
+    with a context when it takes one, ``to_graph()`` of what it returns. Needs the
+    ``railway-sdk`` package (the dev group), no network and no token."""
+    from railway_sdk import create_railway_context
+
+    spec = importlib.util.spec_from_file_location("railway_sdk_user", path)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"no project definition at {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    program = next(
+        (getattr(module, n) for n in ("main", "Railway", "default") if hasattr(module, n)),
+        None,
+    )
+    if program is None:
+        raise ValueError(f"{path.name} defines no main(), Railway() or default()")
+    context = create_railway_context(environment=environment)
+    result = program(context) if inspect.signature(program).parameters else program()
+    graph: dict[str, Any] = result.to_graph() if hasattr(result, "to_graph") else result
+    return graph
+
+
+def _graph_variable(service: str, name: str, value: Any) -> Variable | str:
+    kind = value.get("type") if isinstance(value, Mapping) else None
+    if kind == "literal":
+        return Variable(name=name, default=str(value["value"]))
+    if kind == "reference":
+        target = str(value["resource"]).removeprefix("service.")
+        return Variable(name=name, reference=f"{target}.{value['output']}")
+    if kind == "preserve":
+        return Variable(name=name, generate="preserve")
+    return f"{service}.{name}: a {kind or 'raw'} variable the checks cannot read"
+
+
+def template_from_graph(
+    graph: Mapping[str, Any], public: frozenset[str] = EXPECTED_PUBLIC
+) -> tuple[Template, list[str]]:
+    """The graph's services as a :class:`Template` (and what could not be read).
+
+    Public domains are not part of Railway's graph: ``public`` says which services get
+    one (``railway domain``)."""
+    services: dict[str, Service] = {}
+    problems: list[str] = []
+    for node in graph.get("resources", []):
+        if node.get("type") != "service":
+            continue
+        name = str(node["name"])
+        env: dict[str, Variable] = {}
+        for var_name, value in (node.get("variables") or {}).items():
+            read = _graph_variable(name, var_name, value)
+            if isinstance(read, str):
+                problems.append(read)
+            else:
+                env[var_name] = read
+        deploy = node.get("deploy") or {}
+        mounts = list((node.get("volumeAttachments") or {}).values())
+        services[name] = Service(
+            name=name,
+            public=name in public,
+            env=env,
+            start_command=deploy.get("startCommand"),
+            image=(node.get("source") or {}).get("image"),
+            dockerfile=(node.get("build") or {}).get("dockerfilePath"),
+            volume=mounts[0]["mountPath"] if mounts else None,
+            restart_policy=deploy.get("restartPolicyType"),
+            healthcheck=deploy.get("healthcheckPath"),
+        )
+    return Template(services=services), problems
+
+
+_COMPARED = ("start_command", "image", "dockerfile", "volume", "restart_policy", "healthcheck")
+
+
+def check_graph(graph: Mapping[str, Any], layout: Template) -> list[str]:
+    """The graph against railway.toml, and the layout checks on the graph itself."""
+    applied, problems = template_from_graph(graph)
+    for name, service in layout.services.items():
+        node = applied.services.get(name)
+        if node is None:
+            problems.append(f"{name}: in railway.toml but not in the project definition")
+            continue
+        for field in _COMPARED:
+            if getattr(node, field) != getattr(service, field):
+                problems.append(
+                    f"{name}: {field} is {getattr(node, field)!r} in the graph, "
+                    f"{getattr(service, field)!r} in railway.toml"
+                )
+        for var_name, variable in service.env.items():
+            got = node.env.get(var_name)
+            where = f"{name}.{var_name}"
+            if got is None:
+                problems.append(f"{where}: in railway.toml but not in the graph")
+            elif (variable.is_generated or variable.default is None) and not variable.reference:
+                if got.generate != "preserve":
+                    problems.append(
+                        f"{where}: generated or entered in Railway, so it must be "
+                        "preserve() in the graph (a literal is replaced by every apply)"
+                    )
+            elif (got.default, got.reference) != (variable.default, variable.reference):
+                problems.append(f"{where}: differs between the graph and railway.toml")
+    for service in applied.services.values():
+        for variable in service.env.values():
+            if "${{secret(" in (variable.default or ""):
+                problems.append(
+                    f"{service.name}.{variable.name}: ${{{{secret()}}}} reaches Railway "
+                    "verbatim (its IaC evaluates no template function)"
+                )
+    return problems + [
+        problem
+        for problem in check_references(applied)
+        + check_secrets(applied)
+        + check_worker_env(applied)
+        + check_start_commands(applied)
+        + check_langfuse_database(applied)
+        + check_volumes(applied)
+    ]
+
+
 def main() -> int:
-    problems = check_template(load_template())
+    layout = load_template()
+    problems = check_template(layout)
+    try:
+        problems += check_graph(compile_definition(), layout)
+    except ImportError:
+        print("railway-sdk is not installed (uv sync): the graph was not checked")
     for problem in problems:
         print(problem)
-    print(f"railway.toml: {len(problems)} problem(s)")
+    print(f"railway.toml and .railway/railway.py: {len(problems)} problem(s)")
     return 1 if problems else 0
 
 

@@ -28,7 +28,13 @@ import httpx
 import psycopg
 import pytest
 
-from deployments.railway import WORKER_SERVICE, Template, load_template
+from deployments.railway import (
+    WORKER_SERVICE,
+    Template,
+    compile_definition,
+    load_template,
+    template_from_graph,
+)
 from deployments.settings import PROJECT_DIR
 from devstack.core import STACK_NAME, Devstack
 from devstack.processes import free_port
@@ -223,6 +229,12 @@ def wait_until(what: str, condition: Any, watched: list[Started]) -> Any:
 def control_plane(app: Path, devstack: Devstack) -> Iterator[dict[str, Any]]:
     """prefect-server and prefect-worker started from the image's environment."""
     template = load_template()
+    # the healthcheck paths Railway is told to probe (the compiled project definition)
+    applied, _ = template_from_graph(compile_definition())
+    server_check, worker_check = (
+        applied.services[name].healthcheck for name in ("prefect-server", WORKER_SERVICE)
+    )
+    assert server_check and worker_check
     base = app.parent
     ports = free_port(set(devstack.ports.values())), free_port(set(devstack.ports.values()))
     api_port, health_port = ports
@@ -269,15 +281,15 @@ def control_plane(app: Path, devstack: Devstack) -> Iterator[dict[str, Any]]:
     started = [server]
     try:
         wait_until(
-            "the Prefect server answering /api/health",
-            lambda: _answers(f"{api_url}/health"),
+            f"prefect-server answering its healthcheck {server_check}",
+            lambda: _answers(f"http://127.0.0.1:{api_port}{server_check}"),
             started,
         )
         worker = Started("worker", app, worker_env, base / "worker.log")
         started.append(worker)
         yield {
             "api_url": api_url,
-            "health_url": f"http://127.0.0.1:{health_port}/health",
+            "health_url": f"http://127.0.0.1:{health_port}{worker_check}",
             "database_dsn": pg_dsn(devstack, "prefect_db", database),
             "started": started,
         }
@@ -326,7 +338,7 @@ def test_server_and_worker_from_the_image_run_a_deployment_to_completion(
     )
     deployment = httpx.get(f"{api_url}/deployments/{run['deployment_id']}", timeout=5).json()
     assert deployment["name"] == STACK_NAME
-    # the status server Railway's healthcheck reads answers
+    # prefect-worker answers the healthcheck Railway probes
     assert _answers(control_plane["health_url"])
     # the server keeps its state in the database its start command created
     with psycopg.connect(control_plane["database_dsn"]) as conn:

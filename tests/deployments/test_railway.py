@@ -1,4 +1,6 @@
-"""railway.toml: every reference resolves, secrets are generated, the worker gets the stack."""
+"""railway.toml, the project's layout: every reference resolves, secrets are generated,
+the worker gets the stack. The compiled graph Railway applies: tests/deployments/
+test_railway_graph.py."""
 
 from __future__ import annotations
 
@@ -55,9 +57,16 @@ def test_the_whole_stack_is_there_with_prefect_instead_of_the_two_daemons(
     assert "health-monitor" not in template.services
 
 
-def test_only_litellm_langfuse_web_and_prefect_server_are_public(template: Template) -> None:
+def test_only_litellm_and_langfuse_web_are_public_the_control_plane_is_private(
+    template: Template,
+) -> None:
     public = {name for name, service in template.services.items() if service.public}
-    assert public == {"litellm", "langfuse-web", "prefect-server"} == EXPECTED_PUBLIC
+    assert public == {"litellm", "langfuse-web"} == EXPECTED_PUBLIC
+    # nothing points at a public domain of the control plane, and alerts link to the UI
+    # only where the operator says it is reachable
+    server = template.services["prefect-server"].env
+    assert server["PREFECT_UI_URL"].default is None
+    assert server["PREFECT_UI_API_URL"].default is None
 
 
 def test_every_reference_names_a_variable_its_service_defines(template: Template) -> None:

@@ -33,6 +33,7 @@ from blocks.offsite import (
 from blocks.stack_clients import StackClients
 from blocks.stack_env import ENV_FIELDS, _describe, _missing_stack, _parse_routes
 from tasks.decisions.alerts import NotificationRoute, Severity
+from tasks.decisions.health import SERVICES
 from tasks.decisions.redaction import Lines, error_line, scrub_values, secret_forms
 from tasks.errors import StackConfigError
 
@@ -154,6 +155,12 @@ class Stack(StackClients, Block):
         description="A CA bundle to trust besides the public ones (a private CA), for the "
         "certificate probe.",
     )
+    probes_off: list[str] = Field(
+        default_factory=list,
+        description="Health-sweep probes switched off for this stack (every probe is on by "
+        "default), e.g. ['langfuse-queues', 'certificates']; comma-separated in "
+        "OPS_PROBES_OFF.",
+    )
     notifications: list[NotificationRoute] = Field(
         default_factory=list, description="Where alerts go, and from which severity."
     )
@@ -216,7 +223,7 @@ class Stack(StackClients, Block):
     def _check_bucket(cls, value: str | None) -> str | None:
         return None if value is None else check_bucket(value)
 
-    @field_validator("public_urls", mode="before")
+    @field_validator("public_urls", "probes_off", mode="before")
     @classmethod
     def _split_urls(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -231,6 +238,14 @@ class Stack(StackClients, Block):
             if parts.scheme != "https" or not parts.hostname:
                 raise ValueError(f"{url!r} is not https://HOST[:PORT]")
         return urls
+
+    @field_validator("probes_off")
+    @classmethod
+    def _known_probes(cls, names: list[str]) -> list[str]:
+        unknown = sorted(set(names) - set(SERVICES))
+        if unknown:
+            raise ValueError(f"unknown probe(s) {', '.join(unknown)}")
+        return names
 
     @field_validator("litellm_master_key")
     @classmethod

@@ -7,6 +7,7 @@ from pydantic import ValidationError
 
 from blocks.offsite import OFFSITE_ENV
 from tasks.decisions.alerts import NotificationRoute
+from tasks.decisions.health import SERVICES
 from tasks.errors import StackConfigError
 
 __all__ = ["ENV_FIELDS", "FIELD_ENV", "FIX_HINTS"]
@@ -48,6 +49,7 @@ ENV_FIELDS: dict[str, str] = {
     "HEARTBEAT_URL": "heartbeat_url",
     "PUBLIC_URLS": "public_urls",
     "TLS_CA_FILE": "tls_ca_file",
+    "OPS_PROBES_OFF": "probes_off",
 }
 FIELD_ENV: dict[str, str] = {field: env for env, field in ENV_FIELDS.items()}
 FIELD_ENV.update({f"offsite.{field}": env for env, field in OFFSITE_ENV.items()})
@@ -80,6 +82,8 @@ FIX_HINTS: dict[str, str] = {
     "litellm_url": "set LITELLM_URL to http://HOST:4000",
     "litellm_master_key": "set LITELLM_MASTER_KEY to a key that starts with 'sk-'",
     "litellm_requires_db": "set LITELLM_REQUIRES_DB to true or false (or leave it unset: true)",
+    "probes_off": "set OPS_PROBES_OFF to probe names, comma-separated, from: "
+    + ", ".join(SERVICES),
     "langfuse_url": "set LANGFUSE_URL to http://HOST:3000",
     "langfuse_worker_url": "set LANGFUSE_WORKER_URL to http://HOST:3030",
     "langfuse_public_key": "set LANGFUSE_PUBLIC_KEY to the project's public key (pk-lf-...)",

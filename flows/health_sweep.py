@@ -32,6 +32,7 @@ broken or stopped monitor.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from prefect import flow
@@ -113,9 +114,11 @@ class HealthSweepConfig(BaseModel):
             )
         return names
 
-    def checked(self) -> list[str]:
-        """The services a sweep checks: ``services`` (or all) less ``skip``."""
-        return [s for s in (self.services or SERVICES) if s not in self.skip]
+    def checked(self, switched_off: Iterable[str] = ()) -> list[str]:
+        """The services a sweep checks: ``services`` (or all) less ``skip`` and the probes
+        the stack's config switches off (``OPS_PROBES_OFF``)."""
+        off = set(self.skip) | set(switched_off)
+        return [s for s in (self.services or SERVICES) if s not in off]
 
 
 class SweepSummary(BaseModel):
@@ -216,7 +219,10 @@ async def _check_and_tell(
     stack: str, inputs: SweepInputs, config: HealthSweepConfig, run_id: str | None
 ) -> SweepSummary:
     results = await check_services(
-        inputs.stack, config.timeout_s, config.checked(), config.thresholds
+        inputs.stack,
+        config.timeout_s,
+        config.checked(inputs.stack.probes_off),
+        config.thresholds,
     )
 
     now = datetime.now(UTC)

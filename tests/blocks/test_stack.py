@@ -212,3 +212,14 @@ def test_the_templates_offsite_defaults_alone_configure_no_offsite_copy() -> Non
     assert Stack.from_env(env).offsite is None
     with pytest.raises(StackConfigError, match="OFFSITE_S3_ENDPOINT"):
         Stack.from_env({**env, "OFFSITE_S3_BUCKET": "offsite-copies"})
+
+
+def test_probes_are_switched_off_in_the_stacks_config_by_name() -> None:
+    env = {**good_env(), "OPS_PROBES_OFF": "langfuse-queues, certificates"}
+    assert Stack.from_env(env).probes_off == ["langfuse-queues", "certificates"]
+    assert Stack.from_env(good_env()).probes_off == []  # every probe on by default
+    with pytest.raises(StackConfigError) as raised:
+        Stack.from_env({**good_env(), "OPS_PROBES_OFF": "langfuse-queue"})
+    message = str(raised.value)
+    assert "OPS_PROBES_OFF" in message and "unknown probe(s) langfuse-queue" in message
+    assert "set OPS_PROBES_OFF to probe names, comma-separated, from: litellm," in message

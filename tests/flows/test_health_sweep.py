@@ -34,6 +34,7 @@ from tasks.health_state import (
     state_variable,
     status_variable,
 )
+from tests.flows.deploy_verify_helpers import save_copy
 
 STACK = "devstack"
 NO_DB = HealthThresholds(litellm_requires_db=False)
@@ -299,3 +300,17 @@ def test_a_probe_is_switched_off_by_name_and_a_wrong_name_is_refused() -> None:
     assert narrow.checked() == ["redis"]
     with pytest.raises(ValueError, match="unknown service\\(s\\) langfuse-queue: use names"):
         HealthSweepConfig(skip=["langfuse-queue"])
+    # the stack's own config (OPS_PROBES_OFF) switches probes off too
+    assert narrow.checked(["redis"]) == []
+    assert "certificates" not in config.checked(["certificates"])
+
+
+def test_a_probe_switched_off_in_the_stack_block_is_not_swept() -> None:
+    name = "devstack-probes-off"
+    save_copy(name, probes_off=["redis"])
+    try:
+        summary = asyncio.run(health_sweep(name, config("langfuse-web", "redis")))
+    finally:
+        for variable in (state_variable(name), status_variable(name), silences_variable(name)):
+            Variable.unset(variable)
+    assert [check.service for check in summary.checks] == ["langfuse-web"]

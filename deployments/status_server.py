@@ -33,6 +33,7 @@ import httpx
 from prefect.client.orchestration import get_client
 from pydantic import ValidationError
 
+from tasks.decisions.health import MEASURES
 from tasks.health_state import HealthStatusDoc, status_variable
 
 __all__ = [
@@ -208,6 +209,18 @@ def metrics_text(docs: dict[str, HealthStatusDoc | None]) -> str:
         rows["ops_health_notification_failures_total"].append(
             f"ops_health_notification_failures_total{{{label}}} {doc.channel_failures}"
         )
+    for measure, help_text in MEASURES.items():
+        metric = f"ops_probe_{measure}"
+        lines = [
+            f'{metric}{{stack="{_label(stack)}",service="{_label(s.service)}"}} '
+            f"{float(s.measures[measure])!r}"
+            for stack, doc in docs.items()
+            if doc is not None
+            for s in doc.services
+            if measure in s.measures
+        ]
+        if lines:
+            families.append((metric, "gauge", help_text, lines))
     out: list[str] = []
     for name, kind, help_text, lines in families:
         out += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *lines]

@@ -95,6 +95,9 @@ class ServiceStatusDoc(BaseModel):
     reason: str
     since: datetime | None = None
     alerting: bool = Field(default=False, description="An incident is open for it.")
+    measures: dict[str, float] = Field(
+        default_factory=dict, description="What the probe measured (ops_probe_* metrics)."
+    )
 
 
 class HealthStatusDoc(BaseModel):
@@ -183,6 +186,7 @@ def status_doc(
                 reason=r.reason[:reason_chars],
                 since=state.services[r.service].since if r.service in state.services else None,
                 alerting=state.services[r.service].open if r.service in state.services else False,
+                measures=r.measures,
             )
             for r in results
         ],

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["SERVICES", "STATUS_RANK", "HealthStatus", "ServiceHealth"]
+__all__ = ["MEASURES", "SERVICES", "STATUS_RANK", "HealthStatus", "ServiceHealth"]
 
 HealthStatus = Literal["healthy", "degraded", "unhealthy"]
 STATUS_RANK: dict[str, int] = {"healthy": 0, "degraded": 1, "unhealthy": 2}
@@ -36,6 +36,27 @@ SERVICES: tuple[str, ...] = (
 )
 
 
+# What a probe measures besides its status, each a Prometheus gauge ops_probe_<name>
+# on the worker's /metrics (labels stack, service): name -> help text.
+MEASURES: dict[str, str] = {
+    "queue_waiting_jobs": "Jobs waiting in all BullMQ queues.",
+    "queue_active_jobs": "Jobs being processed in all BullMQ queues.",
+    "queue_failed_jobs": "Failed jobs kept by all BullMQ queues.",
+    "queue_oldest_wait_seconds": "Age of the oldest waiting job of any BullMQ queue.",
+    "ingestion_lag_seconds": "Seconds until the latest canary's trace was readable.",
+    "postgres_xid_age": "Transaction-ID age of the oldest database (wraparound at 2^31).",
+    "postgres_oldest_transaction_seconds": "Age of the oldest open transaction.",
+    "postgres_idle_in_transaction_sessions": "Sessions idle in a transaction.",
+    "clickhouse_system_log_bytes": "Bytes of ClickHouse's system.*_log tables.",
+    "clickhouse_data_bytes": "Bytes of ClickHouse's data outside the system database.",
+    "clickhouse_max_partition_parts": "Active parts of the busiest partition.",
+    "redis_used_memory_bytes": "Redis used_memory.",
+    "redis_maxmemory_bytes": "Redis maxmemory (0: no limit).",
+    "redis_evicted_keys": "Keys Redis evicted since it started.",
+    "certificate_days_left": "Days until the soonest public certificate expires.",
+}
+
+
 class ServiceHealth(BaseModel):
     """One service as one health check saw it.
 
@@ -49,3 +70,6 @@ class ServiceHealth(BaseModel):
     status: HealthStatus
     latency_ms: float = Field(ge=0, description="Wall time of the check.")
     reason: str = Field(description="One line: what was seen, and what is wrong if anything.")
+    measures: dict[str, float] = Field(
+        default_factory=dict, description="Numbers the probe read (names in MEASURES)."
+    )

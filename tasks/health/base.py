@@ -141,6 +141,7 @@ class Reading(NamedTuple):
 
     status: HealthStatus
     reason: str
+    measures: dict[str, float] | None = None  # names in tasks.decisions.health.MEASURES
 
 
 # A probe of one service: reads it within timeout_s, judged against the thresholds.

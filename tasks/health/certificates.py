@@ -56,4 +56,7 @@ async def check_certificates(stack: Stack, timeout_s: float, th: HealthThreshold
         degraded_days=th.certificate_degraded_days,
         unhealthy_days=th.certificate_unhealthy_days,
     )
-    return Reading(status, reason)
+    days = [r.days_left for r in readings if r.days_left is not None]
+    if not days:
+        return Reading(status, reason)
+    return Reading(status, reason, {"certificate_days_left": round(min(days), 2)})

@@ -23,4 +23,7 @@ async def check_ingestion_lag(stack: Stack, timeout_s: float, th: HealthThreshol
         unhealthy_s=th.ingestion_lag_unhealthy_s,
     )
     status, reason = judge_lag(samples, datetime.now(UTC), limits)
-    return Reading(status, reason)
+    latest = max(samples, key=lambda sample: sample.at, default=None)
+    if latest is None or latest.lag_s is None:
+        return Reading(status, reason)
+    return Reading(status, reason, {"ingestion_lag_seconds": round(latest.lag_s, 2)})

@@ -73,7 +73,12 @@ async def check_postgres_maintenance(
         transaction_degraded_s=th.postgres_transaction_degraded_s,
         idle_degraded_s=th.postgres_idle_in_transaction_degraded_s,
     )
-    return Reading(status, reason)
+    measures = {
+        "postgres_xid_age": float(found.xid_age),
+        "postgres_oldest_transaction_seconds": round(found.oldest_transaction_s or 0.0, 1),
+        "postgres_idle_in_transaction_sessions": float(found.idle_in_transaction),
+    }
+    return Reading(status, reason, measures)
 
 
 def clickhouse_storage(stack: Stack, timeout_s: float) -> ClickHouseStorage:
@@ -124,4 +129,9 @@ async def check_clickhouse_storage(stack: Stack, timeout_s: float, th: HealthThr
         log_min_bytes=th.clickhouse_system_logs_min_bytes,
         parts_degraded_pct=th.clickhouse_parts_degraded_pct,
     )
-    return Reading(status, reason)
+    measures = {
+        "clickhouse_system_log_bytes": float(found.system_log_bytes),
+        "clickhouse_data_bytes": float(found.data_bytes),
+        "clickhouse_max_partition_parts": float(found.max_partition_parts),
+    }
+    return Reading(status, reason, measures)

@@ -87,4 +87,11 @@ async def check_langfuse_queues(stack: Stack, timeout_s: float, th: HealthThresh
         failed_degraded=th.queue_failed_degraded,
     )
     status, reason = judge_queues(queues, limits)
-    return Reading(status, reason)
+    waits = [q.oldest_waiting_s for q in queues if q.oldest_waiting_s is not None]
+    measures = {
+        "queue_waiting_jobs": float(sum(q.waiting for q in queues)),
+        "queue_active_jobs": float(sum(q.active for q in queues)),
+        "queue_failed_jobs": float(sum(q.failed for q in queues)),
+        "queue_oldest_wait_seconds": round(max(waits, default=0.0), 1),
+    }
+    return Reading(status, reason, measures)

@@ -8,7 +8,7 @@ from redis.exceptions import AuthenticationError, RedisError
 
 from blocks.stack import Stack
 from tasks.decisions.health import STATUS_RANK
-from tasks.health.base import HealthThresholds, Reading, ok, percent, reason_of
+from tasks.health.base import HealthThresholds, Reading, percent, reason_of
 
 __all__ = ["check_redis", "redis_reading"]
 
@@ -71,7 +71,13 @@ def redis_reading(
         problems.append(Reading("degraded", "AOF rewrite failed: check disk space"))
     else:
         summary += ", AOF ok"
+    measures = {
+        "redis_used_memory_bytes": float(used),
+        "redis_maxmemory_bytes": float(limit),
+        "redis_evicted_keys": float(evicted),
+    }
     if problems:
         worst = max(problems, key=lambda v: STATUS_RANK[v.status])
-        return Reading(worst.status, ", ".join([summary, *(p.reason for p in problems)]))
-    return ok(summary)
+        reason = ", ".join([summary, *(p.reason for p in problems)])
+        return Reading(worst.status, reason, measures)
+    return Reading("healthy", summary, measures)

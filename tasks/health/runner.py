@@ -85,6 +85,7 @@ async def run_check(
         status=reading.status,
         latency_ms=round(latency_ms, 1),
         reason=stack.scrub(reading.reason),
+        measures=reading.measures or {},
     )
 
 

@@ -74,3 +74,41 @@ def test_health_reads_the_api_once_it_answers(devstack: Devstack) -> None:
         body = httpx.get(f"{url}/health", timeout=10).json()
         assert body["status"] == "unknown" and "error" not in body
         assert body["stacks"]["no-sweep-yet"]["note"] == "no sweep published yet"
+
+
+def test_probe_measures_are_gauges_with_their_help_and_full_precision() -> None:
+    from datetime import UTC, datetime
+
+    from deployments.status_server import metrics_text
+    from tasks.health_state import HealthStatusDoc, ServiceStatusDoc
+
+    doc = HealthStatusDoc(
+        stack='a"b',
+        checked_at=datetime(2026, 12, 1, tzinfo=UTC),
+        overall="degraded",
+        sweeps=3,
+        notifications_sent=0,
+        channel_failures=0,
+        services=[
+            ServiceStatusDoc(
+                service="clickhouse-storage",
+                status="degraded",
+                latency_ms=12.0,
+                reason="system logs 70 GiB",
+                measures={"clickhouse_system_log_bytes": 71_790_000_123.0},
+            ),
+            ServiceStatusDoc(service="redis", status="healthy", latency_ms=1.0, reason="ok"),
+        ],
+    )
+    lines = metrics_text({'a"b': doc, "other": None}).splitlines()
+    assert (
+        "# HELP ops_probe_clickhouse_system_log_bytes Bytes of ClickHouse's system.*_log tables."
+        in lines
+    )
+    assert "# TYPE ops_probe_clickhouse_system_log_bytes gauge" in lines
+    assert (
+        'ops_probe_clickhouse_system_log_bytes{stack="a\\"b",service="clickhouse-storage"} '
+        "71790000123.0"
+    ) in lines
+    # a measure no service reported has no family at all
+    assert not any("ops_probe_redis" in line for line in lines)

@@ -259,7 +259,7 @@ def _free_port() -> int:
 
 def test_status_server_serves_health_and_metrics(fresh, devstack: Devstack, langfuse_fault) -> None:  # type: ignore[no-untyped-def]
     langfuse_fault("error500")
-    sweep(config("langfuse-web", "redis"))
+    sweep(config("langfuse-web", "redis", "langfuse-queues", "postgres-maintenance"))
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "deployments.status_server", "--port", str(port), "--stacks", STACK],
@@ -287,6 +287,17 @@ def test_status_server_serves_health_and_metrics(fresh, devstack: Devstack, lang
         assert 'ops_health_status{stack="devstack",service="langfuse-web"} 2' in lines
         assert 'ops_health_status{stack="devstack",service="redis"} 0' in lines
         assert any(line.startswith('ops_health_sweeps_total{stack="devstack"} ') for line in lines)
+        # what the probes measured, as gauges a dashboard can draw and alert on
+        values = {
+            line.split("{")[0]: float(line.rsplit(" ", 1)[1])
+            for line in lines
+            if line.startswith("ops_probe_") and 'stack="devstack"' in line
+        }
+        assert values["ops_probe_redis_used_memory_bytes"] > 0
+        assert values["ops_probe_postgres_xid_age"] > 0
+        assert values["ops_probe_queue_oldest_wait_seconds"] >= 0
+        assert "# TYPE ops_probe_queue_waiting_jobs gauge" in lines
+        assert not any(line.startswith("ops_probe_ingestion_lag") for line in lines)  # not swept
     finally:
         server.terminate()
         server.wait(timeout=10)

@@ -11,7 +11,7 @@ from prefect.types import check_variable_value
 from prefect.variables import Variable
 
 from tasks.decisions.alerting import ServiceState, StackState
-from tasks.decisions.health import SERVICES, ServiceHealth
+from tasks.decisions.health import MEASURES, SERVICES, ServiceHealth
 from tasks.health_state import REASON_BUDGETS, HealthStatusDoc, state_value, status_value
 
 T0 = datetime(2026, 11, 30, 10, 0, 0, 123456, tzinfo=UTC)
@@ -46,9 +46,30 @@ def worst_case_state(services: list[str], reasons: list[str]) -> StackState:
     )
 
 
+# Which probe reports which measure (their names' prefixes), at their longest values.
+MEASURED_BY = {
+    "queue_": "langfuse-queues",
+    "ingestion_": "ingestion-lag",
+    "postgres_": "postgres-maintenance",
+    "clickhouse_": "clickhouse-storage",
+    "redis_": "redis",
+    "certificate_": "certificates",
+}
+
+
+def measures_of(service: str) -> dict[str, float]:
+    return {
+        name: -1.2345678901234567e-300
+        for name in MEASURES
+        if MEASURED_BY[next(p for p in MEASURED_BY if name.startswith(p))] == service
+    }
+
+
 def results_of(services: list[str], reasons: list[str]) -> list[ServiceHealth]:
     return [
-        ServiceHealth(service=s, status="unhealthy", latency_ms=1e12, reason=r)
+        ServiceHealth(
+            service=s, status="unhealthy", latency_ms=1e12, reason=r, measures=measures_of(s)
+        )
         for s, r in zip(services, reasons, strict=True)
     ]
 
@@ -66,6 +87,8 @@ def test_state_and_status_fit_prefect_for_any_services_and_reasons(data: st.Data
     assert set(StackState.model_validate(stored_state).services) == set(services)
     doc = HealthStatusDoc.model_validate(stored_status)
     assert {s.service for s in doc.services} == set(services)
+    # every measure kept whole (the /metrics gauges), whatever the reasons cost
+    assert {s.service: s.measures for s in doc.services} == {s: measures_of(s) for s in services}
 
 
 def test_reasons_are_kept_whole_when_they_fit_and_shortened_only_as_needed() -> None:

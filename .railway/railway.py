@@ -23,6 +23,7 @@ keeps generated domains out of it): ``railway domain --service <name>`` adds one
 service railway.toml marks public.
 """
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -30,16 +31,19 @@ from railway_sdk import define_railway, image, preserve, project, service, volum
 
 LAYOUT = Path(__file__).resolve().parent.parent / "railway.toml"
 PROJECT_NAME = "llm-gateway"
+SECRET_CALL = re.compile(r"\$\{\{\s*secret\(")
 
 
-def _variable(spec):
+def _variable(own, spec):
     if isinstance(spec, str):
         spec = {"default": spec}
     if spec.get("reference"):
-        target, _, output = spec["reference"].partition(".")
+        target, dot, output = spec["reference"].partition(".")
+        if not dot:  # a variable of the same service
+            target, output = own, target
         return {"type": "reference", "resource": f"service.{target}", "output": output}
     default = spec.get("default")
-    if spec.get("generate") or default is None or "${{secret(" in default:
+    if spec.get("generate") or default is None or SECRET_CALL.search(default):
         return preserve()
     return default
 
@@ -49,7 +53,7 @@ def _service(entry):
     body = entry.get(name, {})
     deploy = dict(body.get("deploy", {}))
     config = {
-        "env": {key: _variable(spec) for key, spec in body.get("env", {}).items()},
+        "env": {key: _variable(name, spec) for key, spec in body.get("env", {}).items()},
         "start": deploy.pop("startCommand", None),
         "healthcheck": deploy.pop("healthcheckPath", None),
         "healthcheckTimeout": deploy.pop("healthcheckTimeout", None),

@@ -112,6 +112,7 @@ RAILWAY_PROVIDED = frozenset(
 PUBLIC_ONLY = frozenset({"RAILWAY_PUBLIC_DOMAIN"})
 
 _INTERPOLATION = re.compile(r"\$\{\{\s*([^}]*?)\s*\}\}")
+_SECRET_CALL = re.compile(r"\$\{\{\s*secret\(")
 _FUNCTION = re.compile(r"^[a-z]+\(.*\)$")
 _SECRET_NAME = re.compile(r"(PASSWORD|SECRET|_KEY$|TOKEN|SALT|AUTH_STRING|_AUTH$)")
 _NOT_SECRET = re.compile(r"(PUBLIC_KEY$|^ALLOW_)")
@@ -149,7 +150,10 @@ class Service(BaseModel):
     dockerfile: str | None = None
     volume: str | None = None
     restart_policy: str | None = None
+    restart_retries: int | None = None
     healthcheck: str | None = None
+    healthcheck_timeout: int | None = None
+    replicas: int | None = None
 
 
 class Template(BaseModel):
@@ -177,7 +181,10 @@ def parse_template(data: Mapping[str, Any]) -> Template:
             dockerfile=body.get("build", {}).get("dockerfilePath"),
             volume=body.get("volume", {}).get("mountPath"),
             restart_policy=body.get("deploy", {}).get("restartPolicyType"),
+            restart_retries=body.get("deploy", {}).get("restartPolicyMaxRetries"),
             healthcheck=body.get("deploy", {}).get("healthcheckPath"),
+            healthcheck_timeout=body.get("deploy", {}).get("healthcheckTimeout"),
+            replicas=body.get("deploy", {}).get("numReplicas"),
         )
     return Template(services=services)
 
@@ -445,12 +452,25 @@ def template_from_graph(
             dockerfile=(node.get("build") or {}).get("dockerfilePath"),
             volume=mounts[0]["mountPath"] if mounts else None,
             restart_policy=deploy.get("restartPolicyType"),
+            restart_retries=deploy.get("restartPolicyMaxRetries"),
             healthcheck=deploy.get("healthcheckPath"),
+            healthcheck_timeout=deploy.get("healthcheckTimeout"),
+            replicas=deploy.get("numReplicas"),
         )
     return Template(services=services), problems
 
 
-_COMPARED = ("start_command", "image", "dockerfile", "volume", "restart_policy", "healthcheck")
+_COMPARED = (
+    "start_command",
+    "image",
+    "dockerfile",
+    "volume",
+    "restart_policy",
+    "restart_retries",
+    "healthcheck",
+    "healthcheck_timeout",
+    "replicas",
+)
 
 
 def check_graph(graph: Mapping[str, Any], layout: Template) -> list[str]:
@@ -480,9 +500,19 @@ def check_graph(graph: Mapping[str, Any], layout: Template) -> list[str]:
                     )
             elif (got.default, got.reference) != (variable.default, variable.reference):
                 problems.append(f"{where}: differs between the graph and railway.toml")
+    for name in sorted(set(applied.services) - set(layout.services)):
+        problems.append(f"{name}: in the project definition but not in railway.toml")
     for service in applied.services.values():
+        extra = set(service.env) - set(layout.services.get(service.name, service).env)
+        for var_name in sorted(extra if service.name in layout.services else ()):
+            problems.append(f"{service.name}.{var_name}: in the graph but not in railway.toml")
         for variable in service.env.values():
-            if "${{secret(" in (variable.default or ""):
+            if variable.default == "":
+                problems.append(
+                    f"{service.name}.{variable.name}: an empty literal (Railway reads it back "
+                    "as unknown and plans it again at every apply): leave the value out"
+                )
+            if _SECRET_CALL.search(variable.default or ""):
                 problems.append(
                     f"{service.name}.{variable.name}: ${{{{secret()}}}} reaches Railway "
                     "verbatim (its IaC evaluates no template function)"
@@ -503,8 +533,10 @@ def main() -> int:
     problems = check_template(layout)
     try:
         problems += check_graph(compile_definition(), layout)
-    except ImportError:
-        print("railway-sdk is not installed (uv sync): the graph was not checked")
+    except ModuleNotFoundError as exc:
+        if exc.name != "railway_sdk":
+            raise
+        problems.append("railway-sdk is not installed (uv sync): the graph was not checked")
     for problem in problems:
         print(problem)
     print(f"railway.toml and .railway/railway.py: {len(problems)} problem(s)")

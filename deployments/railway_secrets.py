@@ -10,7 +10,8 @@ project definition (``.railway/railway.py``) declares every such variable
     uv run python -m deployments.railway_secrets --dry-run  # what it would set
 
 For each service it lists the variables already set (``railway variable list --service
-S --json``) and sets only the generated secrets that are missing, each through stdin
+S --json``; a sealed one is listed without its value, and counts as set: Railway's CLI 5
+or later) and sets only the generated secrets that are missing, each through stdin
 (``railway variable set NAME --stdin --service S --skip-deploys``), so no value is on a
 command line or in this program's output. Run it again and it sets nothing: a salt key
 set once is never replaced.
@@ -104,7 +105,8 @@ class RailwayCli:
         )
         if not isinstance(listed, dict):
             raise RuntimeError(f"railway variable list --json for {service}: expected an object")
-        return {name for name, value in listed.items() if value not in (None, "")}
+        # A sealed variable is listed without its value (null): it is set, and kept.
+        return set(listed)
 
     def set_variable(self, service: str, name: str, value: str) -> None:
         self._run(

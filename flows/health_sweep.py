@@ -41,7 +41,13 @@ from prefect.logging import get_run_logger
 from prefect.states import Completed
 from pydantic import BaseModel, Field, field_validator
 
-from tasks.decisions.alerting import AlertPolicy, StatusChange, decide, worst_status
+from tasks.decisions.alerting import (
+    AlertPolicy,
+    StatusChange,
+    closing_switched_off,
+    decide,
+    worst_status,
+)
 from tasks.decisions.delivery import (
     group_notices,
     plan_sends,
@@ -218,12 +224,11 @@ async def sweep_stack(stack: str, config: HealthSweepConfig) -> SweepSummary:
 async def _check_and_tell(
     stack: str, inputs: SweepInputs, config: HealthSweepConfig, run_id: str | None
 ) -> SweepSummary:
+    off = [*config.skip, *inputs.stack.probes_off]
     results = await check_services(
-        inputs.stack,
-        config.timeout_s,
-        config.checked(inputs.stack.probes_off),
-        config.thresholds,
+        inputs.stack, config.timeout_s, config.checked(off), config.thresholds
     )
+    results += closing_switched_off(inputs.state, off)
 
     now = datetime.now(UTC)
     decision = decide(inputs.state, results, now, config.policy, inputs.silences)

@@ -5,7 +5,8 @@
     railway_cli.py variable list --service S --json [--environment E]
     railway_cli.py variable set NAME --stdin --service S --skip-deploys [--environment E]
 
-State: ``$RAILWAY_STANDIN_STATE`` (``{"<service>": {"NAME": "value"}}``); a service
+State: ``$RAILWAY_STANDIN_STATE`` (``{"<service>": {"NAME": "value"}}``; a sealed
+variable is ``null``, listed without its value as the CLI lists it); a service
 missing from it does not exist (exit 1, like the CLI's "Service not found"). Every call
 is appended to ``$RAILWAY_STANDIN_STATE.calls`` (arguments only, never stdin) so tests
 can check that no value ever went on a command line.

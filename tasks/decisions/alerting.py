@@ -30,7 +30,7 @@ dependency pages.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from typing import Literal
@@ -53,6 +53,7 @@ __all__ = [
     "Silence",
     "StackState",
     "StatusChange",
+    "closing_switched_off",
     "decide",
     "flips",
     "impacted_by",
@@ -316,6 +317,21 @@ def impacted_by(
 def _silenced(service: str, cause: str | None, silences: list[Silence], now: datetime) -> bool:
     # A service impacted by a silenced dependency is part of that maintenance too.
     return any(s.covers(service, now) or (cause and s.covers(cause, now)) for s in silences)
+
+
+SWITCHED_OFF_REASON = "switched off (OPS_PROBES_OFF or the sweep's skip): no longer checked"
+
+
+def closing_switched_off(state: StackState, off: Iterable[str]) -> list[ServiceHealth]:
+    """A healthy reading for each switched-off probe whose incident is still open, so the
+    incident (and its pager incident) resolves, saying why, instead of staying open for
+    ever with nothing checking it."""
+    names = set(off)
+    return [
+        ServiceHealth(service=name, status="healthy", latency_ms=0.0, reason=SWITCHED_OFF_REASON)
+        for name, service in sorted(state.services.items())
+        if name in names and service.open
+    ]
 
 
 def decide(

@@ -184,7 +184,7 @@ class Started:
         self.log = log
         self._handle = log.open("wb")
         self.process = subprocess.Popen(
-            ["bash", str(app / "docker" / "entrypoint.sh"), role],
+            [str(app / "docker" / "entrypoint.sh"), role],  # its shebang, as the image runs it
             cwd=app,
             env=env,
             stdout=self._handle,
@@ -236,8 +236,10 @@ def control_plane(app: Path, devstack: Devstack) -> Iterator[dict[str, Any]]:
     )
     assert server_check and worker_check
     base = app.parent
-    ports = free_port(set(devstack.ports.values())), free_port(set(devstack.ports.values()))
-    api_port, health_port = ports
+    taken = set(devstack.ports.values())
+    api_port, health_port = free_port(taken), free_port(taken)
+    # Basic auth on, as on Railway: the server asks for it, the worker sends it.
+    auth = f"admin:{secrets.token_urlsafe(24)}"
     database = f"ops_image_{secrets.token_hex(4)}"
     admin = pg_dsn(devstack, "prefect_db", "postgres")
     api_url = f"http://127.0.0.1:{api_port}/api"
@@ -254,6 +256,7 @@ def control_plane(app: Path, devstack: Devstack) -> Iterator[dict[str, Any]]:
             "PREFECT_SERVER_API_PORT": str(api_port),
             "PORT": str(api_port),
             "PREFECT_HOME": str(base / "server-data" / "prefect"),
+            "PREFECT_SERVER_API_AUTH_STRING": auth,
         },
     )
     stack_env = {
@@ -268,7 +271,7 @@ def control_plane(app: Path, devstack: Devstack) -> Iterator[dict[str, Any]]:
         stack_env,
         {
             "PREFECT_API_URL": api_url,
-            "PREFECT_UI_URL": f"http://127.0.0.1:{api_port}",
+            "PREFECT_API_AUTH_STRING": auth,
             "PREFECT_HOME": str(base / "worker-data" / "prefect"),
             "PREFECT_LOCAL_STORAGE_PATH": str(base / "worker-data" / "prefect-results"),
             "OPS_HEALTH_PORT": str(health_port),
@@ -291,6 +294,7 @@ def control_plane(app: Path, devstack: Devstack) -> Iterator[dict[str, Any]]:
             "api_url": api_url,
             "health_url": f"http://127.0.0.1:{health_port}{worker_check}",
             "database_dsn": pg_dsn(devstack, "prefect_db", database),
+            "auth": tuple(auth.split(":", 1)),
             "started": started,
         }
     finally:
@@ -307,11 +311,12 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _on_start_runs(api_url: str) -> list[dict[str, Any]]:
+def _on_start_runs(api_url: str, auth: tuple[str, str]) -> list[dict[str, Any]]:
     try:
         response = httpx.post(
             f"{api_url}/flow_runs/filter",
             json={"flow_runs": {"tags": {"all_": ["on-start"]}}},
+            auth=auth,
             timeout=5,
         )
     except httpx.HTTPError:
@@ -323,10 +328,12 @@ def test_server_and_worker_from_the_image_run_a_deployment_to_completion(
     control_plane: dict[str, Any],
 ) -> None:
     started: list[Started] = control_plane["started"]
-    api_url = control_plane["api_url"]
+    api_url, auth = control_plane["api_url"], control_plane["auth"]
+    # the API refuses whoever does not hold the shared credential
+    assert httpx.get(f"{api_url}/deployments/filter", timeout=5).status_code == 401
 
     def finished() -> dict[str, Any] | None:
-        for run in _on_start_runs(api_url):
+        for run in _on_start_runs(api_url, auth):
             if run["state_type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
                 return run
         return None
@@ -336,7 +343,9 @@ def test_server_and_worker_from_the_image_run_a_deployment_to_completion(
     assert run["state_type"] == "COMPLETED", (
         f"deploy-verify ended {run['state_name']}:\n{worker.output()}"
     )
-    deployment = httpx.get(f"{api_url}/deployments/{run['deployment_id']}", timeout=5).json()
+    deployment = httpx.get(
+        f"{api_url}/deployments/{run['deployment_id']}", auth=auth, timeout=5
+    ).json()
     assert deployment["name"] == STACK_NAME
     # prefect-worker answers the healthcheck Railway probes
     assert _answers(control_plane["health_url"])

@@ -73,6 +73,12 @@ def test_the_definition_compiles_to_the_layout_with_no_problem(
     graph: dict[str, Any], layout: Template
 ) -> None:
     assert check_graph(graph, layout) == []
+    # a deploy setting lost in translation is named
+    drifted = copy.deepcopy(graph)
+    del node(drifted, WORKER_SERVICE)["deploy"]["healthcheckTimeout"]
+    assert check_graph(drifted, layout) == [
+        "prefect-worker: healthcheck_timeout is None in the graph, 600 in railway.toml"
+    ]
     services = {r["name"] for r in graph["resources"] if r["type"] == "service"}
     assert services == set(layout.services)
     assert len(services) == 11  # the nine of the stack, drill-db and prefect-db
@@ -95,7 +101,7 @@ def test_railways_evaluator_reads_it_from_any_folder_with_only_json_on_stdout(
     assert evaluated == {"partial": None, "project": graph}
 
 
-def test_a_second_apply_has_nothing_to_change(graph: dict[str, Any]) -> None:
+def test_a_second_apply_has_nothing_to_change(graph: dict[str, Any], layout: Template) -> None:
     # The graph is the same at every evaluation (no value drawn at plan time), and what
     # Railway holds (the secrets, the operator's variables) is preserve(): Railway's diff
     # finds nothing to change (`railway config plan --detailed-exit-code` exits 0).
@@ -103,6 +109,13 @@ def test_a_second_apply_has_nothing_to_change(graph: dict[str, Any]) -> None:
     for resource in graph["resources"]:
         for name, value in resource.get("variables", {}).items():
             assert value["type"] in {"literal", "reference", "preserve"}, name
+    # an empty literal is read back as unknown and planned again at every apply
+    empty = copy.deepcopy(graph)
+    node(empty, WORKER_SERVICE)["variables"]["OFFSITE_S3_PREFIX"] = {"type": "literal", "value": ""}
+    assert (
+        "prefect-worker.OFFSITE_S3_PREFIX: an empty literal (Railway reads it back as unknown "
+        "and plans it again at every apply): leave the value out"
+    ) in check_graph(empty, layout)
 
 
 def test_a_broken_reference_is_named(graph: dict[str, Any], layout: Template) -> None:
@@ -234,7 +247,7 @@ def test_the_secrets_are_generated_with_the_shape_each_service_needs(layout: Tem
     )
 
 
-def _railway_cli(tmp_path: Path, services: dict[str, dict[str, str]]) -> tuple[Path, Path]:
+def _railway_cli(tmp_path: Path, services: dict[str, Any]) -> tuple[Path, Path]:
     state = tmp_path / "railway-state.json"
     state.write_text(json.dumps(services))
     executable = tmp_path / "railway"
@@ -280,13 +293,17 @@ def test_secrets_are_set_once_and_the_salt_never_again(layout: Template, tmp_pat
     assert held["litellm"]["LITELLM_SALT_KEY"] == salt
 
 
-def test_an_existing_stacks_salt_is_kept(layout: Template, tmp_path: Path) -> None:
-    services: dict[str, dict[str, str]] = {name: {} for name in layout.services}
+def test_an_existing_stacks_salt_is_kept_even_sealed(layout: Template, tmp_path: Path) -> None:
+    services: dict[str, dict[str, str | None]] = {name: {} for name in layout.services}
     services["litellm"]["LITELLM_SALT_KEY"] = "sk-the-salt-of-a-stack-running-since-2025"
+    services["litellm"]["LITELLM_MASTER_KEY"] = None  # sealed: listed without its value
     executable, state = _railway_cli(tmp_path, services)
-    assert _seed(executable, state).returncode == 0
+    done = _seed(executable, state)
+    assert done.returncode == 0, done.stderr
     held = json.loads(state.read_text())["litellm"]
     assert held["LITELLM_SALT_KEY"] == "sk-the-salt-of-a-stack-running-since-2025"
+    assert held["LITELLM_MASTER_KEY"] is None
+    assert "kept      litellm.LITELLM_MASTER_KEY" in done.stdout
 
 
 def test_a_project_not_yet_applied_fails_clearly(tmp_path: Path) -> None:

@@ -295,7 +295,13 @@ def test_status_server_serves_health_and_metrics(fresh, devstack: Devstack, lang
         }
         assert values["ops_probe_redis_used_memory_bytes"] > 0
         assert values["ops_probe_postgres_xid_age"] > 0
-        assert values["ops_probe_queue_oldest_wait_seconds"] >= 0
+        queue_gauges = {name for name in values if name.startswith("ops_probe_queue_")}
+        assert queue_gauges == {
+            "ops_probe_queue_waiting_jobs",
+            "ops_probe_queue_active_jobs",
+            "ops_probe_queue_failed_jobs",
+            "ops_probe_queue_oldest_wait_seconds",
+        }
         assert "# TYPE ops_probe_queue_waiting_jobs gauge" in lines
         assert not any(line.startswith("ops_probe_ingestion_lag") for line in lines)  # not swept
     finally:

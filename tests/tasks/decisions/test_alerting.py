@@ -17,6 +17,7 @@ from tasks.decisions.alerting import (
     Notice,
     Silence,
     StackState,
+    closing_switched_off,
     decide,
     trailing,
 )
@@ -348,3 +349,20 @@ def test_restart_at_any_point_changes_nothing(sequence: str, cut: int) -> None:
 def test_dedup_key_is_stable_per_stack_and_service() -> None:
     assert dedup_key("prod", "postgres") == "prod/postgres"
     assert dedup_key("prod", "postgres") != dedup_key("staging", "postgres")
+
+
+def test_a_probe_switched_off_during_its_incident_resolves_it_saying_why() -> None:
+    state, told = run("uuu")
+    assert kinds(told) == ["alert"] and state.services["postgres"].open
+    assert closing_switched_off(state, ["redis"]) == []  # only the switched-off ones
+    for minute in range(3, 10):
+        closing = closing_switched_off(state, ["postgres"])
+        if not closing:
+            break
+        decision = decide(state, closing, T0 + timedelta(minutes=minute))
+        state = decision.state
+        told.extend((minute, notice) for notice in decision.notices)
+    assert kinds(told) == ["alert", "recovery"]
+    assert "switched off" in told[-1][1].reason
+    assert not state.services["postgres"].open
+    assert closing_switched_off(state, ["postgres"]) == []  # then nothing more is said

@@ -53,6 +53,7 @@ MEASURES: dict[str, str] = {
     "redis_used_memory_bytes": "Redis used_memory.",
     "redis_maxmemory_bytes": "Redis maxmemory (0: no limit).",
     "redis_evicted_keys": "Keys Redis evicted since it started.",
+    "redis_spend_buffer_bytes": "Bytes in LiteLLM's Redis spend buffers.",
     "certificate_days_left": "Days until the soonest public certificate expires.",
 }
 

@@ -80,6 +80,11 @@ class HealthThresholds(BaseModel):
     queue_failed_degraded: int = Field(
         default=5000, ge=1, description="Failed jobs kept by one queue at or above: degraded."
     )
+    redis_spend_buffer_degraded_bytes: int = Field(
+        default=64 * 2**20,
+        ge=1,
+        description="One of LiteLLM's Redis spend buffers holding this many bytes: degraded.",
+    )
     postgres_xid_age_degraded: int = Field(
         default=1_000_000_000, ge=1, le=2**31, description="Transaction-ID age: degraded."
     )

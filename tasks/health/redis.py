@@ -1,4 +1,6 @@
-"""Redis: PING, memory against maxmemory, the eviction policy Langfuse needs, the AOF."""
+"""Redis: PING, memory against maxmemory, the eviction policy Langfuse needs, the AOF, and
+LiteLLM's spend buffers (keys LiteLLM fills and its spend writer drains into Postgres; a
+writer that stopped lets them grow until Redis is full: litellm#29017)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,31 @@ from blocks.stack import Stack
 from tasks.decisions.health import STATUS_RANK
 from tasks.health.base import HealthThresholds, Reading, percent, reason_of
 
-__all__ = ["check_redis", "redis_reading"]
+__all__ = ["SPEND_BUFFER_KEYS", "check_redis", "redis_reading", "spend_buffers"]
+
+# LiteLLM's Redis spend buffers (litellm/constants.py, REDIS_*_BUFFER_KEY): read by name,
+# one pipelined MEMORY USAGE each, never a SCAN of the keyspace.
+SPEND_BUFFER_KEYS = (
+    "litellm_spend_update_buffer",
+    "litellm_spend_logs_buffer",
+    "litellm_gateway_requests_buffer",
+    "litellm_daily_spend_update_buffer",
+    "litellm_daily_team_spend_update_buffer",
+    "litellm_daily_org_spend_update_buffer",
+    "litellm_daily_end_user_spend_update_buffer",
+    "litellm_daily_agent_spend_update_buffer",
+    "litellm_daily_tag_spend_update_buffer",
+    "litellm_window_spend_update_buffer",
+)
+
+
+async def spend_buffers(client: Any) -> dict[str, int]:
+    """Bytes held by each of LiteLLM's spend buffers that exists."""
+    pipe = client.pipeline(transaction=False)
+    for key in SPEND_BUFFER_KEYS:
+        pipe.memory_usage(key)
+    sizes = await pipe.execute()
+    return {key: int(size) for key, size in zip(SPEND_BUFFER_KEYS, sizes, strict=True) if size}
 
 
 async def check_redis(stack: Stack, timeout_s: float, th: HealthThresholds) -> Reading:
@@ -20,6 +46,7 @@ async def check_redis(stack: Stack, timeout_s: float, th: HealthThresholds) -> R
         memory: dict[str, Any] = await client.info("memory")
         persistence: dict[str, Any] = await client.info("persistence")
         stats: dict[str, Any] = await client.info("stats")
+        buffers = await spend_buffers(client)
     except AuthenticationError:
         return Reading("unhealthy", "authentication refused: check REDIS_PASSWORD")
     except (RedisError, OSError) as exc:
@@ -33,6 +60,7 @@ async def check_redis(stack: Stack, timeout_s: float, th: HealthThresholds) -> R
         th,
         policy=str(memory.get("maxmemory_policy", "noeviction")),
         evicted=int(stats.get("evicted_keys", 0)),
+        buffers=buffers,
     )
 
 
@@ -44,9 +72,12 @@ def redis_reading(
     *,
     policy: str = "noeviction",
     evicted: int = 0,
+    buffers: dict[str, int] | None = None,
 ) -> Reading:
     """Memory against maxmemory (0 = no limit), the eviction policy (Langfuse's queues
-    need ``noeviction``: an evicted job is lost) and the AOF status."""
+    need ``noeviction``: an evicted job is lost), the AOF status, and LiteLLM's spend
+    buffers (bytes per key) against ``th.redis_spend_buffer_degraded_bytes``."""
+    buffers = buffers or {}
     summary = f"PING ok, {used / 2**20:.0f} MiB used"
     problems: list[Reading] = []
     if policy != "noeviction":
@@ -63,6 +94,17 @@ def redis_reading(
         summary += f" of {limit / 2**20:.0f} MiB ({pct:.0f}%)"
         if pct >= th.redis_memory_degraded_pct:
             problems.append(Reading("degraded", "memory near maxmemory: writes soon refused"))
+    if buffers:
+        key, size = max(buffers.items(), key=lambda item: item[1])
+        if size >= th.redis_spend_buffer_degraded_bytes:
+            problems.append(
+                Reading(
+                    "degraded",
+                    f"LiteLLM's spend buffer {key} holds {size / 2**20:.0f} MiB: its spend "
+                    "writer is not draining it into Postgres (litellm#29017); check "
+                    "LiteLLM's logs for database errors, then restart litellm",
+                )
+            )
     if persistence.get("aof_enabled", "0") != "1":
         problems.append(Reading("degraded", "AOF is off: a restart loses queued jobs"))
     elif persistence.get("aof_last_write_status", "ok") != "ok":
@@ -75,6 +117,7 @@ def redis_reading(
         "redis_used_memory_bytes": float(used),
         "redis_maxmemory_bytes": float(limit),
         "redis_evicted_keys": float(evicted),
+        "redis_spend_buffer_bytes": float(sum(buffers.values())),
     }
     if problems:
         worst = max(problems, key=lambda v: STATUS_RANK[v.status])

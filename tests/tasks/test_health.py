@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -95,6 +96,31 @@ def test_an_evicting_redis_is_degraded_naming_langfuses_requirement(stack) -> No
     assert "maxmemory-policy is allkeys-lru: Langfuse requires noeviction" in found.reason
     assert found.reason.endswith("; set maxmemory-policy noeviction")
     assert check(stack, ["redis"])["redis"].status == "healthy"
+
+
+def test_a_spend_buffer_litellm_stopped_draining_is_degraded_naming_the_key(stack) -> None:  # type: ignore[no-untyped-def]
+    # LiteLLM pushes spend updates onto a Redis list its writer drains into Postgres; a
+    # writer that stopped lets the list grow (litellm#29017). Made here the way LiteLLM
+    # fills it: entries pushed, none popped.
+    client = stack.redis(timeout_s=10)
+    key = "litellm_spend_update_buffer"
+    entry = '{"spend": 0.0001, "key": "' + "x" * 1000 + '"}'
+    try:
+        pipe = client.pipeline(transaction=False)
+        for _ in range(4000):
+            pipe.rpush(key, entry)
+        pipe.execute()
+        small = HealthThresholds(redis_spend_buffer_degraded_bytes=2 * 2**20)
+        found = asyncio.run(run_checks(stack, 5.0, ["redis"], small))[0]
+    finally:
+        client.delete(key)
+        client.close()
+    assert found.status == "degraded"
+    assert re.search(f"LiteLLM's spend buffer {key} holds [0-9]+ MiB", found.reason)
+    assert "litellm#29017" in found.reason
+    assert found.measures["redis_spend_buffer_bytes"] >= 2 * 2**20
+    after = asyncio.run(run_checks(stack, 5.0, ["redis"], small))[0]
+    assert after.status == "healthy" and after.measures["redis_spend_buffer_bytes"] == 0
 
 
 def test_hanging_endpoint_is_unhealthy_after_the_timeout_only(stack, langfuse_fault) -> None:  # type: ignore[no-untyped-def]

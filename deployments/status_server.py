@@ -14,16 +14,23 @@ while this server runs, so a platform health check does not restart the worker b
 the API is still starting or a database is down; ``/health?strict=1`` answers 503
 while starting, when any stack is unhealthy or its latest sweep is older than
 ``--stale-after`` seconds (the monitor itself stopped).
+
+``/metrics`` also serves the latest forecast of the daily ``capacity`` flow, read from its
+per-store Variables every ``CAPACITY_EVERY_S``: ``ops_capacity_bytes``,
+``ops_capacity_limit_bytes``, ``ops_capacity_growth_bytes_per_day`` and
+``ops_capacity_days_until_full`` per store, so a dashboard can draw days until full.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,11 +40,13 @@ import httpx
 from prefect.client.orchestration import get_client
 from pydantic import ValidationError
 
+from tasks.decisions.capacity import StoreHistory
 from tasks.decisions.health import MEASURES
 from tasks.health_state import HealthStatusDoc, status_variable
 
 __all__ = [
     "CACHE_S",
+    "CAPACITY_EVERY_S",
     "FIRST_READ_WAIT_S",
     "STATUS_VALUE",
     "StatusReader",
@@ -49,6 +58,7 @@ __all__ = [
 
 STATUS_VALUE: dict[str, int] = {"healthy": 0, "degraded": 1, "unhealthy": 2}
 CACHE_S = 5.0
+CAPACITY_EVERY_S = 60.0  # the capacity flow runs daily; its Variables change rarely
 FIRST_READ_WAIT_S = 2.0
 
 
@@ -70,6 +80,8 @@ class StatusReader:
         self._first = threading.Event()  # the first read has finished, well or not
         self._answered = False  # the API has answered once
         self._stop = threading.Event()
+        self._capacity: list[StoreHistory] = []
+        self._capacity_read_at: float | None = None
 
     def start(self) -> None:
         threading.Thread(target=self._loop, name="status-reader", daemon=True).start()
@@ -85,6 +97,11 @@ class StatusReader:
         self._first.wait(wait_s)
         with self._lock:
             return dict(self._docs), self._error, not self._answered
+
+    def capacity(self) -> list[StoreHistory]:
+        """The latest forecast of every store of the served stacks (as last read)."""
+        with self._lock:
+            return list(self._capacity)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -116,6 +133,37 @@ class StatusReader:
             self._docs = docs
             self._error = None
             self._answered = True
+        now = time.monotonic()
+        if self._capacity_read_at is None or now - self._capacity_read_at >= CAPACITY_EVERY_S:
+            # ValueError: a body that is not JSON; the health docs above stand regardless.
+            with contextlib.suppress(httpx.HTTPError, OSError, ValueError):
+                stores = self._read_capacity()
+                with self._lock:
+                    self._capacity, self._capacity_read_at = stores, now
+
+    def _read_capacity(self) -> list[StoreHistory]:
+        """Every capacity Variable (``capacity-<stack>-<store>``) of the served stacks."""
+        found: list[StoreHistory] = []
+        with get_client(sync_client=True) as client:
+            offset = 0
+            while True:
+                page = client.request(
+                    "POST",
+                    "/variables/filter",
+                    json={
+                        "variables": {"name": {"like_": "capacity-"}},
+                        "limit": 200,
+                        "offset": offset,
+                    },
+                ).json()
+                for variable in page:
+                    with contextlib.suppress(ValidationError, TypeError):
+                        history = StoreHistory.model_validate(variable.get("value"))
+                        if history.stack in self.stacks and history.store and history.points:
+                            found.append(history)
+                if len(page) < 200:
+                    return sorted(found, key=lambda h: (h.stack, h.store))
+                offset += 200
 
 
 def health_body(
@@ -166,7 +214,30 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
 
 
-def metrics_text(docs: dict[str, HealthStatusDoc | None]) -> str:
+CAPACITY_GAUGES: dict[str, tuple[str, str]] = {
+    "ops_capacity_bytes": ("bytes", "Bytes the store held at the latest capacity run."),
+    "ops_capacity_limit_bytes": ("limit", "Bytes the store can hold, where known."),
+    "ops_capacity_growth_bytes_per_day": (
+        "growth_per_day",
+        "Growth in bytes a day (trend of the last week's daily points).",
+    ),
+    "ops_capacity_days_until_full": (
+        "days_until_full",
+        "Days until the store is full at that growth, where a limit is known.",
+    ),
+}
+
+
+def _capacity_value(history: StoreHistory, field: str) -> float | None:
+    if field == "bytes":
+        return float(history.points[-1][1])
+    value = getattr(history, field)
+    return None if value is None else float(value)
+
+
+def metrics_text(
+    docs: dict[str, HealthStatusDoc | None], capacity: Sequence[StoreHistory] = ()
+) -> str:
     """Prometheus exposition format (text 0.0.4)."""
     families: list[tuple[str, str, str, list[str]]] = [
         ("ops_health_status", "gauge", "Service status: 0 healthy, 1 degraded, 2 unhealthy.", []),
@@ -221,6 +292,14 @@ def metrics_text(docs: dict[str, HealthStatusDoc | None]) -> str:
         ]
         if lines:
             families.append((metric, "gauge", help_text, lines))
+    for metric, (field, help_text) in CAPACITY_GAUGES.items():
+        lines = [
+            f'{metric}{{stack="{_label(h.stack)}",store="{_label(h.store)}"}} {value!r}'
+            for h in capacity
+            if (value := _capacity_value(h, field)) is not None
+        ]
+        if lines:
+            families.append((metric, "gauge", help_text, lines))
     out: list[str] = []
     for name, kind, help_text, lines in families:
         out += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *lines]
@@ -250,9 +329,8 @@ def make_handler(reader: StatusReader, stale_after_s: float) -> type[BaseHTTPReq
                 code = 503 if strict and failing else 200
                 self._send(code, json.dumps(body).encode(), "application/json")
             elif url.path == "/metrics":
-                self._send(
-                    200, metrics_text(docs).encode(), "text/plain; version=0.0.4; charset=utf-8"
-                )
+                text = metrics_text(docs, reader.capacity())
+                self._send(200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
             else:
                 self._send(404, b'{"error": "try /health or /metrics"}', "application/json")
 

@@ -2,7 +2,8 @@
 
 Runs daily (deployment ``capacity/<stack>``, 05:15 UTC) and on demand. Measures every
 store (``tasks/capacity.py``), adds today's point to its history in the control plane
-(one Prefect Variable per store, two months), and publishes the markdown artifact
+(one Prefect Variable per store, two months, with its latest forecast, which the worker's
+``/metrics`` serves as ``ops_capacity_*`` gauges), and publishes the markdown artifact
 ``capacity-<stack>``: size, limit, growth per day (the trend of the last week), days
 until full, and the history drawn as a sparkline. A store whose forecast falls under
 ``alert_under_days`` alerts once (warning) through the stack's routes, and again only
@@ -50,7 +51,7 @@ def forecast_stores(
     for size in sizes:
         history = add_point(load_history(stack, size.store), today, size.bytes)
         row, history = forecast(size, history, alert_under_days=alert_under_days)
-        save_history(stack, size.store, history)
+        save_history(stack, size.store, history.model_copy(update={"stack": stack}))
         rows.append(row)
     return rows
 

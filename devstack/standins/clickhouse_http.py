@@ -9,6 +9,10 @@ S3, system tables) is real.
     python devstack/standins/clickhouse_http.py --port 18123 --data-dir /tmp/ch \
         --user default --password secret
 
+The engine starts with the server's ``query_log`` configured, as a ClickHouse server
+has it, so ``system.query_log`` is a real MergeTree table that grows with every query
+run with ``log_queries = 1`` (langfuse#13123: system logs outgrowing the data).
+
 Readiness: GET /ping -> "Ok.\\n". Stops cleanly on SIGTERM.
 """
 
@@ -104,6 +108,18 @@ def restore_compat(sql: str) -> str:
     return head + (m.group("mode") or "") + (m.group("tail") or "")
 
 
+# The system log a ClickHouse server keeps by default (its config.xml), with its defaults.
+SERVER_CONFIG = """<clickhouse>
+  <query_log>
+    <database>system</database>
+    <table>query_log</table>
+    <partition_by>toYYYYMM(event_date)</partition_by>
+    <flush_interval_milliseconds>7500</flush_interval_milliseconds>
+  </query_log>
+</clickhouse>
+"""
+
+
 class Engine:
     """One chdb session shared by all requests.
 
@@ -114,7 +130,10 @@ class Engine:
     """
 
     def __init__(self, path: str):
-        self.session = chdb.session.Session(path)
+        config = f"{path.rstrip('/')}.config.xml"
+        with open(config, "w", encoding="utf-8") as fh:
+            fh.write(SERVER_CONFIG)
+        self.session = chdb.session.Session(f"{path}?config-file={config}")
         self.lock = threading.Lock()
         with self.lock:
             self.version = self._scalar("SELECT version()")

@@ -48,11 +48,16 @@ class StoreSize(BaseModel):
 
 
 class StoreHistory(BaseModel):
-    """One store's daily points (ISO day, bytes), oldest first, and whether its forecast
-    has alerted."""
+    """One store's daily points (ISO day, bytes), oldest first, whether its forecast has
+    alerted, and the latest forecast (what the worker's ``/metrics`` serves between runs)."""
 
     points: list[tuple[str, int]] = Field(default_factory=list)
     alerted: bool = False
+    stack: str = ""
+    store: str = ""
+    limit: int | None = None
+    growth_per_day: float | None = None
+    days_until_full: float | None = None
 
 
 class CapacityRow(BaseModel):
@@ -116,7 +121,14 @@ def forecast(
         note=size.note,
         alert=under and not history.alerted,
     )
-    return row, history.model_copy(update={"alerted": under})
+    latest = {
+        "alerted": under,
+        "store": size.store,
+        "limit": size.limit,
+        "growth_per_day": growth,
+        "days_until_full": days,
+    }
+    return row, history.model_copy(update=latest)
 
 
 def _size(n: float | None) -> str:

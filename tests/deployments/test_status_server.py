@@ -112,3 +112,61 @@ def test_probe_measures_are_gauges_with_their_help_and_full_precision() -> None:
     ) in lines
     # a measure no service reported has no family at all
     assert not any("ops_probe_redis" in line for line in lines)
+
+
+def test_capacity_forecasts_are_gauges_of_the_served_stacks_only(devstack: Devstack) -> None:
+    """What the daily capacity flow left in its Variables is on /metrics between runs."""
+    from prefect.variables import Variable
+
+    from tasks.capacity import history_variable
+    from tasks.decisions.capacity import StoreHistory
+
+    def history(stack: str, store: str, days: float | None) -> StoreHistory:
+        return StoreHistory(
+            points=[("2026-11-30", 900 * 2**20), ("2026-12-01", 1000 * 2**20)],
+            stack=stack,
+            store=store,
+            limit=2000 * 2**20 if days is not None else None,
+            growth_per_day=100 * 2**20,
+            days_until_full=days,
+        )
+
+    saved = {
+        history_variable("capgauge", "postgres.railway"): history(
+            "capgauge", "postgres.railway", 10.0
+        ),
+        history_variable("capgauge", "s3.backups"): history("capgauge", "s3.backups", None),
+        history_variable("capgauge-other", "redis.memory"): history(
+            "capgauge-other", "redis.memory", 1.0
+        ),
+    }
+    for name, value in saved.items():
+        Variable.set(name, value.model_dump(mode="json"), overwrite=True)
+    try:
+        for url in _serve(devstack.client_env(), "capgauge"):
+            deadline = time.monotonic() + 60
+            while "ops_capacity_bytes" not in (
+                text := httpx.get(f"{url}/metrics", timeout=10).text
+            ):
+                assert time.monotonic() < deadline, text
+                time.sleep(0.2)
+    finally:
+        for name in saved:
+            Variable.unset(name)
+    lines = text.splitlines()
+    assert 'ops_capacity_days_until_full{stack="capgauge",store="postgres.railway"} 10.0' in lines
+    assert 'ops_capacity_bytes{stack="capgauge",store="postgres.railway"} 1048576000.0' in lines
+    assert (
+        'ops_capacity_limit_bytes{stack="capgauge",store="postgres.railway"} 2097152000.0' in lines
+    )
+    assert (
+        'ops_capacity_growth_bytes_per_day{stack="capgauge",store="s3.backups"} 104857600.0'
+        in lines
+    )
+    # no limit, no forecast: the store has no days-until-full line rather than a made-up one
+    assert not any(
+        line.startswith('ops_capacity_days_until_full{stack="capgauge",store="s3.backups"}')
+        for line in lines
+    )
+    assert "# TYPE ops_capacity_days_until_full gauge" in lines
+    assert "capgauge-other" not in text  # a stack this server does not serve

@@ -15,6 +15,7 @@ from prefect.variables import Variable
 from blocks.stack import Stack
 from flows.capacity import capacity
 from tasks.capacity import history_variable
+from tasks.decisions.capacity import StoreHistory
 
 pytestmark = pytest.mark.usefixtures("traffic")
 
@@ -82,6 +83,11 @@ def test_a_week_of_growth_is_drawn_and_forecast_and_alerted_once(
     # Every kind of store was measured for real.
     assert {s.split(".")[0] for s in rows} >= {"postgres", "clickhouse", "s3", "redis"}
     assert any(s.startswith("postgres.table.") for s in rows)  # the largest tables
+
+    # the forecast stays in the control plane, for the worker's /metrics between runs
+    saved = StoreHistory.model_validate(Variable.get(history_variable(NAME, store)))
+    assert (saved.stack, saved.store) == (NAME, store)
+    assert saved.days_until_full == row.days_until_full and saved.limit == row.limit
 
     report = latest_markdown(f"capacity-{NAME}")
     line = next(line for line in report.splitlines() if line.startswith(f"| {store} |"))

@@ -1,12 +1,12 @@
 """Probes of the failures where every service says it is up, each fault made for real on
 the devstack: a Prisma migration failed or left unfinished, a dirty ClickHouse migration,
-a transaction left open. (ClickHouse's system logs past the data cannot be grown here: the
-devstack's ClickHouse engine, chdb, keeps no system log tables; the probe's queries run
-against it in the first test, and its judge is tested with langfuse#13123's figures.)"""
+a transaction left open, ClickHouse's ``system.query_log`` grown past the data (the
+engine's real system log table, configured as a ClickHouse server has it)."""
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 import uuid
 from collections.abc import Iterator
@@ -107,3 +107,35 @@ def test_a_transaction_left_open_is_reported_with_its_client(
     assert found.status == "degraded"
     assert "(forgetful-client): it holds back vacuum" in found.reason
     assert "1 session(s) idle in a transaction" in found.reason
+
+
+def test_system_logs_grown_past_the_data_are_reported_with_the_fix(
+    stack: Any, devstack: Devstack
+) -> None:
+    """langfuse#13123 made for real: queries logged until ``system.query_log`` holds more
+    bytes than the data (the size floor lowered so a devstack's megabytes count)."""
+    th = HealthThresholds(litellm_requires_db=False, clickhouse_system_logs_min_bytes=1)
+    client = devstack.clickhouse_client()
+    try:
+        client.command("TRUNCATE TABLE IF EXISTS system.query_log")
+        assert probe(stack, "clickhouse-storage", th).status == "healthy"
+        deadline = time.monotonic() + 120
+        while (found := probe(stack, "clickhouse-storage", th)).status == "healthy":
+            assert time.monotonic() < deadline, found
+            for _ in range(16):  # the query text is logged: 200 KiB each, hard to compress
+                filler = secrets.token_hex(100 * 1024)
+                client.query(f"SELECT length('{filler}')", settings={"log_queries": 1})
+            client.command("SYSTEM FLUSH LOGS")
+        assert found.status == "degraded"
+        assert "system log tables hold" in found.reason
+        assert "(system.query_log " in found.reason
+        assert "<query_log><ttl>event_date + INTERVAL 7 DAY DELETE</ttl></query_log>" in (
+            found.reason
+        )
+        assert "TRUNCATE TABLE system.query_log" in found.reason
+        # the fix the reason names brings the probe back
+        client.command("TRUNCATE TABLE system.query_log")
+        assert probe(stack, "clickhouse-storage", th).status == "healthy"
+    finally:
+        client.command("TRUNCATE TABLE IF EXISTS system.query_log")
+        client.close()

@@ -55,6 +55,7 @@ from tasks.decisions.delivery import (
     undelivered_critical,
 )
 from tasks.decisions.health import SERVICES, HealthStatus, ServiceHealth
+from tasks.decisions.queues import GrowthLimits, with_backlog_growth
 from tasks.decisions.redaction import error_line
 from tasks.errors import HealthSweepError
 from tasks.health import HealthThresholds, check_services
@@ -231,6 +232,17 @@ async def _check_and_tell(
     results += closing_switched_off(inputs.state, off)
 
     now = datetime.now(UTC)
+    th = config.thresholds
+    results, backlog = with_backlog_growth(
+        results,
+        inputs.state.backlog,
+        now,
+        GrowthLimits(
+            growth_sweeps=th.queue_growth_sweeps,
+            growth_degraded_jobs=th.queue_growth_degraded_jobs,
+            growth_unhealthy_jobs=th.queue_growth_unhealthy_jobs,
+        ),
+    )
     decision = decide(inputs.state, results, now, config.policy, inputs.silences)
     # One message per channel: this sweep's notices it takes, plus what it refused before.
     routes = inputs.stack.notifications
@@ -248,6 +260,7 @@ async def _check_and_tell(
         update={
             "notifications_sent": state.notifications_sent + report.sent,
             "channel_failures": state.channel_failures + report.failed,
+            "backlog": backlog,
         }
     )
     lost = undelivered_critical(decision.notices, plan, accepted)

@@ -226,6 +226,11 @@ class StackState(BaseModel):
     backoff: dict[str, ChannelBackoff] = Field(
         default_factory=dict, description="Channels that refused, and when to retry them."
     )
+    backlog: list[tuple[int, int]] = Field(
+        default_factory=list,
+        description="(epoch s, jobs waiting in all queues) of the last sweeps: the queues' "
+        "growth is judged across sweeps (tasks/decisions/queues.py).",
+    )
 
     def packed(self) -> dict[str, object]:
         """The stored form: JSON, each service packed (``StackState.model_validate`` reads

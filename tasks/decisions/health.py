@@ -43,6 +43,7 @@ MEASURES: dict[str, str] = {
     "queue_active_jobs": "Jobs being processed in all BullMQ queues.",
     "queue_failed_jobs": "Failed jobs kept by all BullMQ queues.",
     "queue_oldest_wait_seconds": "Age of the oldest waiting job of any BullMQ queue.",
+    "queue_backlog_growth_jobs_per_minute": "Growth of the waiting jobs while it is a streak.",
     "ingestion_lag_seconds": "Seconds until the latest canary's trace was readable.",
     "postgres_xid_age": "Transaction-ID age of the oldest database (wraparound at 2^31).",
     "postgres_oldest_transaction_seconds": "Age of the oldest open transaction.",

@@ -13,17 +13,36 @@ waiting job and when a job last completed; this decides.
   arrived: restart the worker) from a worker that falls behind (jobs complete, not fast
   enough: scale it).
 - **Failed jobs** kept above a threshold are degraded: Langfuse does not reprocess them.
+- **Growth** across sweeps (:func:`with_backlog_growth`, run by the sweep with the
+  backlog it kept in the alert state): the jobs waiting in all queues rose at each of the
+  last ``growth_sweeps`` sweeps, by at least ``growth_degraded_jobs`` in all: degraded
+  (unhealthy from ``growth_unhealthy_jobs``), before the oldest job is old enough to
+  tell. A burst that drains falls at some sweep and never makes a streak.
 
 Pure: no Prefect, no I/O.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
+from itertools import pairwise
+
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.decisions.health import STATUS_RANK, HealthStatus
+from tasks.decisions.health import STATUS_RANK, HealthStatus, ServiceHealth
 
-__all__ = ["QueueLimits", "QueueStats", "judge_queues"]
+__all__ = [
+    "BACKLOG_MAX_GAP_S",
+    "GrowthLimits",
+    "QueueLimits",
+    "QueueStats",
+    "judge_backlog_growth",
+    "judge_queues",
+    "with_backlog_growth",
+]
+
+# Points further apart than this (the monitor was stopped) start the backlog's count again.
+BACKLOG_MAX_GAP_S = 300
 
 
 class QueueStats(BaseModel):
@@ -104,3 +123,68 @@ def judge_queues(queues: list[QueueStats], limits: QueueLimits) -> tuple[HealthS
     findings.sort(key=lambda f: -STATUS_RANK[f[0]])
     worst = findings[0][0]
     return worst, "; ".join([*(reason for _, reason in findings), tally])
+
+
+class GrowthLimits(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    growth_sweeps: int = Field(ge=2, le=30)
+    growth_degraded_jobs: int = Field(ge=1)
+    growth_unhealthy_jobs: int = Field(ge=1)
+
+
+Backlog = list[tuple[int, int]]  # (epoch seconds, jobs waiting in all queues), oldest first
+
+
+def judge_backlog_growth(
+    points: Backlog, limits: GrowthLimits
+) -> tuple[HealthStatus, str, float] | None:
+    """A backlog that rose at each of the last ``growth_sweeps`` sweeps by enough in all:
+    status, reason and growth in jobs a minute; None otherwise."""
+    last = points[-(limits.growth_sweeps + 1) :]
+    if len(last) < limits.growth_sweeps + 1:
+        return None
+    if not all(after > before for (_, before), (_, after) in pairwise(last)):
+        return None
+    grown = last[-1][1] - last[0][1]
+    minutes = max(1, last[-1][0] - last[0][0]) / 60
+    rate = grown / minutes
+    if grown < limits.growth_degraded_jobs:
+        return None
+    status: HealthStatus = "unhealthy" if grown >= limits.growth_unhealthy_jobs else "degraded"
+    return (
+        status,
+        f"the queues' backlog rose at each of the last {limits.growth_sweeps} sweeps, "
+        f"{last[0][1]} to {last[-1][1]} waiting ({rate:.0f} jobs/min over "
+        f"{_age(minutes * 60)}): more jobs arrive than langfuse-worker completes; scale it "
+        "or raise its concurrency before the oldest job ages",
+        rate,
+    )
+
+
+def with_backlog_growth(
+    results: list[ServiceHealth], points: Backlog, now: datetime, limits: GrowthLimits
+) -> tuple[list[ServiceHealth], Backlog]:
+    """The queue probe's result with the backlog's growth judged in (the worse status
+    wins, the growth leads the reason), and the backlog to keep for the next sweep."""
+    index = next((i for i, r in enumerate(results) if r.service == "langfuse-queues"), None)
+    if index is None or "queue_waiting_jobs" not in results[index].measures:
+        return results, []  # not read this sweep: a streak cannot span the gap
+    queue = results[index]
+    at = int(now.timestamp())
+    kept = [p for p in points if p[0] <= at]  # a clock set back drops what is ahead
+    if kept and at - kept[-1][0] > BACKLOG_MAX_GAP_S:
+        kept = []
+    kept = [*kept, (at, int(queue.measures["queue_waiting_jobs"]))][-(limits.growth_sweeps + 1) :]
+    found = judge_backlog_growth(kept, limits)
+    if found is None:
+        return results, kept
+    status, reason, rate = found
+    judged = queue.model_copy(
+        update={
+            "status": status if STATUS_RANK[status] > STATUS_RANK[queue.status] else queue.status,
+            "reason": f"{reason}; {queue.reason}",
+            "measures": {**queue.measures, "queue_backlog_growth_jobs_per_minute": round(rate, 1)},
+        }
+    )
+    return [*results[:index], judged, *results[index + 1 :]], kept

@@ -80,6 +80,18 @@ class HealthThresholds(BaseModel):
     queue_failed_degraded: int = Field(
         default=5000, ge=1, description="Failed jobs kept by one queue at or above: degraded."
     )
+    queue_growth_sweeps: int = Field(
+        default=5,
+        ge=2,
+        le=30,
+        description="The waiting jobs rising at each of this many sweeps in a row is a streak.",
+    )
+    queue_growth_degraded_jobs: int = Field(
+        default=1000, ge=1, description="A streak that added this many waiting jobs: degraded."
+    )
+    queue_growth_unhealthy_jobs: int = Field(
+        default=10_000, ge=1, description="A streak that added this many: unhealthy."
+    )
     redis_spend_buffer_degraded_bytes: int = Field(
         default=64 * 2**20,
         ge=1,
@@ -137,6 +149,12 @@ class HealthThresholds(BaseModel):
                 f"queue_wait_unhealthy_s ({self.queue_wait_unhealthy_s:g}) must be above "
                 f"queue_wait_degraded_s ({self.queue_wait_degraded_s:g}): raise the first or "
                 "lower the second"
+            )
+        if self.queue_growth_unhealthy_jobs <= self.queue_growth_degraded_jobs:
+            raise ValueError(
+                f"queue_growth_unhealthy_jobs ({self.queue_growth_unhealthy_jobs}) must be "
+                f"above queue_growth_degraded_jobs ({self.queue_growth_degraded_jobs}): raise "
+                "the first or lower the second"
             )
         return self
 

@@ -23,9 +23,11 @@ import httpx
 import pytest
 from prefect.variables import Variable
 
+from blocks.stack import Stack
 from devstack.core import PROJECT, Devstack
 from flows.health_sweep import HealthSweepConfig, SweepSummary, health_sweep
 from tasks.decisions.alerting import Silence, StackState
+from tasks.decisions.health import ServiceHealth
 from tasks.health import HealthThresholds
 from tasks.health_state import (
     read_status,
@@ -331,3 +333,54 @@ def test_a_probe_switched_off_in_the_stack_block_is_not_swept() -> None:
         for variable in (state_variable(name), status_variable(name), silences_variable(name)):
             Variable.unset(variable)
     assert [check.service for check in summary.checks] == ["langfuse-web"]
+
+
+@pytest.mark.usefixtures("traffic")
+def test_a_backlog_rising_sweep_after_sweep_is_degraded_before_it_ages(  # type: ignore[no-untyped-def]
+    fresh, devstack: Devstack
+) -> None:
+    """Traffic flowing, langfuse-worker told to stop consuming: the backlog rises at every
+    sweep and the sweep says so while the oldest job is still far from the age limit;
+    consuming again, the backlog drains and the queues are healthy."""
+    from tasks.health import run_checks
+
+    th = HealthThresholds(
+        litellm_requires_db=False,
+        queue_wait_degraded_s=3600,  # age alone would take an hour to tell
+        queue_wait_unhealthy_s=7200,
+        queue_growth_sweeps=3,
+        queue_growth_degraded_jobs=3,
+        queue_growth_unhealthy_jobs=100_000,
+    )
+    cfg = HealthSweepConfig(services=["langfuse-queues"], timeout_s=5.0, thresholds=th)
+    stack = Stack.load_stack(STACK)
+
+    def waiting() -> int:
+        (found,) = asyncio.run(run_checks(stack, 5.0, ["langfuse-queues"], th))
+        return int(found.measures["queue_waiting_jobs"])
+
+    def until(ok: Callable[[int], bool], what: str) -> None:
+        deadline = time.monotonic() + 90
+        while not ok(count := waiting()):
+            assert time.monotonic() < deadline, f"{what}: {count} waiting"
+            time.sleep(0.2)
+
+    worker = f"{devstack.url('langfuse_worker')}/__standin/fault"
+    httpx.post(worker, json={"mode": "stall"}, timeout=10).raise_for_status()
+    try:
+        seen: list[ServiceHealth] = []
+        for _ in range(4):
+            before = waiting()
+            until(lambda n, before=before: n > before, "the traffic adds jobs nobody takes")
+            (found,) = sweep(cfg).checks
+            seen.append(found)
+    finally:
+        httpx.post(worker, json={"mode": "ok"}, timeout=10).raise_for_status()
+    assert [f.status for f in seen] == ["healthy", "healthy", "healthy", "degraded"], seen
+    assert "the queues' backlog rose at each of the last 3 sweeps" in seen[-1].reason
+    assert "scale it or raise its concurrency" in seen[-1].reason
+    assert seen[-1].measures["queue_backlog_growth_jobs_per_minute"] > 0
+
+    until(lambda n: n == 0, "the worker drains the backlog")
+    (found,) = sweep(cfg).checks
+    assert found.status == "healthy", found

@@ -1,11 +1,21 @@
-"""The queue judge: age decides, the reason tells a stalled consumer from a slow one."""
+"""The queue judge: age decides, the reason tells a stalled consumer from a slow one; a
+backlog rising sweep after sweep is growth."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tasks.decisions.queues import QueueLimits, QueueStats, judge_queues
+from tasks.decisions.health import ServiceHealth
+from tasks.decisions.queues import (
+    GrowthLimits,
+    QueueLimits,
+    QueueStats,
+    judge_queues,
+    with_backlog_growth,
+)
 
 LIMITS = QueueLimits(wait_degraded_s=120, wait_unhealthy_s=600, failed_degraded=5000)
 
@@ -99,3 +109,67 @@ def test_status_follows_the_oldest_job_and_the_failed_count(queues: list[QueueSt
         assert status == "degraded"
     else:
         assert status == "healthy"
+
+
+# ---- growth across sweeps -----------------------------------------------------------------
+
+GROWTH = GrowthLimits(growth_sweeps=3, growth_degraded_jobs=300, growth_unhealthy_jobs=3000)
+T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+
+
+def queues_read(waiting: int, status: str = "healthy") -> ServiceHealth:
+    return ServiceHealth(
+        service="langfuse-queues",
+        status=status,  # type: ignore[arg-type]
+        latency_ms=3.0,
+        reason=f"1 queue(s): {waiting} waiting, 0 active, 0 failed",
+        measures={"queue_waiting_jobs": float(waiting)},
+    )
+
+
+def sweeps(counts: list[int], gap_s: int = 60) -> tuple[ServiceHealth, list[tuple[int, int]]]:
+    """Sweeps ``gap_s`` apart reading these backlogs; the last result and the backlog kept."""
+    kept: list[tuple[int, int]] = []
+    results: list[ServiceHealth] = []
+    for i, waiting in enumerate(counts):
+        at = T0 + timedelta(seconds=i * gap_s)
+        results, kept = with_backlog_growth([queues_read(waiting)], kept, at, GROWTH)
+    return results[0], kept
+
+
+def test_a_backlog_rising_at_every_sweep_is_degraded_then_unhealthy() -> None:
+    found, kept = sweeps([100, 300, 500, 700])
+    assert found.status == "degraded"
+    assert found.reason.startswith(
+        "the queues' backlog rose at each of the last 3 sweeps, 100 to 700 waiting "
+        "(200 jobs/min over 3 min): more jobs arrive than langfuse-worker completes"
+    )
+    assert found.reason.endswith("; 1 queue(s): 700 waiting, 0 active, 0 failed")
+    assert found.measures["queue_backlog_growth_jobs_per_minute"] == 200.0
+    assert len(kept) == 4  # no more than the streak needs
+    assert sweeps([0, 2000, 4000, 6000])[0].status == "unhealthy"
+    # sweeps run by hand within the same second count as well
+    assert sweeps([100, 300, 500, 700], gap_s=0)[0].status == "degraded"
+
+
+def test_a_burst_that_drains_small_growth_and_gaps_are_not_growth() -> None:
+    assert sweeps([0, 5000, 9000, 4000, 8000])[0].status == "healthy"  # fell once: no streak
+    assert sweeps([100, 150, 200, 250])[0].status == "healthy"  # rising, but only 150 jobs
+    # the monitor stopped for ten minutes between two points: the count starts again
+    assert sweeps([100, 300, 500, 700], gap_s=600)[0].status == "healthy"
+
+
+def test_the_worse_status_wins_and_an_unread_queue_breaks_the_streak() -> None:
+    kept: list[tuple[int, int]] = []
+    for i, waiting in enumerate([100, 300, 500]):
+        _, kept = with_backlog_growth(
+            [queues_read(waiting)], kept, T0 + timedelta(minutes=i), GROWTH
+        )
+    already = queues_read(700, status="unhealthy")
+    (found,), _ = with_backlog_growth([already], kept, T0 + timedelta(minutes=3), GROWTH)
+    assert found.status == "unhealthy" and "rose at each of the last 3 sweeps" in found.reason
+    unread = ServiceHealth(
+        service="langfuse-queues", status="unhealthy", latency_ms=1.0, reason="cannot read"
+    )
+    _, reset = with_backlog_growth([unread], kept, T0 + timedelta(minutes=3), GROWTH)
+    assert reset == []

@@ -164,10 +164,16 @@ def bench_probes(dev: Devstack, rounds: int) -> None:
     th = HealthThresholds(litellm_requires_db=False)
     stack = Stack.from_env(dev.env(), stack_name="devstack")
 
+    latency: dict[str, list[float]] = {}
+
     def measure(services: list[str]) -> tuple[float, float]:
         cpu, wall = time.process_time(), time.monotonic()
-        asyncio.run(run_checks(stack, 5.0, services, th))
-        return time.monotonic() - wall, time.process_time() - cpu
+        found = asyncio.run(run_checks(stack, 5.0, services, th))
+        took = time.monotonic() - wall, time.process_time() - cpu
+        if len(services) == len(SERVICES):
+            for r in found:
+                latency.setdefault(r.service, []).append(r.latency_ms)
+        return took
 
     rows: dict[str, list[tuple[float, float]]] = {"before": [], "all": []}
     with flowing(dev, 5.0):
@@ -189,6 +195,11 @@ def bench_probes(dev: Devstack, rounds: int) -> None:
     print(
         f"  ratio all / before                wall {med['all'][0] / med['before'][0]:6.2f}x   "
         f"CPU {med['all'][1] / med['before'][1]:6.2f}x  (goal <= 1.2x)"
+    )
+    slowest = sorted(latency.items(), key=lambda kv: -statistics.median(kv[1]))[:5]
+    print(
+        "  slowest checks (median ms)        "
+        + ", ".join(f"{name} {statistics.median(ms):.0f}" for name, ms in slowest)
     )
 
 
@@ -242,6 +253,74 @@ def bench_worker(dev: Devstack, runs: int) -> None:
     print(f"  CPU per sweep (worker + flow run)   {cpu:6.2f} s")
     cores = os.cpu_count() or 1
     print(f"  sweeps per 60 s this CPU allows     {60 * cores / cpu:6.0f} ({cores} cores)")
+
+
+def bench_worker_probes(dev: Devstack, runs: int) -> None:
+    """Through the real process worker, side by side: sweeps of the 10 earlier checks and
+    sweeps with every probe on, interleaved one at a time, traffic flowing; wall of the
+    flow run and CPU of worker + flow-run process per sweep."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Scheduled
+
+    from devstack.traffic import flowing
+    from flows.health_sweep import HealthSweepConfig
+    from tasks.decisions.health import SERVICES
+    from tasks.health import HealthThresholds
+
+    th = HealthThresholds(litellm_requires_db=False)
+    kinds = {"before": list(BEFORE_PROBES), "all": list(SERVICES)}
+    worker_pid = dev.state.pids["prefect_worker"]
+    rows: dict[str, list[tuple[float, float]]] = {k: [] for k in kinds}
+    with get_client(sync_client=True) as client, flowing(dev, 5.0):
+        ids = {
+            kind: _sweep_deployment(
+                client,
+                f"sweep-bench-{kind}",
+                {
+                    "stack": "devstack",
+                    "config": HealthSweepConfig(services=services, thresholds=th).model_dump(
+                        mode="json"
+                    ),
+                },
+            )
+            for kind, services in kinds.items()
+        }
+        try:
+            for i in range(runs + 1):
+                for kind in ("before", "all") if i % 2 else ("all", "before"):
+                    cpu0 = proc_cpu(worker_pid)
+                    run = client.create_flow_run_from_deployment(
+                        ids[kind], state=Scheduled(scheduled_time=datetime.now(UTC))
+                    )
+                    while True:
+                        run = client.read_flow_run(run.id)
+                        if run.state and run.state.is_final():
+                            break
+                        time.sleep(0.2)
+                    assert run.state_name == "Completed", run.state
+                    if i:  # the first pair warms both up
+                        wall = (run.end_time - run.start_time).total_seconds()
+                        rows[kind].append((wall, proc_cpu(worker_pid) - cpu0))
+        finally:
+            for deployment_id in ids.values():
+                client.delete_deployment(deployment_id)
+    med = {
+        k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v))
+        for k, v in rows.items()
+    }
+    print(
+        f"\n## probes through the real process worker (medians of {runs}, interleaved, traffic 5/s)"
+    )
+    print(
+        f"  {len(BEFORE_PROBES)} checks   run wall {med['before'][0]:6.2f} s   CPU {med['before'][1]:6.2f} s"
+    )
+    print(
+        f"  {len(SERVICES)} checks   run wall {med['all'][0]:6.2f} s   CPU {med['all'][1]:6.2f} s"
+    )
+    print(
+        f"  ratio all / before   wall {med['all'][0] / med['before'][0]:6.2f}x   "
+        f"CPU {med['all'][1] / med['before'][1]:6.2f}x  (goal <= 1.2x)"
+    )
 
 
 def bench_fifty(dev: Devstack) -> None:
@@ -384,7 +463,7 @@ def main() -> int:
     ap.add_argument("--retention-days", type=float, default=7)
     ap.add_argument(
         "--parts",
-        default="wall,probes,fifty,worker,fifty-worker,db",
+        default="wall,probes,fifty,worker,worker-probes,fifty-worker,db",
         help="which measurements, comma-separated",
     )
     opts = ap.parse_args()
@@ -405,6 +484,8 @@ def main() -> int:
         bench_fifty(dev)
     if "worker" in parts:
         bench_worker(dev, opts.runs)
+    if "worker-probes" in parts:
+        bench_worker_probes(dev, opts.runs)
     if "fifty-worker" in parts:
         bench_fifty_worker(dev)
     if "db" in parts:

@@ -4,6 +4,7 @@ drivers, and the HTTP helpers."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ssl
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -181,7 +182,9 @@ def reason_of(stack: Stack, error: BaseException | str) -> str:
 
 
 async def in_thread(fn: Callable[[], T]) -> T:
-    return await asyncio.get_running_loop().run_in_executor(BLOCKING, fn)
+    # the caller's context goes along (the sweep's shared clients: tasks/health/shared.py)
+    context = contextvars.copy_context()
+    return await asyncio.get_running_loop().run_in_executor(BLOCKING, context.run, fn)
 
 
 def percent(used: float, total: float) -> float:

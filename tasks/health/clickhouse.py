@@ -5,7 +5,6 @@ from __future__ import annotations
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from blocks.stack import Stack
-from tasks.clickhouse import clickhouse_client
 from tasks.errors import OpsError
 from tasks.health.base import (
     HealthThresholds,
@@ -17,6 +16,7 @@ from tasks.health.base import (
     percent,
     reason_of,
 )
+from tasks.health.shared import probe_clickhouse
 
 __all__ = ["check_clickhouse", "disk_reading"]
 
@@ -27,14 +27,11 @@ async def check_clickhouse(stack: Stack, timeout_s: float, th: HealthThresholds)
         return bad
 
     def query() -> tuple[int, int]:
-        client = clickhouse_client(stack, timeout_s, connect_timeout_s=timeout_s)
-        try:
+        with probe_clickhouse(stack, timeout_s) as client:
             client.command("SELECT 1")
             row = client.query("SELECT sum(free_space), sum(total_space) FROM system.disks")
             free, total = row.result_rows[0]
             return int(free), int(total)
-        finally:
-            client.close()
 
     try:
         free, total = await in_thread(query)

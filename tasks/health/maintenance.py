@@ -8,7 +8,6 @@ import psycopg
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from blocks.stack import Stack
-from tasks.clickhouse import clickhouse_client
 from tasks.decisions.maintenance import (
     ClickHouseStorage,
     PostgresMaintenance,
@@ -17,6 +16,7 @@ from tasks.decisions.maintenance import (
 )
 from tasks.errors import OpsError
 from tasks.health.base import HealthThresholds, Reading, in_thread, reason_of
+from tasks.health.shared import probe_clickhouse
 
 __all__ = [
     "check_clickhouse_storage",
@@ -82,8 +82,7 @@ async def check_postgres_maintenance(
 
 
 def clickhouse_storage(stack: Stack, timeout_s: float) -> ClickHouseStorage:
-    client = clickhouse_client(stack, timeout_s, connect_timeout_s=timeout_s)
-    try:
+    with probe_clickhouse(stack, timeout_s) as client:
         sizes = client.query(
             "SELECT database = 'system' AND match(table, '_log(_[0-9]+)?$') AS is_log, "
             "database || '.' || table AS name, sum(bytes_on_disk) AS bytes "
@@ -101,8 +100,6 @@ def clickhouse_storage(stack: Stack, timeout_s: float) -> ClickHouseStorage:
             "SELECT database || '.' || table || ' ' || mutation_id FROM system.mutations "
             "WHERE NOT is_done AND create_time < now() - INTERVAL 1 HOUR"
         ).result_rows
-    finally:
-        client.close()
     logs = [(str(name), int(size)) for is_log, name, size in sizes if is_log]
     largest = max(logs, key=lambda item: item[1], default=("", 0))
     return ClickHouseStorage(

@@ -11,10 +11,10 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 from psycopg import sql
 
 from blocks.stack import Stack
-from tasks.clickhouse import clickhouse_client
 from tasks.decisions.migrations import PrismaMigration, judge_migrations
 from tasks.errors import OpsError
 from tasks.health.base import HealthThresholds, Reading, in_thread, reason_of
+from tasks.health.shared import probe_clickhouse
 
 __all__ = ["check_migrations", "clickhouse_migration_state", "prisma_migrations"]
 
@@ -51,8 +51,7 @@ async def prisma_migrations(stack: Stack, timeout_s: float) -> list[PrismaMigrat
 def clickhouse_migration_state(stack: Stack, timeout_s: float) -> tuple[int | None, int | None]:
     """(newest version, the version if it is dirty) of golang-migrate's table; (None, None)
     when ClickHouse has no such table (not migrated by Langfuse)."""
-    client = clickhouse_client(stack, timeout_s, connect_timeout_s=timeout_s)
-    try:
+    with probe_clickhouse(stack, timeout_s) as client:
         exists = client.command(
             "SELECT count() FROM system.tables WHERE database = {db:String} "
             "AND name = 'schema_migrations'",
@@ -64,8 +63,6 @@ def clickhouse_migration_state(stack: Stack, timeout_s: float) -> tuple[int | No
             f"SELECT version, dirty FROM `{stack.clickhouse_database}`.schema_migrations "
             "ORDER BY sequence DESC LIMIT 1"
         ).result_rows
-    finally:
-        client.close()
     if not rows:
         return None, None
     version, dirty = int(rows[0][0]), int(rows[0][1])

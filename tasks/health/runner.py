@@ -25,6 +25,7 @@ from tasks.health.migrations import check_migrations
 from tasks.health.postgres import check_postgres
 from tasks.health.queues import check_langfuse_queues
 from tasks.health.redis import check_redis
+from tasks.health.shared import sweep_clients
 from tasks.health.web import (
     check_langfuse_web,
     check_langfuse_worker,
@@ -104,11 +105,12 @@ async def run_checks(
     if unknown:
         raise ValueError(f"unknown services {unknown}; known: {', '.join(SERVICES)}")
     th = thresholds or HealthThresholds()
-    return list(
-        await asyncio.gather(
-            *(run_check(name, PROBES[name], stack, timeout_s, th) for name in wanted)
+    with sweep_clients():  # one ClickHouse client for the probes that need one
+        return list(
+            await asyncio.gather(
+                *(run_check(name, PROBES[name], stack, timeout_s, th) for name in wanted)
+            )
         )
-    )
 
 
 @task(name="check-services", persist_result=False, timeout_seconds=30)

@@ -153,6 +153,37 @@ BEFORE_PROBES = (
 )
 
 
+def side_by_side(title: str, rows: dict[str, list[tuple[float, float]]], label: str) -> None:
+    """Medians of (wall, CPU) for the earlier checks and for every probe, and their ratio."""
+    from tasks.decisions.health import SERVICES
+
+    med = {
+        k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v))
+        for k, v in rows.items()
+    }
+    print(f"\n## {title}")
+    for kind, count in (("before", len(BEFORE_PROBES)), ("all", len(SERVICES))):
+        print(f"  {count} checks   {label} {med[kind][0]:6.3f} s   CPU {med[kind][1]:6.3f} s")
+    print(
+        f"  ratio all / before   wall {med['all'][0] / med['before'][0]:6.2f}x   "
+        f"CPU {med['all'][1] / med['before'][1]:6.2f}x  (goal <= 1.2x)"
+    )
+
+
+def run_to_end(client: Any, deployment_id: Any) -> Any:
+    """A run of the deployment scheduled now, read until it is final; it must complete."""
+    from prefect.states import Scheduled
+
+    run = client.create_flow_run_from_deployment(
+        deployment_id, state=Scheduled(scheduled_time=datetime.now(UTC))
+    )
+    while not (run.state and run.state.is_final()):
+        time.sleep(0.2)
+        run = client.read_flow_run(run.id)
+    assert run.state_name == "Completed", run.state
+    return run
+
+
 def bench_probes(dev: Devstack, rounds: int) -> None:
     """Wall and CPU seconds of one sweep's checks, without and with every probe, side by
     side, the Langfuse queue holding the traffic a live stack would put in it."""
@@ -181,20 +212,10 @@ def bench_probes(dev: Devstack, rounds: int) -> None:
         for _ in range(rounds):  # interleaved, so drift hits both alike
             rows["before"].append(measure(list(BEFORE_PROBES)))
             rows["all"].append(measure(list(SERVICES)))
-    print(f"\n## probes: one sweep's checks in-process (medians of {rounds}, traffic 5/s)")
-    med = {
-        k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v))
-        for k, v in rows.items()
-    }
-    print(
-        f"  {len(BEFORE_PROBES)} checks (before the probes)   wall {med['before'][0]:6.3f} s   CPU {med['before'][1]:6.3f} s"
-    )
-    print(
-        f"  {len(SERVICES)} checks (every probe on)     wall {med['all'][0]:6.3f} s   CPU {med['all'][1]:6.3f} s"
-    )
-    print(
-        f"  ratio all / before                wall {med['all'][0] / med['before'][0]:6.2f}x   "
-        f"CPU {med['all'][1] / med['before'][1]:6.2f}x  (goal <= 1.2x)"
+    side_by_side(
+        f"probes: one sweep's checks in-process (medians of {rounds}, traffic 5/s)",
+        rows,
+        "wall",
     )
     slowest = sorted(latency.items(), key=lambda kv: -statistics.median(kv[1]))[:5]
     print(
@@ -212,7 +233,6 @@ def proc_cpu(pid: int) -> float:
 
 def bench_worker(dev: Devstack, runs: int) -> None:
     from prefect.client.orchestration import get_client
-    from prefect.states import Scheduled
 
     from flows.health_sweep import HealthSweepConfig
     from tasks.health import HealthThresholds
@@ -230,15 +250,7 @@ def bench_worker(dev: Devstack, runs: int) -> None:
         cpu_before = proc_cpu(worker_pid)
         try:
             for _ in range(runs):
-                run = client.create_flow_run_from_deployment(
-                    deployment_id, state=Scheduled(scheduled_time=datetime.now(UTC))
-                )
-                while True:
-                    run = client.read_flow_run(run.id)
-                    if run.state and run.state.is_final():
-                        break
-                    time.sleep(0.2)
-                assert run.state_name == "Completed", run.state
+                run = run_to_end(client, deployment_id)
                 latencies.append((run.end_time - run.expected_start_time).total_seconds())
                 runtimes.append((run.end_time - run.start_time).total_seconds())
         finally:
@@ -260,7 +272,6 @@ def bench_worker_probes(dev: Devstack, runs: int) -> None:
     sweeps with every probe on, interleaved one at a time, traffic flowing; wall of the
     flow run and CPU of worker + flow-run process per sweep."""
     from prefect.client.orchestration import get_client
-    from prefect.states import Scheduled
 
     from devstack.traffic import flowing
     from flows.health_sweep import HealthSweepConfig
@@ -289,37 +300,17 @@ def bench_worker_probes(dev: Devstack, runs: int) -> None:
             for i in range(runs + 1):
                 for kind in ("before", "all") if i % 2 else ("all", "before"):
                     cpu0 = proc_cpu(worker_pid)
-                    run = client.create_flow_run_from_deployment(
-                        ids[kind], state=Scheduled(scheduled_time=datetime.now(UTC))
-                    )
-                    while True:
-                        run = client.read_flow_run(run.id)
-                        if run.state and run.state.is_final():
-                            break
-                        time.sleep(0.2)
-                    assert run.state_name == "Completed", run.state
+                    run = run_to_end(client, ids[kind])
                     if i:  # the first pair warms both up
                         wall = (run.end_time - run.start_time).total_seconds()
                         rows[kind].append((wall, proc_cpu(worker_pid) - cpu0))
         finally:
             for deployment_id in ids.values():
                 client.delete_deployment(deployment_id)
-    med = {
-        k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v))
-        for k, v in rows.items()
-    }
-    print(
-        f"\n## probes through the real process worker (medians of {runs}, interleaved, traffic 5/s)"
-    )
-    print(
-        f"  {len(BEFORE_PROBES)} checks   run wall {med['before'][0]:6.2f} s   CPU {med['before'][1]:6.2f} s"
-    )
-    print(
-        f"  {len(SERVICES)} checks   run wall {med['all'][0]:6.2f} s   CPU {med['all'][1]:6.2f} s"
-    )
-    print(
-        f"  ratio all / before   wall {med['all'][0] / med['before'][0]:6.2f}x   "
-        f"CPU {med['all'][1] / med['before'][1]:6.2f}x  (goal <= 1.2x)"
+    side_by_side(
+        f"probes through the real process worker (medians of {runs}, interleaved, traffic 5/s)",
+        rows,
+        "run wall",
     )
 
 
@@ -348,7 +339,6 @@ def bench_fifty(dev: Devstack) -> None:
 def bench_fifty_worker(dev: Devstack, count: int = 50) -> None:
     """One flow run on the real worker sweeping ``count`` stacks (``more_stacks``)."""
     from prefect.client.orchestration import get_client
-    from prefect.states import Scheduled
     from prefect.variables import Variable
 
     from blocks.stack import Stack
@@ -369,15 +359,7 @@ def bench_fifty_worker(dev: Devstack, count: int = 50) -> None:
         try:
             for _ in range(2):
                 cpu_before = proc_cpu(worker_pid)
-                run = client.create_flow_run_from_deployment(
-                    deployment_id, state=Scheduled(scheduled_time=datetime.now(UTC))
-                )
-                while True:
-                    run = client.read_flow_run(run.id)
-                    if run.state and run.state.is_final():
-                        break
-                    time.sleep(0.2)
-                assert run.state_name == "Completed", run.state
+                run = run_to_end(client, deployment_id)
                 rows.append(
                     (
                         (run.end_time - run.expected_start_time).total_seconds(),

@@ -28,6 +28,11 @@ from typing import Any
 
 QUEUE = "ingestion-queue"
 PREFIX = "bull"
+# How long an idle worker blocks on the queue's marker before it looks again (bullmq's
+# default is 5 s). Measured on the devstack with the default: now and then the worker
+# missed a job's wake-up and took it only when the next job arrived, 20-45 s later, so a
+# deploy-verify canary's trace looked lost. With 1 s every trace was stored within the second.
+DRAIN_DELAY_S = 1
 JOB_OPTS = {"removeOnComplete": True, "removeOnFail": 10_000, "attempts": 3}
 
 
@@ -100,7 +105,12 @@ class Consumer:
         self._worker = Worker(
             QUEUE,
             self._process,
-            {"connection": self._url, "prefix": PREFIX, "concurrency": self._concurrency},
+            {
+                "connection": self._url,
+                "prefix": PREFIX,
+                "concurrency": self._concurrency,
+                "drainDelay": DRAIN_DELAY_S,
+            },
         )
 
     async def _process(self, job: Any, token: str) -> str:

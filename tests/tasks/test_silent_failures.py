@@ -1,11 +1,13 @@
 """Probes of the failures where every service says it is up, each fault made for real on
 the devstack: a Prisma migration failed or left unfinished, a dirty ClickHouse migration,
 a transaction left open, ClickHouse's ``system.query_log`` grown past the data (the
-engine's real system log table, configured as a ClickHouse server has it)."""
+engine's real system log table, configured as a ClickHouse server has it), Redis set to
+evict, LiteLLM's spend buffer left to grow."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import time
 import uuid
@@ -139,3 +141,46 @@ def test_system_logs_grown_past_the_data_are_reported_with_the_fix(
     finally:
         client.command("TRUNCATE TABLE IF EXISTS system.query_log")
         client.close()
+
+
+def test_an_evicting_redis_is_degraded_naming_langfuses_requirement(stack: Any) -> None:
+    client = stack.redis(timeout_s=5)
+    before = client.config_get("maxmemory-policy")["maxmemory-policy"]
+    assert before == "noeviction"
+    client.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        found = probe(stack, "redis")
+    finally:
+        client.config_set("maxmemory-policy", before)
+        client.close()
+    assert found.status == "degraded"
+    assert "maxmemory-policy is allkeys-lru: Langfuse requires noeviction" in found.reason
+    assert found.reason.endswith("; set maxmemory-policy noeviction")
+    assert probe(stack, "redis").status == "healthy"
+
+
+def test_a_spend_buffer_litellm_stopped_draining_is_degraded_naming_the_key(stack: Any) -> None:
+    # LiteLLM pushes spend updates onto a Redis list its writer drains into Postgres; a
+    # writer that stopped lets the list grow (litellm#29017). Made here the way LiteLLM
+    # fills it: entries pushed, none popped.
+    client = stack.redis(timeout_s=10)
+    key = "litellm_spend_update_buffer"
+    entry = '{"spend": 0.0001, "key": "' + "x" * 1000 + '"}'
+    try:
+        pipe = client.pipeline(transaction=False)
+        for _ in range(4000):
+            pipe.rpush(key, entry)
+        pipe.execute()
+        small = HealthThresholds(
+            litellm_requires_db=False, redis_spend_buffer_degraded_bytes=2 * 2**20
+        )
+        found = probe(stack, "redis", small)
+    finally:
+        client.delete(key)
+        client.close()
+    assert found.status == "degraded"
+    assert re.search(f"LiteLLM's spend buffer {key} holds [0-9]+ MiB", found.reason)
+    assert "litellm#29017" in found.reason
+    assert found.measures["redis_spend_buffer_bytes"] >= 2 * 2**20
+    after = probe(stack, "redis", small)
+    assert after.status == "healthy" and after.measures["redis_spend_buffer_bytes"] == 0

@@ -38,6 +38,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import VariableFilter, VariableFilterName
+from prefect.client.schemas.objects import Variable
 from pydantic import ValidationError
 
 from tasks.decisions.capacity import StoreHistory
@@ -59,6 +61,7 @@ __all__ = [
 STATUS_VALUE: dict[str, int] = {"healthy": 0, "degraded": 1, "unhealthy": 2}
 CACHE_S = 5.0
 CAPACITY_EVERY_S = 60.0  # the capacity flow runs daily; its Variables change rarely
+CAPACITY_PAGE = 200  # Variables per request: the server refuses more than its default limit, 200
 FIRST_READ_WAIT_S = 2.0
 
 
@@ -144,26 +147,28 @@ class StatusReader:
     def _read_capacity(self) -> list[StoreHistory]:
         """Every capacity Variable (``capacity-<stack>-<store>``) of the served stacks."""
         found: list[StoreHistory] = []
+        # The client reads Variables only without a filter: the filter body is built
+        # from Prefect's own schema, so a renamed field fails here, not silently.
+        names = VariableFilter(name=VariableFilterName(like_="capacity-"))
         with get_client(sync_client=True) as client:
             offset = 0
             while True:
-                page = client.request(
-                    "POST",
-                    "/variables/filter",
-                    json={
-                        "variables": {"name": {"like_": "capacity-"}},
-                        "limit": 200,
-                        "offset": offset,
-                    },
-                ).json()
+                body = {
+                    "variables": names.model_dump(mode="json", exclude_unset=True),
+                    "limit": CAPACITY_PAGE,
+                    "offset": offset,
+                }
+                page = Variable.model_validate_list(
+                    client.request("POST", "/variables/filter", json=body).json()
+                )
                 for variable in page:
                     with contextlib.suppress(ValidationError, TypeError):
-                        history = StoreHistory.model_validate(variable.get("value"))
+                        history = StoreHistory.model_validate(variable.value)
                         if history.stack in self.stacks and history.store and history.points:
                             found.append(history)
-                if len(page) < 200:
+                if len(page) < CAPACITY_PAGE:
                     return sorted(found, key=lambda h: (h.stack, h.store))
-                offset += 200
+                offset += CAPACITY_PAGE
 
 
 def health_body(

@@ -23,6 +23,8 @@ import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
 from prefect.client.schemas.objects import FlowRun
+from prefect.exceptions import ObjectNotFound
+from prefect.states import Cancelled
 from prefect.variables import Variable
 
 from deployments.automations import automation_names
@@ -73,31 +75,47 @@ async def _runs(deployment_id: UUID) -> list[FlowRun]:
         )
 
 
+async def _stop_scheduling(deployment_ids: dict[str, UUID]) -> list[str]:
+    """Pauses the deployments and cancels their runs that have not started.
+
+    Pausing stops the scheduler and deletes the auto-scheduled runs; a run waiting for a
+    concurrency slot or made late survives it, so it is cancelled here. The deployments
+    stay until every started run has ended: a run whose deployment is gone fails before
+    its flow starts (the server logs errors on its state) and can stay Pending. Returns
+    the runs that were not over, so a clean pass means none started meanwhile.
+    """
+    busy = []
+    async with get_client() as client:
+        for deployment_id in deployment_ids.values():
+            with contextlib.suppress(ObjectNotFound):
+                await client.pause_deployment(deployment_id)
+            for run in await _runs(deployment_id):
+                if run.state is None or run.state.is_final():
+                    continue
+                busy.append(f"{run.name} ({run.state.name})")
+                if run.state.is_scheduled():
+                    await client.set_flow_run_state(run.id, Cancelled(message="test ended"))
+    return busy
+
+
 async def _remove(stack: str, deployment_ids: dict[str, UUID]) -> None:
     async with get_client() as client:
-        # Deleting a deployment deletes its scheduled runs: nothing new starts.
         for deployment_id in deployment_ids.values():
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(ObjectNotFound):
                 await client.delete_deployment(deployment_id)
         for name in automation_names(stack):
             for automation in await client.read_automations_by_name(name):
                 await client.delete_automation(automation.id)
 
 
-def _wait_until_idle(deployment_ids: dict[str, UUID]) -> None:
+def _end_runs(deployment_ids: dict[str, UUID]) -> None:
     """Runs already started finish before the next test (a backup prunes its stack)."""
     deadline = time.monotonic() + DEADLINE_S
-    while time.monotonic() < deadline:
-        busy = [
-            run
-            for deployment_id in deployment_ids.values()
-            for run in asyncio.run(_runs(deployment_id))
-            if run.state is not None and not run.state.is_final() and not run.state.is_scheduled()
-        ]
-        if not busy:
-            return
+    busy = asyncio.run(_stop_scheduling(deployment_ids))
+    while busy and time.monotonic() < deadline:
         time.sleep(2)
-    raise AssertionError("runs of the scheduled stack still running after the test")
+        busy = asyncio.run(_stop_scheduling(deployment_ids))
+    assert not busy, f"runs of the scheduled stack still running after the test: {busy}"
 
 
 @pytest.fixture
@@ -108,8 +126,10 @@ def scheduled_stack(devstack: Devstack) -> Iterator[str]:
         yield stack
     finally:
         ids = asyncio.run(_deployment_ids(stack))
-        asyncio.run(_remove(stack, ids))
-        _wait_until_idle(ids)
+        try:
+            _end_runs(ids)
+        finally:
+            asyncio.run(_remove(stack, ids))
         s3 = devstack.minio_client()
         for obj in s3.list_objects("backups", prefix=f"{stack}/", recursive=True):
             if obj.object_name:

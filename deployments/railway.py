@@ -160,6 +160,21 @@ class Template(BaseModel):
     services: dict[str, Service]
 
 
+# Service fields read from a ``deploy`` table: railway.toml and the graph share its keys.
+_DEPLOY_KEYS = {
+    "start_command": "startCommand",
+    "restart_policy": "restartPolicyType",
+    "restart_retries": "restartPolicyMaxRetries",
+    "healthcheck": "healthcheckPath",
+    "healthcheck_timeout": "healthcheckTimeout",
+    "replicas": "numReplicas",
+}
+
+
+def _deploy_fields(deploy: Mapping[str, Any]) -> dict[str, Any]:
+    return {field: deploy.get(key) for field, key in _DEPLOY_KEYS.items()}
+
+
 def parse_template(data: Mapping[str, Any]) -> Template:
     """The services of a parsed railway.toml (``[[services]]`` with their sub-tables)."""
     services: dict[str, Service] = {}
@@ -176,15 +191,10 @@ def parse_template(data: Mapping[str, Any]) -> Template:
             name=name,
             public=bool(body.get("networking", {}).get("public", False)),
             env=env,
-            start_command=body.get("deploy", {}).get("startCommand"),
             image=body.get("source", {}).get("image"),
             dockerfile=body.get("build", {}).get("dockerfilePath"),
             volume=body.get("volume", {}).get("mountPath"),
-            restart_policy=body.get("deploy", {}).get("restartPolicyType"),
-            restart_retries=body.get("deploy", {}).get("restartPolicyMaxRetries"),
-            healthcheck=body.get("deploy", {}).get("healthcheckPath"),
-            healthcheck_timeout=body.get("deploy", {}).get("healthcheckTimeout"),
-            replicas=body.get("deploy", {}).get("numReplicas"),
+            **_deploy_fields(body.get("deploy", {})),
         )
     return Template(services=services)
 
@@ -441,21 +451,15 @@ def template_from_graph(
                 problems.append(read)
             else:
                 env[var_name] = read
-        deploy = node.get("deploy") or {}
         mounts = list((node.get("volumeAttachments") or {}).values())
         services[name] = Service(
             name=name,
             public=name in public,
             env=env,
-            start_command=deploy.get("startCommand"),
             image=(node.get("source") or {}).get("image"),
             dockerfile=(node.get("build") or {}).get("dockerfilePath"),
             volume=mounts[0]["mountPath"] if mounts else None,
-            restart_policy=deploy.get("restartPolicyType"),
-            restart_retries=deploy.get("restartPolicyMaxRetries"),
-            healthcheck=deploy.get("healthcheckPath"),
-            healthcheck_timeout=deploy.get("healthcheckTimeout"),
-            replicas=deploy.get("numReplicas"),
+            **_deploy_fields(node.get("deploy") or {}),
         )
     return Template(services=services), problems
 

@@ -170,6 +170,9 @@ def side_by_side(title: str, rows: dict[str, list[tuple[float, float]]], label: 
     )
 
 
+RUN_DEADLINE_S = 300.0  # one sweep through the worker takes seconds
+
+
 def run_to_end(client: Any, deployment_id: Any) -> Any:
     """A run of the deployment scheduled now, read until it is final; it must complete."""
     from prefect.states import Scheduled
@@ -177,7 +180,12 @@ def run_to_end(client: Any, deployment_id: Any) -> Any:
     run = client.create_flow_run_from_deployment(
         deployment_id, state=Scheduled(scheduled_time=datetime.now(UTC))
     )
+    deadline = time.monotonic() + RUN_DEADLINE_S
     while not (run.state and run.state.is_final()):
+        if time.monotonic() > deadline:
+            raise SystemExit(
+                f"run {run.name} not over after {RUN_DEADLINE_S:g} s: is the worker up?"
+            )
         time.sleep(0.2)
         run = client.read_flow_run(run.id)
     assert run.state_name == "Completed", run.state

@@ -18,7 +18,8 @@ while starting, when any stack is unhealthy or its latest sweep is older than
 ``/metrics`` also serves the latest forecast of the daily ``capacity`` flow, read from its
 per-store Variables every ``CAPACITY_EVERY_S``: ``ops_capacity_bytes``,
 ``ops_capacity_limit_bytes``, ``ops_capacity_growth_bytes_per_day`` and
-``ops_capacity_days_until_full`` per store, so a dashboard can draw days until full.
+``ops_capacity_days_until_full`` per store, so a dashboard can draw days until full, and
+``ops_capacity_latest_day_timestamp_seconds`` per stack, so a stopped flow shows.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -61,6 +62,7 @@ __all__ = [
 STATUS_VALUE: dict[str, int] = {"healthy": 0, "degraded": 1, "unhealthy": 2}
 CACHE_S = 5.0
 CAPACITY_EVERY_S = 60.0  # the capacity flow runs daily; its Variables change rarely
+CAPACITY_DROPPED_AFTER_DAYS = 2  # the capacity flow runs daily
 CAPACITY_PAGE = 200  # Variables per request: the server refuses more than its default limit, 200
 FIRST_READ_WAIT_S = 2.0
 
@@ -85,6 +87,7 @@ class StatusReader:
         self._stop = threading.Event()
         self._capacity: list[StoreHistory] = []
         self._capacity_read_at: float | None = None
+        self._capacity_error: str | None = None
 
     def start(self) -> None:
         threading.Thread(target=self._loop, name="status-reader", daemon=True).start()
@@ -138,17 +141,37 @@ class StatusReader:
             self._answered = True
         now = time.monotonic()
         if self._capacity_read_at is None or now - self._capacity_read_at >= CAPACITY_EVERY_S:
-            # ValueError: a body that is not JSON; the health docs above stand regardless.
-            with contextlib.suppress(httpx.HTTPError, OSError, ValueError):
+            # The health docs above stand regardless; the last forecasts read stay served.
+            try:
                 stores = self._read_capacity()
-                with self._lock:
-                    self._capacity, self._capacity_read_at = stores, now
+            except (httpx.HTTPError, OSError, ValueError) as exc:  # ValueError: not JSON
+                self._capacity_failed(exc)
+                return
+            self._capacity_failed(None)
+            with self._lock:
+                self._capacity, self._capacity_read_at = stores, now
+
+    def _capacity_failed(self, exc: Exception | None) -> None:
+        """Says once in the service's log that the forecasts are not read, and why."""
+        error = None
+        if exc is not None:
+            status = getattr(getattr(exc, "response", None), "status_code", None)
+            error = type(exc).__name__ + (f" (HTTP {status})" if status else "")
+        if error != self._capacity_error:
+            print(
+                f"capacity forecasts not read from the Prefect API: {error}"
+                if error
+                else "capacity forecasts read again",
+                file=sys.stderr,
+                flush=True,
+            )
+        self._capacity_error = error
 
     def _read_capacity(self) -> list[StoreHistory]:
         """Every capacity Variable (``capacity-<stack>-<store>``) of the served stacks."""
         found: list[StoreHistory] = []
-        # The client reads Variables only without a filter: the filter body is built
-        # from Prefect's own schema, so a renamed field fails here, not silently.
+        # Prefect's client reads Variables only without a filter; the filter is built
+        # from Prefect's own schema rather than written by hand.
         names = VariableFilter(name=VariableFilterName(like_="capacity-"))
         with get_client(sync_client=True) as client:
             offset = 0
@@ -167,8 +190,26 @@ class StatusReader:
                         if history.stack in self.stacks and history.store and history.points:
                             found.append(history)
                 if len(page) < CAPACITY_PAGE:
-                    return sorted(found, key=lambda h: (h.stack, h.store))
+                    return sorted(measured(found), key=lambda h: (h.stack, h.store))
                 offset += CAPACITY_PAGE
+
+
+def measured(histories: Sequence[StoreHistory]) -> list[StoreHistory]:
+    """The stores the latest capacity run of their stack measured.
+
+    A store whose latest point is more than ``CAPACITY_DROPPED_AFTER_DAYS`` older than its
+    stack's newest (a table that left the largest tables, a bucket removed) keeps its
+    Variable, so its history goes on if it comes back, but is not served as current."""
+    newest: dict[str, date] = {}
+    for h in histories:
+        day = date.fromisoformat(h.points[-1][0])
+        newest[h.stack] = max(day, newest.get(h.stack, day))
+    return [
+        h
+        for h in histories
+        if (newest[h.stack] - date.fromisoformat(h.points[-1][0])).days
+        <= CAPACITY_DROPPED_AFTER_DAYS
+    ]
 
 
 def health_body(
@@ -297,6 +338,22 @@ def metrics_text(
         ]
         if lines:
             families.append((metric, "gauge", help_text, lines))
+    latest: dict[str, date] = {}
+    for h in capacity:
+        day = date.fromisoformat(h.points[-1][0])
+        latest[h.stack] = max(day, latest.get(h.stack, day))
+    if latest:
+        metric = "ops_capacity_latest_day_timestamp_seconds"
+        help_text = (
+            "Start (UTC) of the day of the stack's latest capacity point; over 2 days old, "
+            "the daily capacity flow has stopped and the forecasts are stale."
+        )
+        lines = [
+            f'{metric}{{stack="{_label(stack)}"}} '
+            f"{datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()!r}"
+            for stack, day in sorted(latest.items())
+        ]
+        families.append((metric, "gauge", help_text, lines))
     for metric, (field, help_text) in CAPACITY_GAUGES.items():
         lines = [
             f'{metric}{{stack="{_label(h.stack)}",store="{_label(h.store)}"}} {value!r}'

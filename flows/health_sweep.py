@@ -241,6 +241,7 @@ async def _check_and_tell(
             growth_sweeps=th.queue_growth_sweeps,
             growth_degraded_jobs=th.queue_growth_degraded_jobs,
             growth_unhealthy_jobs=th.queue_growth_unhealthy_jobs,
+            max_gap_s=th.queue_growth_max_gap_s,
         ),
     )
     decision = decide(inputs.state, results, now, config.policy, inputs.silences)

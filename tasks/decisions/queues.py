@@ -32,7 +32,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from tasks.decisions.health import STATUS_RANK, HealthStatus, ServiceHealth
 
 __all__ = [
-    "BACKLOG_MAX_GAP_S",
     "GrowthLimits",
     "QueueLimits",
     "QueueStats",
@@ -40,9 +39,6 @@ __all__ = [
     "judge_queues",
     "with_backlog_growth",
 ]
-
-# Points further apart than this (the monitor was stopped) start the backlog's count again.
-BACKLOG_MAX_GAP_S = 300
 
 
 class QueueStats(BaseModel):
@@ -131,6 +127,11 @@ class GrowthLimits(BaseModel):
     growth_sweeps: int = Field(ge=2, le=30)
     growth_degraded_jobs: int = Field(ge=1)
     growth_unhealthy_jobs: int = Field(ge=1)
+    max_gap_s: int = Field(
+        default=300,
+        ge=1,
+        description="Points further apart (the monitor was stopped) start the count again.",
+    )
 
 
 Backlog = list[tuple[int, int]]  # (epoch seconds, jobs waiting in all queues), oldest first
@@ -173,7 +174,7 @@ def with_backlog_growth(
     queue = results[index]
     at = int(now.timestamp())
     kept = [p for p in points if p[0] <= at]  # a clock set back drops what is ahead
-    if kept and at - kept[-1][0] > BACKLOG_MAX_GAP_S:
+    if kept and at - kept[-1][0] > limits.max_gap_s:
         kept = []
     kept = [*kept, (at, int(queue.measures["queue_waiting_jobs"]))][-(limits.growth_sweeps + 1) :]
     found = judge_backlog_growth(kept, limits)

@@ -93,6 +93,13 @@ class HealthThresholds(BaseModel):
     queue_growth_unhealthy_jobs: int = Field(
         default=10_000, ge=1, description="A streak that added this many: unhealthy."
     )
+    queue_growth_max_gap_s: int = Field(
+        default=300,
+        ge=60,
+        description="Sweeps further apart than this (the monitor was stopped) start the "
+        "streak again. Keep it above the sweep's interval: with OPS_HEALTH_SWEEP_CRON "
+        "slower than every 4 minutes, raise it (e.g. 900 for every 5 minutes).",
+    )
     redis_spend_buffer_degraded_bytes: int = Field(
         default=64 * 2**20,
         ge=1,

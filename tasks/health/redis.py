@@ -1,12 +1,14 @@
 """Redis: PING, memory against maxmemory, the eviction policy Langfuse needs, the AOF, and
-LiteLLM's spend buffers (keys LiteLLM fills and its spend writer drains into Postgres; a
-writer that stopped lets them grow until Redis is full: litellm#29017)."""
+LiteLLM's spend buffers (with ``use_redis_transaction_buffer: true`` in its
+general_settings, LiteLLM queues spend updates in these keys and one instance drains them
+into Postgres; a writer that stopped lets them grow until Redis is full: litellm#29017).
+Without that setting the keys never exist and the check reads nothing."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from redis.exceptions import AuthenticationError, RedisError
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 from blocks.stack import Stack
 from tasks.decisions.health import STATUS_RANK
@@ -46,7 +48,10 @@ async def check_redis(stack: Stack, timeout_s: float, th: HealthThresholds) -> R
         memory: dict[str, Any] = await client.info("memory")
         persistence: dict[str, Any] = await client.info("persistence")
         stats: dict[str, Any] = await client.info("stats")
-        buffers = await spend_buffers(client)
+        try:
+            buffers: dict[str, int] | None = await spend_buffers(client)
+        except ResponseError:  # MEMORY USAGE refused (an ACL, a managed Redis)
+            buffers = None
     except AuthenticationError:
         return Reading("unhealthy", "authentication refused: check REDIS_PASSWORD")
     except (RedisError, OSError) as exc:
@@ -61,6 +66,7 @@ async def check_redis(stack: Stack, timeout_s: float, th: HealthThresholds) -> R
         policy=str(memory.get("maxmemory_policy", "noeviction")),
         evicted=int(stats.get("evicted_keys", 0)),
         buffers=buffers,
+        buffers_read=buffers is not None,
     )
 
 
@@ -73,12 +79,16 @@ def redis_reading(
     policy: str = "noeviction",
     evicted: int = 0,
     buffers: dict[str, int] | None = None,
+    buffers_read: bool = True,
 ) -> Reading:
     """Memory against maxmemory (0 = no limit), the eviction policy (Langfuse's queues
     need ``noeviction``: an evicted job is lost), the AOF status, and LiteLLM's spend
-    buffers (bytes per key) against ``th.redis_spend_buffer_degraded_bytes``."""
+    buffers (bytes per key) against ``th.redis_spend_buffer_degraded_bytes``; not read when
+    Redis refused ``MEMORY USAGE``, which the summary says."""
     buffers = buffers or {}
     summary = f"PING ok, {used / 2**20:.0f} MiB used"
+    if not buffers_read:
+        summary += ", LiteLLM's spend buffers unread (MEMORY USAGE refused)"
     problems: list[Reading] = []
     if policy != "noeviction":
         problems.append(
@@ -117,8 +127,9 @@ def redis_reading(
         "redis_used_memory_bytes": float(used),
         "redis_maxmemory_bytes": float(limit),
         "redis_evicted_keys": float(evicted),
-        "redis_spend_buffer_bytes": float(sum(buffers.values())),
     }
+    if buffers_read:
+        measures["redis_spend_buffer_bytes"] = float(sum(buffers.values()))
     if problems:
         worst = max(problems, key=lambda v: STATUS_RANK[v.status])
         reason = ", ".join([summary, *(p.reason for p in problems)])

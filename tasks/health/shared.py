@@ -26,28 +26,38 @@ __all__ = ["probe_clickhouse", "sweep_clients"]
 
 class _SharedClickHouse:
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one connect at a time; never taken by close()
         self._client: Client | None = None
         self._error: BaseException | None = None
+        self._closed = False
 
     def get(self, stack: Stack, timeout_s: float) -> Client:
         with self._lock:
+            if self._closed:
+                raise RuntimeError("the sweep ended before this probe connected")
             if self._error is not None:
                 raise self._error
             if self._client is None:
                 try:
-                    self._client = clickhouse_client(stack, timeout_s, connect_timeout_s=timeout_s)
+                    client = clickhouse_client(stack, timeout_s, connect_timeout_s=timeout_s)
                 except Exception as exc:
                     self._error = exc
                     raise
+                self._client = client
+                if self._closed:  # the sweep ended during the connect: nobody else closes it
+                    self.close()
+                    raise RuntimeError("the sweep ended before this probe connected")
             return self._client
 
     def close(self) -> None:
-        with self._lock:
-            if self._client is not None:
-                with contextlib.suppress(Exception):
-                    self._client.close()
-            self._client = None
+        """Closes the client without waiting for a connect in progress (a hanging
+        ClickHouse holds one until its timeout; the sweep's loop must not): that connect
+        closes its own client when it ends."""
+        self._closed = True
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
 
 
 _SWEEP: ContextVar[_SharedClickHouse | None] = ContextVar("sweep_clickhouse", default=None)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -121,9 +122,11 @@ def test_capacity_forecasts_are_gauges_of_the_served_stacks_only(devstack: Devst
     from tasks.capacity import history_variable
     from tasks.decisions.capacity import StoreHistory
 
-    def history(stack: str, store: str, days: float | None) -> StoreHistory:
+    def history(
+        stack: str, store: str, days: float | None, last_day: str = "2026-12-01"
+    ) -> StoreHistory:
         return StoreHistory(
-            points=[("2026-11-30", 900 * 2**20), ("2026-12-01", 1000 * 2**20)],
+            points=[("2026-11-20", 900 * 2**20), (last_day, 1000 * 2**20)],
             stack=stack,
             store=store,
             limit=2000 * 2**20 if days is not None else None,
@@ -136,6 +139,10 @@ def test_capacity_forecasts_are_gauges_of_the_served_stacks_only(devstack: Devst
             "capgauge", "postgres.railway", 10.0
         ),
         history_variable("capgauge", "s3.backups"): history("capgauge", "s3.backups", None),
+        # a table that left the largest tables on Nov 25: its Variable stays, not current
+        history_variable("capgauge", "postgres.table.old"): history(
+            "capgauge", "postgres.table.old", 5.0, last_day="2026-11-25"
+        ),
         history_variable("capgauge-other", "redis.memory"): history(
             "capgauge-other", "redis.memory", 1.0
         ),
@@ -170,3 +177,7 @@ def test_capacity_forecasts_are_gauges_of_the_served_stacks_only(devstack: Devst
     )
     assert "# TYPE ops_capacity_days_until_full gauge" in lines
     assert "capgauge-other" not in text  # a stack this server does not serve
+    assert "postgres.table.old" not in text
+    # when the stack was last measured, so a stopped capacity flow can be alerted on
+    day = datetime(2026, 12, 1, tzinfo=UTC).timestamp()
+    assert f'ops_capacity_latest_day_timestamp_seconds{{stack="capgauge"}} {day!r}' in lines

@@ -1,5 +1,6 @@
 """The certificate probe against real TLS endpoints on 127.0.0.1, with certificates made
-for the test by a private CA: 10 days from expiry, 60 days, and one nobody trusts."""
+for the test by a private CA: 10 days from expiry, 60 days, and one nobody trusts. The
+probe runs for the devstack's stack while traffic flows through it, as in a sweep."""
 
 from __future__ import annotations
 
@@ -21,21 +22,7 @@ from cryptography.x509.oid import NameOID
 from blocks.stack import Stack
 from tasks.health import HealthThresholds, run_checks
 
-ENV = {
-    "DATABASE_URL": "postgresql://u:p@127.0.0.1:1/d",
-    "CLICKHOUSE_URL": "http://127.0.0.1:1",
-    "CLICKHOUSE_PASSWORD": "x",
-    "REDIS_HOST": "127.0.0.1",
-    "MINIO_ENDPOINT": "http://127.0.0.1:1",
-    "MINIO_ROOT_USER": "a",
-    "MINIO_ROOT_PASSWORD": "b",
-    "LITELLM_URL": "http://127.0.0.1:1",
-    "LITELLM_MASTER_KEY": "sk-test",
-    "LANGFUSE_URL": "http://127.0.0.1:1",
-    "LANGFUSE_WORKER_URL": "http://127.0.0.1:1",
-    "LANGFUSE_PUBLIC_KEY": "pk-lf-test",
-    "LANGFUSE_SECRET_KEY": "sk-lf-test",
-}
+pytestmark = pytest.mark.usefixtures("traffic")
 
 
 def _name(common: str) -> x509.Name:
@@ -119,14 +106,14 @@ def probe(stack: Stack) -> tuple[str, str]:
 
 
 def test_certificates_near_expiry_are_degraded_and_untrusted_ones_unhealthy(
-    tls_server: object,
+    tls_server: object, stack: Stack
 ) -> None:
     start = tls_server
     soon, ca_soon = start(10)  # type: ignore[operator]
     later, ca_later = start(60)  # type: ignore[operator]
     bundle = Path(ca_soon).parent / "bundle.pem"
     bundle.write_text(Path(ca_soon).read_text() + Path(ca_later).read_text())
-    stack = Stack.from_env({**ENV, "PUBLIC_URLS": f"{soon},{later}", "TLS_CA_FILE": str(bundle)})
+    stack = stack.model_copy(update={"public_urls": [soon, later], "tls_ca_file": str(bundle)})
     status, reason = probe(stack)
     assert status == "degraded", reason
     assert reason.startswith(f"{soon}: certificate expires in 10 days: check the domain")
@@ -141,8 +128,9 @@ def test_certificates_near_expiry_are_degraded_and_untrusted_ones_unhealthy(
     assert probe(healthy) == ("healthy", f"certificates valid: {later} 60 d")
 
 
-def test_no_public_url_watches_nothing_and_says_so() -> None:
-    assert probe(Stack.from_env(ENV)) == (
+def test_no_public_url_watches_nothing_and_says_so(stack: Stack) -> None:
+    assert not stack.public_urls
+    assert probe(stack) == (
         "healthy",
         "no public URL configured (PUBLIC_URLS): no certificate watched",
     )

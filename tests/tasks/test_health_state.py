@@ -28,6 +28,8 @@ def worst_case_state(services: list[str], reasons: list[str]) -> StackState:
         last_sweep=T0,
         notifications_sent=10**12,
         channel_failures=10**12,
+        # the longest backlog a sweep keeps: queue_growth_sweeps at its maximum (30), + 1
+        backlog=[(4_000_000_000, 10**12)] * 31,
         services={
             name: ServiceState(
                 history=("ud" * MAX_HISTORY)[:MAX_HISTORY],

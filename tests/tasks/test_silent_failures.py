@@ -184,3 +184,22 @@ def test_a_spend_buffer_litellm_stopped_draining_is_degraded_naming_the_key(stac
     assert found.measures["redis_spend_buffer_bytes"] >= 2 * 2**20
     after = probe(stack, "redis", small)
     assert after.status == "healthy" and after.measures["redis_spend_buffer_bytes"] == 0
+
+
+def test_a_redis_refusing_memory_usage_is_still_healthy_and_says_the_buffers_are_unread(
+    stack: Any,
+) -> None:
+    # A managed Redis or an ACL can refuse MEMORY USAGE: the buffers go unread, said so,
+    # and the rest of the check stands (no "PING failed" on a Redis that answers).
+    client = stack.redis(timeout_s=5)
+    client.execute_command("ACL", "SETUSER", "default", "-memory")
+    try:
+        found = probe(stack, "redis")
+    finally:
+        client.execute_command("ACL", "SETUSER", "default", "+memory")
+        client.close()
+    assert found.status == "healthy", found.reason
+    assert "LiteLLM's spend buffers unread (MEMORY USAGE refused)" in found.reason
+    assert "redis_spend_buffer_bytes" not in found.measures
+    again = probe(stack, "redis")
+    assert "unread" not in again.reason and "redis_spend_buffer_bytes" in again.measures

@@ -127,13 +127,15 @@ def queues_read(waiting: int, status: str = "healthy") -> ServiceHealth:
     )
 
 
-def sweeps(counts: list[int], gap_s: int = 60) -> tuple[ServiceHealth, list[tuple[int, int]]]:
+def sweeps(
+    counts: list[int], gap_s: int = 60, limits: GrowthLimits = GROWTH
+) -> tuple[ServiceHealth, list[tuple[int, int]]]:
     """Sweeps ``gap_s`` apart reading these backlogs; the last result and the backlog kept."""
     kept: list[tuple[int, int]] = []
     results: list[ServiceHealth] = []
     for i, waiting in enumerate(counts):
         at = T0 + timedelta(seconds=i * gap_s)
-        results, kept = with_backlog_growth([queues_read(waiting)], kept, at, GROWTH)
+        results, kept = with_backlog_growth([queues_read(waiting)], kept, at, limits)
     return results[0], kept
 
 
@@ -157,6 +159,15 @@ def test_a_burst_that_drains_small_growth_and_gaps_are_not_growth() -> None:
     assert sweeps([100, 150, 200, 250])[0].status == "healthy"  # rising, but only 150 jobs
     # the monitor stopped for ten minutes between two points: the count starts again
     assert sweeps([100, 300, 500, 700], gap_s=600)[0].status == "healthy"
+
+
+def test_a_slower_sweep_schedule_judges_growth_with_its_own_gap() -> None:
+    # every 5 minutes, the worker starting each sweep a few seconds late
+    assert sweeps([100, 300, 500, 700], gap_s=309)[0].status == "healthy"
+    slower = GROWTH.model_copy(update={"max_gap_s": 900})
+    found, _ = sweeps([100, 300, 500, 700], gap_s=309, limits=slower)
+    assert found.status == "degraded"
+    assert "(39 jobs/min over 15 min)" in found.reason
 
 
 def test_the_worse_status_wins_and_an_unread_queue_breaks_the_streak() -> None:

@@ -324,6 +324,7 @@ def test_a_probe_is_switched_off_by_name_and_a_wrong_name_is_refused() -> None:
     assert "certificates" not in config.checked(["certificates"])
 
 
+@pytest.mark.usefixtures("devstack")  # the stack block is the devstack's
 def test_a_probe_switched_off_in_the_stack_block_is_not_swept() -> None:
     name = "devstack-probes-off"
     save_copy(name, probes_off=["redis"])
